@@ -1,0 +1,15 @@
+"""The one error family natdeploy raises for problems a user can fix."""
+
+from __future__ import annotations
+
+
+class NatDeployError(Exception):
+    """Base class: the message says what was wrong and what to do about it."""
+
+
+class CheckpointError(NatDeployError):
+    """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+class ConfigError(NatDeployError):
+    """A configuration file or command-line value is invalid."""

@@ -1,0 +1,132 @@
+"""Supernet checkpoints: natdeploy's own format, and Once-for-All's published files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from natdeploy.errors import CheckpointError
+from natdeploy.space import WIDTHS, stage_widths
+from natdeploy.supernet.network import OFAMobileNetV3Supernet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "natdeploy.supernet"
+FORMAT_VERSION = 1
+
+# Key spellings that OFA's own loader maps onto each other (older releases named blocks' convs
+# "mobile_inverted_conv" and wrapped dynamic layers one level more or less deep).
+_ALTERNATES = ((".bn.bn.", ".bn."), (".conv.conv.weight", ".conv.weight"), (".linear.linear.", ".linear."),
+               (".linear.", ".linear.linear."), ("bn.", "bn.bn."), ("conv.weight", "conv.conv.weight"))
+
+
+def save_supernet(supernet: OFAMobileNetV3Supernet, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write a natdeploy supernet checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": supernet.config,
+               "state_dict": supernet.state_dict(), "extra": extra or {}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path to a natdeploy or OFA .pth file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "is the file complete and a .pth/.pt file?") from exc
+
+
+def load_supernet(path: str | os.PathLike, n_classes: int | None = None) -> OFAMobileNetV3Supernet:
+    """Load a supernet from natdeploy's checkpoint format or from an OFA MobileNetV3 checkpoint.
+
+    When ``n_classes`` differs from the checkpoint's head, the classifier is re-initialised (logged as a warning).
+    """
+    path = Path(path)
+    obj = _read(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has format version {obj.get('version')}; "
+                                  f"this natdeploy reads version {FORMAT_VERSION}")
+        cfg, state = dict(obj["config"]), obj["state_dict"]
+        ckpt_classes = cfg["n_classes"]
+    else:
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"checkpoint {path} holds no state dict of tensors; "
+                                  "expected a natdeploy supernet or an OFA MobileNetV3 checkpoint")
+        state = _ofa_to_natdeploy_keys(path, state)
+        cfg = {"width": _infer_width(path, state), "dropout_rate": 0.1}
+        ckpt_classes = _classifier_classes(path, state)
+    cfg["n_classes"] = ckpt_classes if n_classes is None else n_classes
+    net = OFAMobileNetV3Supernet(**cfg)
+    if cfg["n_classes"] != ckpt_classes:
+        log.warning("checkpoint %s has a %d-class head; re-initialised the classifier for %d classes",
+                    path, ckpt_classes, cfg["n_classes"])
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        state.update({k: v for k, v in net.state_dict().items() if k.startswith("classifier.")})
+    _load_into(path, net, state)
+    return net
+
+
+def _classifier_classes(path: Path, state: dict[str, torch.Tensor]) -> int:
+    w = state.get("classifier.linear.weight")
+    if w is None:
+        raise CheckpointError(f"checkpoint {path} has no classifier.linear.weight; it is not an OFA MobileNetV3")
+    return int(w.shape[0])
+
+
+def _infer_width(path: Path, state: dict[str, torch.Tensor]) -> float:
+    stem = state.get("first_conv.conv.weight")
+    by_stem = {stage_widths(w)[0]: w for w in WIDTHS}
+    if stem is None or stem.shape[0] not in by_stem:
+        found = None if stem is None else tuple(stem.shape)
+        raise CheckpointError(f"checkpoint {path}: stem weight {found} matches no OFA MobileNetV3 width "
+                              f"(stem channels {by_stem})")
+    return by_stem[int(stem.shape[0])]
+
+
+def _ofa_to_natdeploy_keys(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    known = set(OFAMobileNetV3Supernet(n_classes=1).state_dict())
+    out = {}
+    for key, value in state.items():
+        new = key.replace(".mobile_inverted_conv.", ".conv.")
+        if new not in known and not new.startswith("classifier."):
+            for old, repl in _ALTERNATES:
+                cand = new.replace(old, repl)
+                if old in new and cand in known:
+                    new = cand
+                    break
+        out[new] = value
+    return out
+
+
+def _load_into(path: Path, net: OFAMobileNetV3Supernet, state: dict[str, torch.Tensor]) -> None:
+    own = net.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    if unexpected or missing:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit an OFA MobileNetV3 supernet (k357, e346, d234, w{net.width}): "
+            f"{len(missing)} missing keys (first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}; "
+                                  "is it a k357/e346/d234 MobileNetV3 supernet?")
+    net.load_state_dict(state, strict=False)
