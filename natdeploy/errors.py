@@ -13,3 +13,7 @@ class CheckpointError(NatDeployError):
 
 class ConfigError(NatDeployError):
     """A configuration file or command-line value is invalid."""
+
+
+class ConversionError(NatDeployError):
+    """A model could not be converted to a deployment format (ONNX, TFLite), or a conversion setting is missing."""

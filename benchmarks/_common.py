@@ -1,0 +1,36 @@
+"""Shared helpers for benchmark scripts: machine description and RESULTS.md updates."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(threads: int) -> str:
+    import os
+
+    return (f"{cpu_model()}, {os.cpu_count()} cores visible, {threads} thread(s), Python {platform.python_version()}, "
+            f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def record(section: str, body: str) -> None:
+    """Replace (or append) the ``## section`` of benchmarks/RESULTS.md with ``body``."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nThe latest run of each benchmark.\n"
+    block = f"## {section}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    RESULTS.write_text(text.rstrip() + "\n")
