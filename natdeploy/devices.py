@@ -1,0 +1,106 @@
+"""Device specs: ``devices/<name>.yaml`` loaded into :class:`DeviceSpec`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from natdeploy.errors import ConfigError
+
+TRANSPORTS = ("local", "adb", "cuda")
+RUNTIMES = ("onnxruntime", "litert", "torch")
+PRECISIONS = ("fp32", "int8")
+
+
+def devices_dir() -> Path:
+    """Where device specs live: ``$NATDEPLOY_DEVICES`` or the project's ``devices/`` folder."""
+    env = os.environ.get("NATDEPLOY_DEVICES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "devices"
+
+
+def tables_dir() -> Path:
+    """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder."""
+    env = os.environ.get("NATDEPLOY_TABLES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "latency_tables"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to run and time models on one target."""
+
+    name: str
+    description: str
+    transport: str
+    runtime: str
+    threads: int = 1
+    cpu_mask: str | None = None
+    gpu_delegate: bool = False
+    xnnpack: bool = True
+    precision: str = "fp32"
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 30
+    e2e_warmup: int = 5
+    e2e_runs: int = 20
+    serial: str | None = None
+    benchmark_binary: str | None = None
+    space: str = "small"
+    resolutions: tuple[int, ...] = ()
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("transport", self.transport, TRANSPORTS), ("runtime", self.runtime, RUNTIMES),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ConfigError(f"device {self.name!r}: {name}={value!r} is not allowed; allowed: {list(allowed)}")
+        for name in ("threads", "batch_size", "runs", "e2e_runs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"device {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.transport == "adb" and self.runtime != "litert":
+            raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
+        object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
+
+    def with_overrides(self, **changes: Any) -> "DeviceSpec":
+        """A copy with the non-None values of ``changes`` applied (e.g. ``threads`` from the command line)."""
+        d = asdict(self)
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return DeviceSpec(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def known_devices(folder: Path | None = None) -> list[str]:
+    folder = folder or devices_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_device(name_or_path: str, folder: Path | None = None) -> DeviceSpec:
+    """Load a device spec by name (``devices/<name>.yaml``) or by path to a YAML file."""
+    folder = folder or devices_dir()
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown device {name_or_path!r}; known devices: {', '.join(known_devices(folder))} "
+                          f"(or give the path to a device .yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"device spec {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"device spec {path} must be a YAML mapping")
+    allowed = {f.name for f in fields(DeviceSpec)}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"device spec {path} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    raw.setdefault("name", path.stem)
+    try:
+        return DeviceSpec(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"device spec {path}: {exc}") from None

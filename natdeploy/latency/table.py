@@ -1,0 +1,101 @@
+"""Latency tables: measured op latencies and whole-subnet latencies, with provenance, stored as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from natdeploy.errors import NatDeployError
+from natdeploy.latency.measure import Measurement
+from natdeploy.latency.ops import OpSig
+from natdeploy.space import Arch
+
+FORMAT = "natdeploy.latency_table"
+FORMAT_VERSION = 1
+# Provenance fields that must agree before measurements may share one table.
+COMPAT_FIELDS = ("runtime", "runtime_version", "threads", "host", "precision", "cpu_mask", "batch_size")
+
+
+class TableError(NatDeployError):
+    """A latency table is missing, corrupt, or incompatible."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class LatencyTable:
+    """Op key -> :class:`Measurement`, plus end-to-end subnet measurements and provenance."""
+
+    device: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    ops: dict[str, Measurement] = field(default_factory=dict)
+    e2e: dict[str, Measurement] = field(default_factory=dict)  # Arch string -> measurement
+    n_classes: int = 1000
+    reference: list[float] = field(default_factory=list)  # repeated reference-op medians, for drift
+
+    def add_op(self, op: OpSig, m: Measurement) -> None:
+        self.ops[op.key] = m
+
+    def add_e2e(self, arch: Arch, m: Measurement) -> None:
+        self.e2e[arch.to_string()] = m
+
+    @property
+    def drift(self) -> float:
+        """Relative spread (max-min)/min of the repeated reference measurements; 0 with fewer than two."""
+        if len(self.reference) < 2:
+            return 0.0
+        return (max(self.reference) - min(self.reference)) / min(self.reference)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
+                "provenance": self.provenance, "reference_ms": self.reference, "drift": round(self.drift, 4),
+                "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
+                "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        path = Path(path)
+        if not path.is_file():
+            raise TableError(f"latency table {path} does not exist; build it with "
+                             f"`natdeploy profile --device {path.stem}`")
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
+            if raw.get("version") != FORMAT_VERSION:
+                raise ValueError(f"version {raw.get('version')} is not {FORMAT_VERSION}")
+            ops = {k: Measurement.from_dict(v) for k, v in raw["ops"].items()}
+            for k in ops:
+                OpSig.from_key(k)
+            e2e = {k: Measurement.from_dict(v) for k, v in raw.get("e2e", {}).items()}
+            return cls(device=raw["device"], provenance=raw.get("provenance", {}), ops=ops, e2e=e2e,
+                       n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TableError(f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
+                             "delete it and profile again, or restore it from version control") from None
+
+    def incompatibility(self, provenance: dict[str, Any]) -> str | None:
+        """Why new measurements under ``provenance`` must not join this table, or None when they may."""
+        diffs = [f"{k}: table has {self.provenance.get(k)!r}, now {provenance.get(k)!r}" for k in COMPAT_FIELDS
+                 if k in self.provenance and self.provenance.get(k) != provenance.get(k)]
+        return "; ".join(diffs) or None
