@@ -230,10 +230,7 @@ def tflite_bytes(module: nn.Module, input_shape_nchw: Sequence[int], int8: bool 
         model = build_keras_model(module, input_shape_nchw)
     finally:
         module.train(was_training)
-    spec = tf.TensorSpec(_nhwc(input_shape_nchw), tf.float32, name="input")
-    # One trace at the fixed input signature; the converter reuses it instead of re-tracing the Keras model.
-    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter = _converter(tf, model, input_shape_nchw)
     if int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(samples)
@@ -245,6 +242,23 @@ def tflite_bytes(module: nn.Module, input_shape_nchw: Sequence[int], int8: bool 
         return bytes(converter.convert())
     except Exception as exc:  # noqa: BLE001 - the converter raises many types, all meaning the same to us
         raise ConversionError(f"TFLite conversion of {type(module).__name__} failed: {exc}") from exc
+
+
+def _converter(tf: Any, model: Any, input_shape_nchw: Sequence[int]) -> Any:
+    """A TFLiteConverter for ``model`` traced once at its fixed NHWC input, with the weights as constants."""
+    spec = tf.TensorSpec(_nhwc(input_shape_nchw), tf.float32, name="input")
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    try:
+        # Freezing here is ~2x faster than letting the converter do it (measured 0.18 s vs 0.34-0.6 s per block).
+        # Without it, Keras 3 weights stay resource variables that the converter does not find through the
+        # model, and the .tflite reads uninitialised memory.
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        return tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
+    except ImportError:  # a private TF module; the public route below is slower but equivalent
+        holder = tf.Module()
+        holder.variables_ = [w.value for w in model.weights]
+        return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
 
 
 def _representative(samples: list[np.ndarray]) -> Callable[[], Iterable[list[np.ndarray]]]:

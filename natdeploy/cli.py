@@ -1,0 +1,182 @@
+"""The ``natdeploy`` command line: each command parses its flags and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from natdeploy import __version__
+from natdeploy.errors import ConfigError, NatDeployError
+
+log = logging.getLogger("natdeploy")
+_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "": 1.0}
+
+
+def parse_latency_ms(text: str) -> float:
+    """``30ms``, ``0.03s``, ``30000us`` or a plain ``30`` (milliseconds) -> milliseconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*(ms|s|us)?\s*", str(text), re.I)
+    if not m:
+        raise ConfigError(f"cannot read latency {text!r}; write it like 30ms, 0.03s, 30000us or 30 (milliseconds)")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if value <= 0:
+        raise ConfigError(f"latency {text!r} must be positive")
+    return value
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(name: str, sub: argparse._SubParsersAction, help_: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# ----- commands -------------------------------------------------------------------------------------------------
+def cmd_devices(args: argparse.Namespace) -> int:
+    from natdeploy.devices import known_devices, load_device, tables_dir
+
+    for name in known_devices():
+        spec = load_device(name)
+        has = "table" if (tables_dir() / f"{name}.json").exists() else "no table"
+        print(f"{name:12s} {spec.transport:6s} {spec.runtime:12s} {has:9s} {spec.description}")
+    return 0
+
+
+def cmd_arch(args: argparse.Namespace) -> int:
+    from natdeploy.space import Arch, SearchSpace, madds, params
+
+    arch = Arch.parse(args.arch)
+    info = {"string": str(arch), "dict": arch.to_dict(), "madds": madds(arch, args.n_classes),
+            "params": params(arch, args.n_classes)}
+    if args.space:
+        info["genome"] = SearchSpace.preset(args.space).encode(arch).tolist()
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from natdeploy.devices import load_device
+    from natdeploy.latency.profiler import profile_device
+    from natdeploy.space import SearchSpace
+
+    spec = load_device(args.device).with_overrides(threads=args.threads, cpu_mask=args.cpu_mask)
+    space = SearchSpace.preset(args.space or spec.space)
+    res = profile_device(spec, space, resolutions=args.resolutions, e2e_samples=args.e2e_samples,
+                         n_classes=args.n_classes, out=args.out, force=args.force, seed=args.seed, quiet=args.quiet)
+    print(f"{res.table_path}: {res.n_ops} ops ({res.n_ops_measured_now} measured now), {res.n_e2e} whole subnets, "
+          f"reference drift {100 * res.drift:.1f}%")
+    print(f"{res.model_path}: fitted latency models")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from natdeploy.latency.profiler import predictor_for
+    from natdeploy.space import Arch
+
+    predictor = predictor_for(args.device, table=args.table)
+    archs = [Arch.parse(a) for a in args.arch]
+    for arch, p in zip(archs, predictor.predict_parts(archs, args.n_classes)):
+        print(f"{arch}: {p.latency_ms:.3f} ms  (ops sum {p.lut_ms:.3f} ms over {p.n_ops} ops, {p.n_missing} "
+              f"estimated by XGBoost = {p.estimated_ms:.3f} ms; whole-network factor {p.residual_factor:.3f})")
+    return 0
+
+
+def cmd_tables_import_ofa(args: argparse.Namespace) -> int:
+    from natdeploy.devices import tables_dir
+    from natdeploy.latency.ofa_import import import_ofa_tables
+    from natdeploy.latency.predictor import LatencyPredictor
+
+    out = Path(args.out) if args.out else tables_dir() / f"{args.device}.json"
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it or --out for another path")
+    table = import_ofa_tables(args.folder, args.device)
+    table.save(out)
+    LatencyPredictor.fit(table).save(out.with_suffix(".xgb.json"))
+    print(f"{out}: {len(table.ops)} ops at resolutions {table.provenance['resolutions']}")
+    return 0
+
+
+# ----- wiring ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="natdeploy", description="Hardware-aware Neural Architecture Transfer.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=_examples("natdeploy devices", "natdeploy profile --device cpu",
+                                                  "natdeploy predict --device cpu --arch w1.0-r32-3333-3333-3333-3333-3333"))
+    ap.add_argument("--version", action="version", version=f"natdeploy {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _parser("devices", sub, "List the device specs and whether each has a latency table.",
+                _examples("natdeploy devices"))
+    p.set_defaults(func=cmd_devices)
+
+    p = _parser("arch", sub, "Describe an Arch: MAdds, params, dict, genome.",
+                _examples("natdeploy arch w1.0-r224-3354-7376-3333-5566-7777 --space ofa",
+                          "natdeploy arch '{\"ks\": [3,...], \"e\": [...], \"d\": [2,2,2,2,2], \"r\": 224}'"))
+    p.add_argument("arch", help="Arch string or JSON dict")
+    p.add_argument("--n-classes", type=int, default=1000)
+    p.add_argument("--space", help="also print the genome in this search-space preset (nat, ofa, small)")
+    p.set_defaults(func=cmd_arch)
+
+    p = _parser("profile", sub, "Measure a device's op latencies and whole subnets into latency_tables/<device>.json.",
+                _examples("natdeploy profile --device cpu", "natdeploy profile --device cpu-litert --resolutions 32 48",
+                          "natdeploy profile --device cpu --space ofa --resolutions 160 224 --e2e-samples 50"))
+    p.add_argument("--device", required=True, help="device name (see `natdeploy devices`) or path to a .yaml")
+    p.add_argument("--space", help="search-space preset (default: the device spec's)")
+    p.add_argument("--resolutions", type=int, nargs="+", help="resolutions to profile (default: spec's, else space's)")
+    p.add_argument("--e2e-samples", type=int, default=30, help="random whole subnets to measure (default 30)")
+    p.add_argument("--threads", type=int, help="override the spec's thread count")
+    p.add_argument("--cpu-mask", help="override the spec's CPU affinity mask (hex)")
+    p.add_argument("--n-classes", type=int, default=1000, help="classifier width to profile (default 1000)")
+    p.add_argument("--out", help="table path (default latency_tables/<device>.json)")
+    p.add_argument("--force", action="store_true", help="add to a table measured under other conditions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)
+
+    p = _parser("predict", sub, "Predict the latency of Archs on a device, with the parts of the prediction.",
+                _examples("natdeploy predict --device cpu --arch w1.0-r32-3333-3333-3333-3333-3333"))
+    p.add_argument("--device", required=True)
+    p.add_argument("--arch", required=True, nargs="+", help="Arch string(s) or JSON dict(s)")
+    p.add_argument("--table", help="table path (default latency_tables/<device>.json)")
+    p.add_argument("--n-classes", type=int, help="classifier width (default: the table's)")
+    p.set_defaults(func=cmd_predict)
+
+    p = _parser("tables", sub, "Manage latency tables.", _examples(
+        "natdeploy tables import-ofa ../shared/data/ofa_note10_lut --device note10"))
+    tsub = p.add_subparsers(dest="tables_command", metavar="SUBCOMMAND", required=True)
+    q = _parser("import-ofa", tsub, "Import OFA's published <r>_lookup_table.yaml files as a natdeploy table.",
+                _examples("natdeploy tables import-ofa ../shared/data/ofa_note10_lut --device note10"))
+    q.add_argument("folder")
+    q.add_argument("--device", required=True, help="name for the imported table")
+    q.add_argument("--out", help="table path (default latency_tables/<device>.json)")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=cmd_tables_import_ofa)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (NatDeployError, ValueError) as exc:
+        if os.environ.get("NATDEPLOY_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Latency: op signatures, measured tables, predictors, and device profiling."""
+
+from natdeploy.latency.measure import Measurement
+from natdeploy.latency.ops import OpSig, arch_ops, space_ops
+from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.table import LatencyTable, TableError
+
+__all__ = ["Measurement", "OpSig", "arch_ops", "space_ops", "LatencyPredictor", "LatencyTable", "TableError"]

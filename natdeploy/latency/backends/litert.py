@@ -1,0 +1,47 @@
+"""LiteRT (TFLite) backend: .tflite from natdeploy.convert (the exporter's path), timed in the interpreter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from natdeploy.latency.backends import Backend, BackendError
+from natdeploy.latency.measure import Measurement, time_callable
+
+
+class LiteRTBackend(Backend):
+    runtime = "litert"
+
+    def runtime_version(self) -> str:
+        from importlib.metadata import version
+
+        return f"ai-edge-litert {version('ai-edge-litert')} ({'XNNPACK' if self.spec.xnnpack else 'builtin kernels'})"
+
+    def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
+        from natdeploy.convert.tflite import tflite_bytes
+
+        return tflite_bytes(module, input_shape)
+
+    def interpreter(self, model: bytes) -> Any:
+        from ai_edge_litert import interpreter as lite
+
+        resolver = (lite.OpResolverType.AUTO if self.spec.xnnpack
+                    else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp = lite.Interpreter(model_content=model, num_threads=self.spec.threads,
+                                  experimental_op_resolver_type=resolver)
+        interp.allocate_tensors()
+        return interp
+
+    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+        try:
+            interp = self.interpreter(artifact)
+            inp = interp.get_input_details()[0]
+            x = np.random.default_rng(0).standard_normal(tuple(inp["shape"]), dtype=np.float32)
+            if inp["dtype"] != np.float32:
+                x = x.astype(inp["dtype"])
+            interp.set_tensor(inp["index"], x)
+            return time_callable(interp.invoke, warmup, runs)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f"LiteRT run failed: {exc}") from exc

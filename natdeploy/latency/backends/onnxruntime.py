@@ -1,0 +1,47 @@
+"""onnxruntime backend: ONNX from natdeploy.convert, timed in an InferenceSession (CPU or CUDA EP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from natdeploy.latency.backends import Backend, BackendError
+from natdeploy.latency.measure import Measurement, time_callable
+
+
+class OnnxRuntimeBackend(Backend):
+    runtime = "onnxruntime"
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        import onnxruntime as ort
+
+        self._ort = ort
+        want = "CUDAExecutionProvider" if spec.transport == "cuda" else "CPUExecutionProvider"
+        if want not in ort.get_available_providers():
+            raise BackendError(f"device {spec.name!r} needs onnxruntime's {want}, which this install lacks "
+                               f"(available: {ort.get_available_providers()})")
+        self.provider = want
+
+    def runtime_version(self) -> str:
+        return f"onnxruntime {self._ort.__version__} ({self.provider})"
+
+    def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
+        from natdeploy.convert.onnx_export import onnx_bytes
+
+        opts = self._ort.SessionOptions()
+        opts.intra_op_num_threads = self.spec.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return self._ort.InferenceSession(onnx_bytes(module, input_shape), opts, providers=[self.provider])
+
+    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        name = artifact.get_inputs()[0].name
+        try:
+            return time_callable(lambda: artifact.run(None, {name: x}), warmup, runs)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime run failed: {exc}") from exc

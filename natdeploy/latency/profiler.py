@@ -1,0 +1,128 @@
+"""Profile a device: measure every op of a search space, then random whole subnets; checkpoint as it goes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from natdeploy.devices import DeviceSpec, tables_dir
+from natdeploy.latency.backends import Backend, get_backend
+from natdeploy.latency.ops import OpSig, space_ops
+from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.table import LatencyTable, TableError
+from natdeploy.space import SearchSpace
+
+log = logging.getLogger(__name__)
+REFERENCE_EVERY = 50  # re-measure a reference op this often to detect drift (thermal, other load)
+DRIFT_LIMIT = 0.05
+
+
+def progress_enabled(quiet: bool = False) -> bool:
+    """Progress bars: off with --quiet, when stderr is not a terminal, or with NATDEPLOY_NO_PROGRESS=1."""
+    return not quiet and sys.stderr.isatty() and os.environ.get("NATDEPLOY_NO_PROGRESS") != "1"
+
+
+@dataclass
+class ProfileResult:
+    table_path: Path
+    model_path: Path
+    n_ops: int
+    n_ops_measured_now: int
+    n_e2e: int
+    drift: float
+
+
+def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[int] | None = None,
+                   e2e_samples: int = 30, n_classes: int = 1000, out: str | os.PathLike | None = None,
+                   force: bool = False, seed: int = 0, quiet: bool = False,
+                   backend: Backend | None = None) -> ProfileResult:
+    """Measure the ops of ``space`` (at ``resolutions``) and ``e2e_samples`` random subnets on ``spec``.
+
+    Every measurement is saved to the table at once (atomic write), so a killed run resumes on rerun. A table
+    made with another runtime version, thread count or host is refused unless ``force``.
+    """
+    from tqdm.auto import tqdm
+
+    backend = backend or get_backend(spec)
+    out = Path(out) if out else tables_dir() / f"{spec.name}.json"
+    provenance = backend.describe()
+    if out.exists():
+        table = LatencyTable.load(out)
+        why = table.incompatibility(provenance)
+        if why and not force:
+            raise TableError(f"{out} was measured under different conditions ({why}); mixing them would corrupt "
+                             "the table. Use --out for a new table, or --force to mix anyway")
+        if table.n_classes != n_classes:
+            raise TableError(f"{out} was profiled for {table.n_classes} classes, not {n_classes}; use --out")
+        log.info("resuming %s: %d ops and %d subnets already measured", out, len(table.ops), len(table.e2e))
+    else:
+        table = LatencyTable(device=spec.name, n_classes=n_classes)
+    resolutions = list(resolutions or spec.resolutions or space.resolutions)
+    table.provenance = {**provenance, "space": space.name, "widths": list(space.widths),
+                        "resolutions": sorted(set(resolutions) | set(table.provenance.get("resolutions", [])))}
+    ops = space_ops(space, n_classes, resolutions)
+    todo = [op for op in ops if op.key not in table.ops]
+    reference = ops[len(ops) // 2]
+    rng = np.random.default_rng(seed)
+    sub_space = SearchSpace(resolutions=tuple(resolutions), widths=space.widths)
+    archs = [a for a in sub_space.sample(rng, e2e_samples)]
+    e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
+    bar = tqdm(total=len(todo) + len(e2e_todo), desc=f"profile {spec.name}", unit="meas",
+               disable=not progress_enabled(quiet))
+    try:
+        if todo:
+            _measure_reference(backend, table, reference, out)
+        for i, op in enumerate(todo, start=1):
+            table.add_op(op, backend.measure_op(op))
+            table.save(out)
+            bar.update()
+            if i % REFERENCE_EVERY == 0:
+                _measure_reference(backend, table, reference, out)
+        if todo:
+            _measure_reference(backend, table, reference, out)
+        for arch in e2e_todo:
+            bar.set_postfix_str(f"subnet {arch}")
+            table.add_e2e(arch, backend.measure_arch(arch, n_classes))
+            table.save(out)
+            bar.update()
+    finally:
+        bar.close()
+    if table.drift > DRIFT_LIMIT:
+        log.warning("reference op %s drifted by %.1f%% during profiling (limit %.0f%%): the machine was busy or "
+                    "throttled; consider re-profiling", reference.key, 100 * table.drift, 100 * DRIFT_LIMIT)
+    predictor = LatencyPredictor.fit(table, seed=seed)
+    model_path = predictor.save(out.with_suffix(".xgb.json"))
+    return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
+
+
+def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Path) -> None:
+    table.reference.append(backend.measure_op(op).median_ms)
+    table.save(out)
+
+
+def predictor_for(device: str, table: str | os.PathLike | None = None) -> LatencyPredictor:
+    """The latency predictor of a device's table; warns when a local table was measured on another CPU."""
+    from natdeploy.devices import load_device
+    from natdeploy.latency.backends import host_cpu
+
+    path = Path(table) if table else tables_dir() / f"{device}.json"
+    if not path.exists() and not table:
+        raise TableError(f"no latency table for {device!r} at {path}; build it with "
+                         f"`natdeploy profile --device {device}`")
+    predictor = LatencyPredictor.load(path)
+    measured_on = predictor.table.provenance.get("host")
+    try:
+        local = load_device(device).transport == "local"
+    except Exception:  # an imported table may name no device spec
+        local = False
+    if local and measured_on and measured_on != host_cpu():
+        log.warning("latency table %s was measured on %r, but this host is %r: predictions describe that machine. "
+                    "Run `natdeploy profile --device %s --out <new table>` to measure this one", path, measured_on,
+                    host_cpu(), device)
+    return predictor
