@@ -1,0 +1,167 @@
+import json
+
+import numpy as np
+import pytest
+
+from natdeploy.cli import main, parse_latency_ms
+from natdeploy.devices import load_device
+from natdeploy.errors import ConfigError
+from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig, TableError, arch_ops, space_ops
+from natdeploy.latency.backends import get_backend
+from natdeploy.latency.ofa_import import import_ofa_tables
+from natdeploy.latency.profiler import profile_device
+from natdeploy.space import SearchSpace
+
+SMALL = SearchSpace.preset("small")
+
+
+def fast(name: str):
+    return load_device(name).with_overrides(warmup=1, runs=3, e2e_warmup=1, e2e_runs=3)
+
+
+def test_op_keys_render_like_ofa_and_parse_back():
+    arch = SearchSpace.preset("ofa", widths=[1.2]).largest().replace(r=160)
+    ops = arch_ops(arch)
+    assert ops[0].key == "Conv-input:160x160x3-output:80x80x24"
+    assert ops[1].key == "expanded_conv-input:80x80x24-output:80x80x24-expand:24-kernel:3-stride:1-idskip:1-se:0-hs:0"
+    assert ops[2].key == "expanded_conv-input:80x80x24-output:40x40x32-expand:144-kernel:7-stride:2-idskip:0-se:0-hs:0"
+    assert [o.kind for o in ops[-4:]] == ["Conv_1", "AvgPool2D", "Conv_2", "Logits"]
+    assert ops[-1].key == "Logits-input:1x1x1536-output:1000"
+    for op in space_ops(SMALL, n_classes=10):
+        assert OpSig.from_key(op.key) == op
+    with pytest.raises(ValueError, match="unrecognised op key"):
+        OpSig.from_key("Conv-input:1x1")
+
+
+def test_space_ops_are_unique_and_cover_every_arch():
+    keys = {op.key for op in space_ops(SMALL, 10)}
+    for arch in SMALL.sample(np.random.default_rng(0), 30):
+        assert {op.key for op in arch_ops(arch, 10)} <= keys
+
+
+def test_ofa_tables_import_exact_at_imported_resolutions(shared_data, tmp_path):
+    table = import_ofa_tables(shared_data / "ofa_note10_lut", "note10")
+    assert table.provenance["resolutions"] == [160, 176, 192, 208, 224] and table.n_classes == 1000
+    predictor = LatencyPredictor.fit(table)
+    space = SearchSpace.preset("ofa", widths=[1.2])
+    for arch in space.sample(np.random.default_rng(1), 20):
+        arch = arch.replace(r=int(np.random.default_rng(arch.d[0]).choice([160, 176, 192, 208, 224])))
+        expected = sum(table.ops[op.key].mean_ms for op in arch_ops(arch))
+        part = predictor.predict_parts([arch])[0]
+        assert part.n_missing == 0 and part.latency_ms == pytest.approx(expected, rel=1e-12)
+        # In between imported resolutions, XGBoost fills the gaps and the prediction lies between the neighbours.
+        lo, mid, hi = predictor.predict([arch.replace(r=192), arch.replace(r=200), arch.replace(r=208)])
+        assert lo < mid < hi
+    predictor.save(tmp_path / "n.xgb.json")
+    table.save(tmp_path / "n.json")
+    again = LatencyPredictor.load(tmp_path / "n.json", tmp_path / "n.xgb.json")
+    arch = space.sample(np.random.default_rng(3)).replace(r=184)
+    assert again.predict(arch)[0] == pytest.approx(predictor.predict(arch)[0], rel=1e-6)
+
+
+def test_table_round_trip_and_corrupt_files(tmp_path):
+    t = LatencyTable(device="x", provenance={"threads": 1})
+    op = space_ops(SMALL, 10)[0]
+    t.add_op(op, Measurement(1.0, 1.1, 0.1, 30, 10))
+    path = t.save(tmp_path / "x.json")
+    assert LatencyTable.load(path).ops == t.ops
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(TableError, match="x.json is corrupt"):
+        LatencyTable.load(path)
+    path.write_text(json.dumps({"format": "natdeploy.latency_table", "version": 1, "device": "x",
+                                "ops": {"bogus-key": {}}}))
+    with pytest.raises(TableError, match="corrupt"):
+        LatencyTable.load(path)
+    with pytest.raises(TableError, match="natdeploy profile --device nothere"):
+        LatencyTable.load(tmp_path / "nothere.json")
+    (tmp_path / "bad.xgb.json").write_text("{")
+    t.save(tmp_path / "bad.json")
+    with pytest.raises(TableError, match="bad.xgb.json are corrupt"):
+        LatencyPredictor.load(tmp_path / "bad.json")
+
+
+def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
+    spec = fast("cpu")
+    out = tmp_path / "cpu.json"
+    calls = {"n": 0}
+    backend = get_backend(spec)
+    real = backend.measure_op
+
+    def interrupted(op, seed=0):  # Ctrl-C after 20 measurements
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        return real(op, seed)
+
+    backend.measure_op = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        profile_device(spec, SMALL, resolutions=[32], e2e_samples=6, n_classes=10, out=out, quiet=True,
+                       backend=backend)
+    saved = LatencyTable.load(out)
+    assert len(saved.ops) == 19  # the first call measured the reference op; every finished op was kept
+    res = profile_device(spec, SMALL, resolutions=[32], e2e_samples=6, n_classes=10, out=out, quiet=True)
+    n_ops = len(space_ops(SMALL, 10, [32]))
+    assert res.n_ops == n_ops and res.n_ops_measured_now == n_ops - 19 and res.n_e2e == 6
+    table = LatencyTable.load(out)
+    prov = table.provenance
+    assert prov["runtime"] == "onnxruntime" and prov["threads"] == 1 and prov["host"] and prov["date"]
+    assert all(m.count == 3 and m.median_ms > 0 for m in table.ops.values())
+    predictor = LatencyPredictor.load(out)
+    assert predictor.residual is not None
+    archs = SearchSpace(resolutions=(32, 40)).sample(np.random.default_rng(0), 5)
+    assert (predictor.predict(archs) > 0).all()
+    with pytest.raises(TableError, match="threads: table has 1, now 2"):
+        profile_device(spec.with_overrides(threads=2), SMALL, resolutions=[32], e2e_samples=6, n_classes=10,
+                       out=out, quiet=True)
+
+
+@pytest.mark.parametrize("device", ["cpu-litert", "cpu-torch"])
+def test_other_cpu_backends_measure_ops_and_subnets(device):
+    backend = get_backend(fast(device))
+    ops = space_ops(SMALL, 10, [32])
+    for op in (ops[0], ops[len(ops) // 2], ops[-1]):
+        m = backend.measure_op(op)
+        assert m.median_ms > 0 and m.count == 3
+    assert backend.measure_arch(SMALL.smallest(), 10).median_ms > 0
+    assert backend.describe()["runtime"] == device.split("-")[1]
+
+
+def test_cuda_device_skips_cleanly_without_gpu():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        backend = get_backend(load_device("cuda"))
+        assert backend.measure_arch(SMALL.smallest(), 10).median_ms > 0
+    else:
+        with pytest.raises(Exception, match="needs a CUDA GPU"):
+            get_backend(load_device("cuda"))
+
+
+def test_device_specs_and_errors(tmp_path):
+    for name in ("cpu", "cpu-litert", "cpu-torch", "cuda", "pixel4", "pixel4-gpu"):
+        assert load_device(name).name == name
+    assert load_device("pixel4").cpu_mask == "70"
+    with pytest.raises(ConfigError, match="unknown device 'phone'; known devices: cpu, cpu-litert"):
+        load_device("phone")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("transport: local\nruntime: tensorrt\ndescription: x\n")
+    with pytest.raises(ConfigError, match="runtime='tensorrt' is not allowed"):
+        load_device(str(bad))
+
+
+@pytest.mark.parametrize("text, ms", [("30ms", 30), ("0.03s", 30), ("30000us", 30), ("30", 30), ("2.5", 2.5)])
+def test_latency_units(text, ms):
+    assert parse_latency_ms(text) == pytest.approx(ms)
+
+
+def test_latency_units_bad():
+    with pytest.raises(ConfigError, match="cannot read latency"):
+        parse_latency_ms("30 minutes")
+
+
+def test_cli_errors_without_traceback(capsys):
+    assert main(["profile", "--device", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown device 'nope'") and "Traceback" not in err
+    assert main(["arch", "w1.0-r32-3333-3333-3333-3333-3333", "--space", "small", "--n-classes", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["genome"][:2] == [0, 0] and out["madds"] > 0
