@@ -53,7 +53,12 @@ def _export_dynamo(module: nn.Module, x: torch.Tensor, opset: int, output_name: 
                                 dynamic_shapes=shapes, verbose=False)
     if program is None:
         raise ConversionError("torch.onnx.export(dynamo=True) returned no program")
-    return program.model_proto.SerializeToString()
+    proto = program.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        # The dynamo exporter emits opset 18+ and its down-conversion can fail quietly (seen: ReduceMean axes).
+        log.warning("dynamo ONNX export produced opset %s instead of the requested %s", got, opset)
+    return proto.SerializeToString()
 
 
 def onnx_bytes(module: nn.Module, input_shape: Sequence[int], opset: int = 17, dynamic_batch: bool = False,

@@ -52,12 +52,21 @@ def randomize_weights_(module: nn.Module, seed: int = 0) -> nn.Module:
                 m.bias.copy_(normal(torch.Size([c]), 0.2))
                 m.running_mean.copy_(normal(torch.Size([c]), 0.2))
                 m.running_var.copy_(uniform(torch.Size([c]), 0.5, 2.0))
+                m.num_batches_tracked.zero_()
     return module
 
 
 def build_op_module(layer: LayerSpec, seed: int = 0) -> nn.Module:
     """A standalone eval-mode torch module for one layer of :func:`natdeploy.space.layer_plan`, with seeded
     random weights. Its input shape is :func:`op_input_shape`."""
+    # Built on the meta device: the layers' own init would draw from the global RNG (and cost time), and every
+    # parameter and buffer is filled by randomize_weights_ below anyway.
+    with torch.device("meta"):
+        module = _build(layer)
+    return randomize_weights_(module.to_empty(device="cpu"), seed).eval()
+
+
+def _build(layer: LayerSpec) -> nn.Module:
     kind = layer.kind
     if kind == "stem":
         module: nn.Module = ConvBNAct(layer.in_c, layer.out_c, layer.kernel, layer.stride, act="hswish")
@@ -78,7 +87,7 @@ def build_op_module(layer: LayerSpec, seed: int = 0) -> nn.Module:
         module = nn.Sequential(nn.Flatten(1), Classifier(layer.in_c, layer.out_c, 0.0))
     else:
         raise ValueError(f"unknown op kind {kind!r}; allowed: {', '.join(OP_KINDS)}")
-    return randomize_weights_(module, seed).eval()
+    return module
 
 
 def op_input_shape(layer: LayerSpec) -> tuple[int, int, int, int]:

@@ -25,7 +25,7 @@ def import_ofa_tables(folder: str | Path, device: str) -> LatencyTable:
     files = sorted(p for p in folder.glob("*_lookup_table.yaml") if _NAME.fullmatch(p.name)) if folder.is_dir() else []
     if not files:
         raise TableError(f"{folder} holds no OFA lookup tables (files named <resolution>_lookup_table.yaml)")
-    table = LatencyTable(device=device)
+    table = LatencyTable(device=device, statistic="mean")
     classes = set()
     for path in files:
         try:

@@ -14,13 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops
+from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops, op_of_layer
 from natdeploy.latency.table import LatencyTable, TableError, atomic_write_text
-from natdeploy.space import Arch, madds, params
+from natdeploy.space import (DEPTHS, EXPANDS, GENOME_LENGTH, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES, Arch,
+                             SearchSpace, layer_cost, layer_plan)
 
 log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "natdeploy.latency_predictor"
 MIN_E2E_FOR_RESIDUAL = 5
+N_CHOICES = len(KERNELS) * len(EXPANDS)
 
 
 def op_features(op: OpSig) -> list[float]:
@@ -34,14 +36,6 @@ def _op_work(op: OpSig) -> float:
     return float(op.madds + op.in_hw * op.in_hw * op.in_c + 1)
 
 
-def arch_features(arch: Arch, lut_sum_ms: float, n_classes: int) -> list[float]:
-    """Whole-network features for the residual model."""
-    ks = np.array([k for _, _, k, _ in arch.active_blocks()])
-    es = np.array([e for _, _, _, e in arch.active_blocks()])
-    return [np.log(lut_sum_ms), np.log(madds(arch, n_classes)), np.log(params(arch, n_classes)), arch.r, arch.w,
-            *arch.d, sum(arch.d), ks.mean(), es.mean(), float((ks == 7).sum())]
-
-
 def _booster_to_json(booster: Any) -> Any:
     return json.loads(bytes(booster.save_raw(raw_format="json")).decode())
 
@@ -51,6 +45,7 @@ def _booster_from_json(obj: Any) -> Any:
 
     booster = xgb.Booster()
     booster.load_model(bytearray(json.dumps(obj).encode()))
+    booster.set_param({"nthread": 1})  # a thread pool per call makes single-Arch prediction ~40x slower
     return booster
 
 
@@ -59,7 +54,9 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
 
     params_ = {"objective": "reg:squarederror", "max_depth": 4, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1,
                "lambda": 1.0, "seed": seed, "nthread": 1}
-    return xgb.train(params_, xgb.DMatrix(x, label=y), num_boost_round=200 if len(y) > 20 else 60)
+    booster = xgb.train(params_, xgb.DMatrix(x, label=y), num_boost_round=200 if len(y) > 20 else 60)
+    booster.set_param({"nthread": 1})
+    return booster
 
 
 @dataclass
@@ -74,6 +71,73 @@ class Prediction:
     residual_factor: float
 
 
+class _Compiled:
+    """Per-(resolution, width, block, choice) arrays of op latency, MAdds and params for one search space, so
+    that a batch of genomes is predicted with array indexing instead of per-Arch Python loops."""
+
+    def __init__(self, predictor: "LatencyPredictor", space: SearchSpace, n_classes: int) -> None:
+        self.space = space
+        n_r, n_w = len(space.resolutions), len(space.widths)
+        self.blat = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
+        self.bmac = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
+        self.bpar = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
+        self.flat, self.fmac, self.fpar = (np.zeros((n_r, n_w)) for _ in range(3))
+        cells: list[tuple[tuple, OpSig, int, int]] = []
+        for ri, r in enumerate(space.resolutions):
+            for wi, w in enumerate(space.widths):
+                for c in range(N_CHOICES):
+                    k, e = KERNELS[c % len(KERNELS)], EXPANDS[c // len(KERNELS)]
+                    arch = Arch(ks=[k] * N_BLOCKS, e=[e] * N_BLOCKS, d=[MAX_DEPTH] * N_STAGES, r=r, w=w)
+                    b = 0
+                    for layer in layer_plan(arch, n_classes):
+                        mac, par = layer_cost(layer)
+                        if layer.kind == "mbconv":
+                            cells.append(((ri, wi, b, c), op_of_layer(layer), mac, par))
+                            b += 1
+                        elif c == 0:
+                            cells.append(((ri, wi), op_of_layer(layer), mac, par))
+        lat = predictor.op_latency([op for _, op, _, _ in cells])
+        for (idx, _, mac, par), ms in zip(cells, lat):
+            if len(idx) == 4:
+                self.blat[idx], self.bmac[idx], self.bpar[idx] = ms, mac, par
+            else:
+                self.flat[idx] += ms
+                self.fmac[idx] += mac
+                self.fpar[idx] += par
+
+    def evaluate(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(table sum in ms, residual-model features) for a batch of genomes."""
+        g = np.asarray(genomes)
+        if g.ndim != 2 or g.shape[1] != GENOME_LENGTH:
+            raise ValueError(f"genomes must be an (N, {GENOME_LENGTH}) integer array, got shape {g.shape}")
+        g = g.astype(np.int64)
+        if (g < self.space.lower_bounds).any() or (g > self.space.upper_bounds).any():
+            raise ValueError("a genome lies outside the search space's bounds")
+        n = len(g)
+        ri, wi = g[:, 0], g[:, 1]
+        genes = g[:, 2:].reshape(n, N_STAGES, MAX_DEPTH)
+        order = np.argsort(genes == 0, axis=2, kind="stable")  # skipped blocks go to the end of their stage
+        genes = np.take_along_axis(genes, order, axis=2).reshape(n, N_BLOCKS)
+        active = genes > 0
+        depth = active.reshape(n, N_STAGES, MAX_DEPTH).sum(2)
+        if (depth < DEPTHS[0]).any():
+            raise ValueError(f"a genome keeps fewer than {DEPTHS[0]} blocks in a stage")
+        c = np.maximum(genes - 1, 0)
+        rows, cols = ri[:, None], wi[:, None]
+        blocks = np.arange(N_BLOCKS)[None, :]
+        lut = self.flat[ri, wi] + (self.blat[rows, cols, blocks, c] * active).sum(1)
+        mac = self.fmac[ri, wi] + (self.bmac[rows, cols, blocks, c] * active).sum(1)
+        par = self.fpar[ri, wi] + (self.bpar[rows, cols, blocks, c] * active).sum(1)
+        k = np.asarray(KERNELS)[c % len(KERNELS)]
+        e = np.asarray(EXPANDS)[c // len(KERNELS)]
+        n_active = active.sum(1)
+        feats = np.column_stack([
+            np.log(lut), np.log(mac), np.log(par), np.asarray(self.space.resolutions)[ri],
+            np.asarray(self.space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
+            (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)])
+        return lut, feats
+
+
 class LatencyPredictor:
     """Predict a subnet's latency on one device from its table and fitted models."""
 
@@ -81,7 +145,8 @@ class LatencyPredictor:
         self.table = table
         self.op_models = op_models or {}
         self.residual = residual
-        self._cache: dict[str, float] = {}
+        self._op_cache: dict[str, float] = {}
+        self._compiled: dict[tuple, _Compiled] = {}
 
     # ----- fitting ------------------------------------------------------------------------------------------
     @classmethod
@@ -90,9 +155,9 @@ class LatencyPredictor:
         if not table.ops:
             raise TableError(f"latency table for {table.device!r} has no op measurements; profile it first")
         by_kind: dict[str, list[tuple[OpSig, float]]] = {}
-        for key, m in table.ops.items():
+        for key in table.ops:
             op = OpSig.from_key(key)
-            by_kind.setdefault(op.kind, []).append((op, m.median_ms))
+            by_kind.setdefault(op.kind, []).append((op, table.op_ms(key)))
         op_models = {}
         for kind, rows in by_kind.items():
             x = np.array([op_features(op) for op, _ in rows])
@@ -101,61 +166,71 @@ class LatencyPredictor:
         pred = cls(table, op_models)
         if len(table.e2e) >= MIN_E2E_FOR_RESIDUAL:
             archs = [Arch.from_string(a) for a in table.e2e]
-            lut = pred._lut_sums(archs, table.n_classes)[0]
-            x = np.array([arch_features(a, s, table.n_classes) for a, s in zip(archs, lut)])
-            y = np.log(np.array([table.e2e[a.to_string()].median_ms for a in archs]) / lut)
-            pred.residual = _fit(x, y, seed)
+            lut, feats = pred._evaluate_archs(archs, table.n_classes)
+            y = np.log(np.array([table.e2e_ms(a) for a in archs]) / lut)
+            pred.residual = _fit(feats, y, seed)
         else:
             log.warning("table %s has %d end-to-end measurements (< %d): no residual model; predictions are the "
                         "plain sum of ops", table.device, len(table.e2e), MIN_E2E_FOR_RESIDUAL)
         return pred
 
     # ----- prediction ---------------------------------------------------------------------------------------
-    def _op_latency(self, ops: Sequence[OpSig]) -> None:
-        """Fill the cache for ops not in the table, one regressor call per kind."""
+    def op_latency(self, ops: Sequence[OpSig]) -> np.ndarray:
+        """Per-op latency: the table's value, or the op kind's regressor where the table lacks the op."""
         import xgboost as xgb
 
-        missing = [op for op in ops if op.key not in self.table.ops and op.key not in self._cache]
-        for kind in {op.kind for op in missing}:
-            group = [op for op in missing if op.kind == kind]
+        missing = {op.key: op for op in ops if op.key not in self.table.ops and op.key not in self._op_cache}
+        for kind in {op.kind for op in missing.values()}:
+            group = [op for op in missing.values() if op.kind == kind]
             model = self.op_models.get(kind)
             if model is None:
                 raise TableError(f"table {self.table.device!r} has no {kind} ops to estimate {group[0].key} from; "
                                  f"profile the device over the resolutions you search")
             y = model.predict(xgb.DMatrix(np.array([op_features(op) for op in group])))
             for op, v in zip(group, y):
-                self._cache[op.key] = float(np.exp(v) * _op_work(op))
+                self._op_cache[op.key] = float(np.exp(v) * _op_work(op))
+        return np.array([self.table.op_ms(op.key) if op.key in self.table.ops else self._op_cache[op.key]
+                         for op in ops])
 
-    def _lut_sums(self, archs: Sequence[Arch], n_classes: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-        all_ops = [arch_ops(a, n_classes) for a in archs]
-        self._op_latency([op for ops in all_ops for op in ops])
-        sums, est, n_missing = [], [], []
-        for ops in all_ops:
-            table_part = [self.table.ops[op.key].median_ms for op in ops if op.key in self.table.ops]
-            est_part = [self._cache[op.key] for op in ops if op.key not in self.table.ops]
-            sums.append(sum(table_part) + sum(est_part))
-            est.append(sum(est_part))
-            n_missing.append(len(est_part))
-        return np.array(sums), np.array(est), [len(o) for o in all_ops], n_missing
+    def compiled(self, space: SearchSpace, n_classes: int | None = None) -> _Compiled:
+        n_classes = self.table.n_classes if n_classes is None else n_classes
+        key = (space.resolutions, space.widths, n_classes)
+        if key not in self._compiled:
+            self._compiled[key] = _Compiled(self, space, n_classes)
+        return self._compiled[key]
+
+    def predict_genomes(self, space: SearchSpace, genomes: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+        """Predicted latency in ms for an (N, 22) array of NAT genomes of ``space`` (the search's fast path)."""
+        lut, feats = self.compiled(space, n_classes).evaluate(genomes)
+        if self.residual is None or not len(lut):
+            return lut
+        return lut * np.exp(self.residual.inplace_predict(feats))
+
+    def _evaluate_archs(self, archs: Sequence[Arch], n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+        space = SearchSpace(resolutions=tuple({a.r for a in archs}), widths=tuple({a.w for a in archs}))
+        return self.compiled(space, n_classes).evaluate(np.stack([space.encode(a) for a in archs]))
+
+    def predict(self, archs: Sequence[Arch] | Arch, n_classes: int | None = None) -> np.ndarray:
+        """Predicted latency in ms for a batch of Archs (or one)."""
+        archs = [archs] if isinstance(archs, Arch) else list(archs)
+        if not archs:
+            return np.zeros(0)
+        space = SearchSpace(resolutions=tuple({a.r for a in archs}), widths=tuple({a.w for a in archs}))
+        return self.predict_genomes(space, np.stack([space.encode(a) for a in archs]), n_classes)
 
     def predict_parts(self, archs: Sequence[Arch], n_classes: int | None = None) -> list[Prediction]:
         """Predictions with their parts (table sum, estimated share, residual factor)."""
         n_classes = self.table.n_classes if n_classes is None else n_classes
-        lut, est, n_ops, n_missing = self._lut_sums(archs, n_classes)
-        factor = np.ones(len(archs))
-        if self.residual is not None and len(archs):
-            import xgboost as xgb
-
-            x = np.array([arch_features(a, s, n_classes) for a, s in zip(archs, lut)])
-            factor = np.exp(self.residual.predict(xgb.DMatrix(x)))
-        return [Prediction(float(lut[i] * factor[i]), float(lut[i]), float(est[i]), n_ops[i], n_missing[i],
-                           float(factor[i])) for i in range(len(archs))]
-
-    def predict(self, archs: Sequence[Arch] | Arch, n_classes: int | None = None) -> np.ndarray:
-        """Predicted latency in ms for a batch of Archs (or one)."""
-        if isinstance(archs, Arch):
-            archs = [archs]
-        return np.array([p.latency_ms for p in self.predict_parts(list(archs), n_classes)])
+        total = self.predict(archs, n_classes)
+        out = []
+        for arch, latency in zip(archs, total):
+            ops = arch_ops(arch, n_classes)
+            ms = self.op_latency(ops)
+            missing = np.array([op.key not in self.table.ops for op in ops])
+            lut = float(ms.sum())
+            out.append(Prediction(float(latency), lut, float(ms[missing].sum()), len(ops), int(missing.sum()),
+                                  float(latency) / lut))
+        return out
 
     # ----- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

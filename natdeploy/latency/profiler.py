@@ -102,7 +102,7 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
 
 
 def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Path) -> None:
-    table.reference.append(backend.measure_op(op).median_ms)
+    table.reference.append(backend.measure_op(op).value(table.statistic))
     table.save(out)
 
 

@@ -46,7 +46,14 @@ class LatencyTable:
     ops: dict[str, Measurement] = field(default_factory=dict)
     e2e: dict[str, Measurement] = field(default_factory=dict)  # Arch string -> measurement
     n_classes: int = 1000
-    reference: list[float] = field(default_factory=list)  # repeated reference-op medians, for drift
+    reference: list[float] = field(default_factory=list)  # repeated reference-op measurements, for drift
+    statistic: str = "p10"  # which Measurement statistic predictions use
+
+    def op_ms(self, key: str) -> float:
+        return self.ops[key].value(self.statistic)
+
+    def e2e_ms(self, arch: Arch) -> float:
+        return self.e2e[arch.to_string()].value(self.statistic)
 
     def add_op(self, op: OpSig, m: Measurement) -> None:
         self.ops[op.key] = m
@@ -63,7 +70,7 @@ class LatencyTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
-                "provenance": self.provenance, "reference_ms": self.reference, "drift": round(self.drift, 4),
+                "statistic": self.statistic, "provenance": self.provenance, "reference_ms": self.reference, "drift": round(self.drift, 4),
                 "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
                 "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
 
@@ -89,7 +96,8 @@ class LatencyTable:
                 OpSig.from_key(k)
             e2e = {k: Measurement.from_dict(v) for k, v in raw.get("e2e", {}).items()}
             return cls(device=raw["device"], provenance=raw.get("provenance", {}), ops=ops, e2e=e2e,
-                       n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])))
+                       n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])),
+                       statistic=raw.get("statistic", "p10"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TableError(f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
                              "delete it and profile again, or restore it from version control") from None
