@@ -165,3 +165,63 @@ def test_cli_errors_without_traceback(capsys):
     assert main(["arch", "w1.0-r32-3333-3333-3333-3333-3333", "--space", "small", "--n-classes", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["genome"][:2] == [0, 0] and out["madds"] > 0
+
+
+def _fast_spec_file(tmp_path):
+    spec = tmp_path / "fastcpu.yaml"
+    spec.write_text("description: test cpu\ntransport: local\nruntime: onnxruntime\nthreads: 1\nwarmup: 1\nruns: 3\n"
+                    "e2e_warmup: 1\ne2e_runs: 3\nspace: small\nresolutions: [32]\n")
+    return spec
+
+
+def test_profile_killed_with_sigkill_resumes_without_loss(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec, out = _fast_spec_file(tmp_path), tmp_path / "t.json"
+    cmd = [sys.executable, "-m", "natdeploy.cli", "profile", "--device", str(spec), "--out", str(out),
+           "--n-classes", "10", "--e2e-samples", "5", "--quiet"]
+    env = {**os.environ, "NATDEPLOY_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if out.exists() and len(json.loads(out.read_text())["ops"]) >= 15:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    before = LatencyTable.load(out)  # the file is whole: every write was atomic
+    assert 15 <= len(before.ops) < len(space_ops(SMALL, 10, [32]))
+    res = profile_device(load_device(str(spec)), SMALL, n_classes=10, e2e_samples=5, out=out, quiet=True)
+    after = LatencyTable.load(out)
+    assert res.n_ops_measured_now == res.n_ops - len(before.ops)
+    assert all(after.ops[k] == m for k, m in before.ops.items())  # nothing re-measured, nothing lost
+
+
+def test_failed_measurement_is_retried_then_reported_never_stored(tmp_path):
+    from natdeploy.latency.backends import BackendError
+
+    spec = load_device(str(_fast_spec_file(tmp_path)))
+    backend = get_backend(spec)
+    failures = {"n": 0}
+    real = backend.measure_op
+    bad_key = space_ops(SMALL, 10, [32])[3].key
+
+    def flaky(op, seed=0):
+        if op.key == bad_key:
+            failures["n"] += 1
+            raise BackendError("session did not build")
+        return real(op, seed)
+
+    backend.measure_op = flaky
+    out = tmp_path / "t.json"
+    with pytest.raises(BackendError, match=f"measuring {bad_key} failed 3 times"):
+        profile_device(spec, SMALL, n_classes=10, e2e_samples=0, out=out, quiet=True, backend=backend)
+    assert failures["n"] == 3
+    table = LatencyTable.load(out)
+    assert bad_key not in table.ops and len(table.ops) == 3

@@ -7,12 +7,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from natdeploy.devices import DeviceSpec, tables_dir
-from natdeploy.latency.backends import Backend, get_backend
+from natdeploy.latency.backends import Backend, BackendError, get_backend
+from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.latency.table import LatencyTable, TableError
@@ -79,7 +80,7 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
         if todo:
             _measure_reference(backend, table, reference, out)
         for i, op in enumerate(todo, start=1):
-            table.add_op(op, backend.measure_op(op))
+            table.add_op(op, _with_retries(lambda: backend.measure_op(op), op.key))
             table.save(out)
             bar.update()
             if i % REFERENCE_EVERY == 0:
@@ -88,7 +89,7 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
             _measure_reference(backend, table, reference, out)
         for arch in e2e_todo:
             bar.set_postfix_str(f"subnet {arch}")
-            table.add_e2e(arch, backend.measure_arch(arch, n_classes))
+            table.add_e2e(arch, _with_retries(lambda: backend.measure_arch(arch, n_classes), f"subnet {arch}"))
             table.save(out)
             bar.update()
     finally:
@@ -101,8 +102,21 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
 
 
+def _with_retries(measure: Callable[[], Measurement], what: str, attempts: int = 3) -> Measurement:
+    """Run a measurement, retrying failures; a measurement that keeps failing raises, naming what it measured."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return measure()
+        except (BackendError, RuntimeError, OSError, ValueError) as exc:
+            if attempt == attempts:
+                raise BackendError(f"measuring {what} failed {attempts} times (last: {exc}); everything measured "
+                                   "so far is saved: fix the cause and rerun the same command to resume") from exc
+            log.warning("measuring %s failed (%s); retrying (%d/%d)", what, exc, attempt, attempts - 1)
+    raise AssertionError("unreachable")
+
+
 def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Path) -> None:
-    table.reference.append(backend.measure_op(op).value(table.statistic))
+    table.reference.append(_with_retries(lambda: backend.measure_op(op), op.key).value(table.statistic))
     table.save(out)
 
 
