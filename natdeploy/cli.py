@@ -103,6 +103,106 @@ def cmd_tables_import_ofa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets(devices: list[str], values: list[str] | None) -> dict[str, float]:
+    """``--max-latency 30ms`` (every device), one value per device in order, or ``DEVICE=30ms``."""
+    if not values:
+        return {}
+    named = [v for v in values if "=" in v]
+    if named:
+        if len(named) != len(values):
+            raise ConfigError("mix of DEVICE=budget and plain budgets in --max-latency; use one form")
+        out = {}
+        for v in named:
+            dev, val = v.split("=", 1)
+            if dev not in devices:
+                raise ConfigError(f"--max-latency names {dev!r}, which is not a --device of this search {devices}")
+            out[dev] = parse_latency_ms(val)
+        return out
+    if len(values) == 1:
+        return {d: parse_latency_ms(values[0]) for d in devices}
+    if len(values) != len(devices):
+        raise ConfigError(f"{len(values)} --max-latency values for {len(devices)} devices; give one, one per "
+                          "device in order, or DEVICE=budget")
+    return {d: parse_latency_ms(v) for d, v in zip(devices, values)}
+
+
+class _Progress:
+    """Prints phases; a tqdm bar for training steps and evaluations (off when quiet or not a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        from natdeploy.latency.profiler import progress_enabled
+
+        self.enabled, self.quiet, self.bar, self.kind = progress_enabled(quiet), quiet, None, None
+
+    def __call__(self, kind: str, info: dict) -> None:
+        from tqdm.auto import tqdm
+
+        if kind == "phase":
+            self.close()
+            if not self.quiet:
+                print(f"[natdeploy] {info['name']}", file=sys.stderr, flush=True)
+        elif kind == "iteration" and not self.quiet:
+            self.close()
+            print(f"[natdeploy] iteration {info['iteration']} done: archive {info['archive']}, surrogate Kendall "
+                  f"tau on unseen {info['kendall_tau_unseen']}", file=sys.stderr, flush=True)
+        elif kind in ("step", "evaluated") and self.enabled:
+            total = info["total"]
+            if self.bar is None or self.kind != kind or self.bar.total != total:
+                self.close()
+                self.bar = tqdm(total=total, unit="step" if kind == "step" else "subnet", leave=False)
+                self.kind = kind
+            self.bar.n = info.get("step", info.get("done"))
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from natdeploy.data import load_digits_data, load_image_folder
+    from natdeploy.latency.profiler import predictor_for
+    from natdeploy.search import NATConfig, run_search
+    from natdeploy.space import SearchSpace
+
+    devices = list(dict.fromkeys(args.device))
+    budgets = _budgets(devices, args.max_latency)
+    space = SearchSpace.preset(args.space, resolutions=args.resolutions)
+    if args.data:
+        data = load_image_folder(args.data, val=args.val, size=max(space.resolutions), seed=args.seed,
+                                 limit_per_class=args.train_per_class, val_limit_per_class=args.val_per_class)
+    else:
+        data = load_digits_data(size=max(space.resolutions), seed=args.seed)
+        print("note: no --data given; searching on scikit-learn's bundled digits (the embedded default)",
+              file=sys.stderr)
+    predictors = {d: predictor_for(d) for d in devices}
+    overrides = {k: v for k, v in {
+        "iterations": args.iterations, "epochs_per_iter": args.epochs_per_iter, "warmup_epochs": args.warmup_epochs,
+        "initial_archs": args.initial_archs, "population": args.population, "generations": args.generations,
+        "candidates_per_iter": args.candidates, "surrogate": args.surrogate, "batch_size": args.batch_size,
+        "objectives": tuple(args.objectives.split(",")) if args.objectives else None, "seed": args.seed,
+    }.items() if v is not None}
+    config = NATConfig.quick(**overrides) if args.settings == "quick" else NATConfig(**overrides)
+    name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
+    run_dir = Path(args.out) / name
+    progress = _Progress(args.quiet)
+    try:
+        record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
+                            resume=args.resume, on_event=progress)
+    finally:
+        progress.close()
+    print(record["summary"])
+    best = record["best"]
+    if best:
+        lat = ", ".join(f"{d} {v:.3f} ms" for d, v in best["latency_ms"].items())
+        print(f"\nbest within budget: {best['arch']}  accuracy {100 * best['accuracy']:.2f}%  ({lat})")
+    else:
+        print("\nno evaluated subnet meets every budget")
+    print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json supernet.pt")
+    return 0
+
+
 # ----- wiring ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="natdeploy", description="Hardware-aware Neural Architecture Transfer.",
@@ -148,6 +248,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", help="table path (default latency_tables/<device>.json)")
     p.add_argument("--n-classes", type=int, help="classifier width (default: the table's)")
     p.set_defaults(func=cmd_predict)
+
+    p = _parser("search", sub, "Run NAT: adapt the supernet to your data while searching subnets for the devices.",
+                _examples("natdeploy search --device cpu --max-latency 1.5ms --settings quick",
+                          "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa",
+                          "natdeploy search --device pixel4 --device cpu --max-latency pixel4=30ms cpu=8ms --data ./flowers",
+                          "natdeploy search --device cpu --max-latency 2ms --settings quick --resume"))
+    p.add_argument("--device", action="append", required=True, help="device to search for (repeatable)")
+    p.add_argument("--max-latency", nargs="+", help="budget: 30ms, one per device, or DEVICE=30ms")
+    p.add_argument("--data", help="ImageFolder directory (default: scikit-learn's bundled digits)")
+    p.add_argument("--val", help="validation ImageFolder (default: a seeded 20%% split of --data)")
+    p.add_argument("--train-per-class", type=int, help="use a seeded subset of this many training images per class")
+    p.add_argument("--val-per-class", type=int, help="use at most this many validation images per class")
+    p.add_argument("--supernet", default="scratch", help="OFA or natdeploy checkpoint path, or 'scratch' (default)")
+    p.add_argument("--space", default="small", help="search-space preset: small (default), ofa, nat")
+    p.add_argument("--resolutions", type=int, nargs="+", help="override the preset's resolutions")
+    p.add_argument("--objectives", help="comma list from error,latency,madds,params (default error,latency)")
+    p.add_argument("--settings", choices=["paper", "quick"], default="paper",
+                   help="paper: NAT's reference settings (default); quick: a few-minute demo run")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--epochs-per-iter", type=int)
+    p.add_argument("--warmup-epochs", type=int, help="sandwich-rule epochs before searching from scratch")
+    p.add_argument("--initial-archs", type=int)
+    p.add_argument("--population", type=int)
+    p.add_argument("--generations", type=int)
+    p.add_argument("--candidates", type=int, help="subnets evaluated per iteration")
+    p.add_argument("--surrogate", choices=["rbf", "gp", "cart", "rf", "mlp", "as"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs", help="parent folder of the run (default runs/)")
+    p.add_argument("--name", help="run name (default <devices>-<space>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
 
     p = _parser("tables", sub, "Manage latency tables.", _examples(
         "natdeploy tables import-ofa ../shared/data/ofa_note10_lut --device note10"))

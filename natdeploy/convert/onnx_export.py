@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from natdeploy.errors import ConversionError
+from natdeploy.supernet.network import MobileNetV3Subnet
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,6 @@ INPUT_NAME = "input"
 
 
 def _default_output_name(module: nn.Module) -> str:
-    # Imported here so that importing the converters does not pull in the supernet package's deps eagerly.
-    from natdeploy.supernet.network import MobileNetV3Subnet
-
     return "logits" if isinstance(module, MobileNetV3Subnet) else "output"
 
 
@@ -90,8 +88,8 @@ def onnx_bytes(module: nn.Module, input_shape: Sequence[int], opset: int = 17, d
     finally:
         module.train(was_training)
     try:
-        onnx.checker.check_model(onnx.load_from_string(data))
-    except onnx.checker.ValidationError as exc:
+        onnx.checker.check_model(data)  # bytes go straight to the C++ checker, skipping a Python-side parse
+    except (onnx.checker.ValidationError, ValueError) as exc:
         raise ConversionError(f"exported ONNX model of {type(module).__name__} fails onnx.checker: {exc}") from exc
     return data
 

@@ -53,6 +53,12 @@ def _read(path: Path) -> Any:
                               "is the file complete and a .pth/.pt file?") from exc
 
 
+def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``extra`` dict saved with a natdeploy supernet checkpoint ({} for other checkpoints)."""
+    obj = _read(Path(path))
+    return dict(obj.get("extra") or {}) if isinstance(obj, dict) and obj.get("format") == FORMAT else {}
+
+
 def load_supernet(path: str | os.PathLike, n_classes: int | None = None) -> OFAMobileNetV3Supernet:
     """Load a supernet from natdeploy's checkpoint format or from an OFA MobileNetV3 checkpoint.
 

@@ -1,0 +1,348 @@
+"""The NAT loop (Lu et al., TPAMI 2021): archive -> surrogate -> NSGA-II/III -> subset -> supernet adaptation.
+
+Every iteration ends with a checkpoint (archive, state, supernet); ``resume`` continues a killed run exactly,
+because every random stream is derived from (seed, iteration, phase) rather than carried in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from natdeploy.data import ImageData
+from natdeploy.errors import NatDeployError
+from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.table import atomic_write_text
+from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
+from natdeploy.space import SearchSpace
+from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet
+from natdeploy.supernet.checkpoint import checkpoint_extra
+from natdeploy.train import evaluate_arch, train_epochs
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class SearchError(NatDeployError):
+    """The search cannot start or continue as asked."""
+
+
+@dataclass
+class NATConfig:
+    """NAT's settings; the defaults are the paper's reference values (``quick()`` gives a demo-sized run)."""
+
+    iterations: int = 30
+    initial_archs: int = 100
+    population: int = 100
+    generations: int = 20
+    candidates_per_iter: int = 8
+    top_archs: int = 150
+    subnets_per_step: int = 4
+    epochs_per_iter: int = 5
+    warmup_epochs: int = 10
+    surrogate: str = "rbf"
+    objectives: tuple[str, ...] = ("error", "latency")
+    lr: float = 0.05
+    batch_size: int = 64
+    bn_batches: int = 4
+    val_limit: int | None = None
+    reevaluate_archive: bool = True
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "NATConfig":
+        """A demo-sized run that finishes in minutes on 2 CPU cores."""
+        base = dict(iterations=3, initial_archs=16, population=40, generations=10, candidates_per_iter=6,
+                    top_archs=20, subnets_per_step=2, epochs_per_iter=1, warmup_epochs=3, batch_size=64)
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass
+class ArchiveEntry:
+    genome: list[int]
+    arch: str
+    accuracy: float
+    latency_ms: dict[str, float]
+    madds: int
+    params: int
+    iteration: int
+    predicted_accuracy: float | None = None
+
+
+@dataclass
+class SearchState:
+    config: dict
+    devices: list[str]
+    budgets: dict[str, float]
+    space: dict
+    data: dict
+    n_classes: int
+    completed_iteration: int = -1  # -1: initial archive not done; 0: initial archive evaluated
+    warmed_up: bool = False
+    supernet_source: str = "scratch"
+    archive: list[dict] = field(default_factory=list)
+    tau_history: list[dict] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+    version: int = STATE_VERSION
+
+
+def _rng(seed: int, iteration: int, phase: int) -> np.random.Generator:
+    return np.random.default_rng([seed, iteration + 1, phase])
+
+
+class NATSearch:
+    """One NAT run in ``run_dir``. Build it with :meth:`create` or :meth:`resume`, then call :meth:`run`."""
+
+    def __init__(self, run_dir: Path, state: SearchState, supernet: OFAMobileNetV3Supernet, data: ImageData,
+                 predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry]) -> None:
+        self.run_dir, self.state, self.supernet, self.data = run_dir, state, supernet, data
+        self.predictors, self.archive = predictors, archive
+        self.cfg = NATConfig(**{**state.config, "objectives": tuple(state.config["objectives"])})
+        self.space = SearchSpace(resolutions=tuple(state.space["resolutions"]), widths=tuple(state.space["widths"]),
+                                 name=state.space.get("name", "custom"))
+        self.costs = CostCache(self.space, state.n_classes)
+        self.columns = objective_columns(self.cfg.objectives, state.devices)
+
+    # ----- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: Path, config: NATConfig, space: SearchSpace, data: ImageData,
+               predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
+               supernet: OFAMobileNetV3Supernet, supernet_source: str = "scratch") -> "NATSearch":
+        if (run_dir / "state.json").exists():
+            raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
+        if supernet.width not in space.widths:
+            raise SearchError(f"the supernet's width {supernet.width} is not in the search space {space.widths}")
+        space = SearchSpace(resolutions=space.resolutions, widths=(supernet.width,), name=space.name)
+        state = SearchState(config={**asdict(config), "objectives": list(config.objectives)},
+                            devices=list(predictors), budgets=budgets,
+                            space={"name": space.name, "resolutions": list(space.resolutions),
+                                   "widths": list(space.widths)},
+                            data=data.describe(), n_classes=data.n_classes, supernet_source=str(supernet_source))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        search = cls(run_dir, state, supernet, data, predictors, [])
+        search._checkpoint()
+        return search
+
+    @classmethod
+    def resume(cls, run_dir: Path, data: ImageData, predictors: dict[str, LatencyPredictor]) -> "NATSearch":
+        path = run_dir / "state.json"
+        if not path.exists():
+            raise SearchError(f"{run_dir} holds no search to resume (no state.json)")
+        raw = json.loads(path.read_text())
+        if raw.get("version") != STATE_VERSION:
+            raise SearchError(f"{path} has state version {raw.get('version')}; this natdeploy reads {STATE_VERSION}")
+        state = SearchState(**raw)
+        if sorted(state.devices) != sorted(predictors):
+            raise SearchError(f"{run_dir} searched devices {state.devices}; resume it with the same --device flags")
+        if data.describe()["n_train"] != state.data["n_train"] or data.classes != state.data["classes"]:
+            raise SearchError(f"{run_dir} was searched on {state.data['source']}; resume it with the same data")
+        want = {"iteration": state.completed_iteration, "warmed_up": state.warmed_up}
+        for name in ("supernet.pt", "supernet.prev.pt"):  # a kill between the two writes leaves the older one
+            if (run_dir / name).exists() and checkpoint_extra(run_dir / name) == want:
+                supernet = load_supernet(run_dir / name)
+                break
+        else:
+            raise SearchError(f"{run_dir} has no supernet checkpoint matching its state {want}; the run folder is "
+                              "damaged: start a new run")
+        archive = [ArchiveEntry(**e) for e in state.archive]
+        return cls(run_dir, state, supernet, data, predictors, archive)
+
+    # ----- the loop -----------------------------------------------------------------------------------------
+    def run(self, on_event: Callable[[str, dict], None] | None = None) -> list[ArchiveEntry]:
+        """Run (or continue) the search to ``config.iterations``; checkpoints after every phase. A supernet
+        from scratch is first warmed up with the sandwich rule."""
+        emit = on_event or (lambda kind, info: None)
+        cfg = self.cfg
+        if self.state.completed_iteration < 0:
+            if self.state.supernet_source == "scratch" and cfg.warmup_epochs > 0 and not self.state.warmed_up:
+                emit("phase", {"name": f"warm-up: {cfg.warmup_epochs} sandwich-rule epochs from scratch"})
+                t0 = time.perf_counter()
+                train_epochs(self.supernet, self.data, self.space, cfg.warmup_epochs,
+                             lambda rng, n: self.space.sample(rng, n), cfg.subnets_per_step, seed=cfg.seed,
+                             lr=cfg.lr, batch_size=cfg.batch_size, include_smallest=True,
+                             progress=lambda s, t: emit("step", {"step": s, "total": t}))
+                self.state.timings.append({"phase": "warmup", "seconds": round(time.perf_counter() - t0, 1)})
+                self.state.warmed_up = True
+                self._checkpoint()
+            emit("phase", {"name": f"initial archive: {cfg.initial_archs} subnets"})
+            rng = _rng(cfg.seed, -1, 0)
+            archs = [self.space.smallest(), self.space.largest()] + self.space.sample(rng, max(0, cfg.initial_archs - 2))
+            genomes = np.unique(canonical(np.stack([self.space.encode(a) for a in archs])), axis=0)
+            self._evaluate_new(genomes, iteration=0, predicted=None, emit=emit)
+            self.state.completed_iteration = 0
+            self._checkpoint()
+        while self.state.completed_iteration < cfg.iterations:
+            it = self.state.completed_iteration + 1
+            self._iteration(it, emit)
+            self.state.completed_iteration = it
+            self._checkpoint()
+            emit("iteration", {"iteration": it, "archive": len(self.archive), **self.state.tau_history[-1]})
+        return self.archive
+
+    def _iteration(self, it: int, emit: Callable[[str, dict], None]) -> None:
+        from natdeploy.search.surrogates import kendall_tau, make_surrogate
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        X = np.array([e.genome for e in self.archive], dtype=float)
+        y = np.array([1.0 - e.accuracy for e in self.archive])
+        surrogate = make_surrogate(cfg.surrogate, seed=cfg.seed + it).fit(X, y)
+        t_fit = time.perf_counter() - t0
+        candidates = self._nsga(surrogate, it)
+        chosen = self._select_subset(candidates, surrogate, cfg.candidates_per_iter)
+        t_search = time.perf_counter() - t0
+        emit("phase", {"name": f"iteration {it}: evaluating {len(chosen)} candidates"})
+        predicted = 1.0 - surrogate.predict(chosen.astype(float)) if len(chosen) else np.zeros(0)
+        new = self._evaluate_new(chosen, it, predicted, emit)
+        tau = kendall_tau(np.array([e.accuracy for e in new]), predicted) if len(new) >= 2 else float("nan")
+        emit("phase", {"name": f"iteration {it}: adapting the supernet ({cfg.epochs_per_iter} epochs)"})
+        t1 = time.perf_counter()
+        sampler = self._adaptation_sampler(it)
+        train_epochs(self.supernet, self.data, self.space, cfg.epochs_per_iter, sampler, cfg.subnets_per_step,
+                     seed=cfg.seed * 1000 + it, lr=cfg.lr, batch_size=cfg.batch_size,
+                     progress=lambda s, t: emit("step", {"step": s, "total": t}))
+        t_train = time.perf_counter() - t1
+        if cfg.reevaluate_archive:
+            emit("phase", {"name": f"iteration {it}: re-evaluating the archive ({len(self.archive)} subnets)"})
+            for i, entry in enumerate(self.archive):
+                entry.accuracy = self._accuracy(self.space.decode(entry.genome), it, i)
+        self.state.tau_history.append({"iteration": it, "kendall_tau_unseen": round(float(tau), 4),
+                                       "surrogate": getattr(surrogate, "chosen", cfg.surrogate)})
+        self.state.timings.append({"iteration": it, "surrogate_fit_s": round(t_fit, 3),
+                                   "search_overhead_s": round(t_search, 3), "train_s": round(t_train, 1),
+                                   "total_s": round(time.perf_counter() - t0, 1)})
+
+    def _nsga(self, surrogate: Any, it: int) -> np.ndarray:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.algorithms.moo.nsga3 import NSGA3
+        from pymoo.operators.crossover.sbx import SBX
+        from pymoo.operators.mutation.pm import PM
+        from pymoo.operators.repair.rounding import RoundingRepair
+        from pymoo.optimize import minimize
+        from pymoo.util.ref_dirs import get_reference_directions
+
+        from natdeploy.search.problem import StageRepair
+
+        cfg = self.cfg
+        seed = int(_rng(cfg.seed, it, 1).integers(2**31 - 1))
+        problem = NATProblem(self.space, surrogate, self.cfg.objectives, self.predictors, self.state.budgets,
+                             self.costs)
+        # Start from the archive's genomes (NAT seeds the search with what it has evaluated), then random ones.
+        rng = _rng(cfg.seed, it, 2)
+        start = canonical(np.array([e.genome for e in self.archive]))
+        extra = max(0, cfg.population - len(start))
+        if extra:
+            rand = np.stack([self.space.encode(a) for a in self.space.sample(rng, extra)])
+            start = np.concatenate([start, rand])
+        start = start[rng.permutation(len(start))[:cfg.population]] if len(start) > cfg.population else start
+        ops = dict(sampling=start.astype(float), crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+                   mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=StageRepair(self.space, seed),
+                   eliminate_duplicates=True)
+        if problem.n_obj <= 2:
+            algo = NSGA2(pop_size=cfg.population, **ops)
+        else:
+            ref = get_reference_directions("energy", problem.n_obj, cfg.population, seed=seed)
+            algo = NSGA3(ref_dirs=ref, pop_size=cfg.population, **ops)
+        res = minimize(problem, algo, ("n_gen", cfg.generations), seed=seed, verbose=False)
+        pop = res.pop
+        X = canonical(np.rint(pop.get("X")))
+        cv = pop.get("CV").ravel() if pop.get("CV") is not None else np.zeros(len(X))
+        X = X[cv <= 0]
+        seen = {tuple(e.genome) for e in self.archive}
+        keep = [i for i, row in enumerate(X) if tuple(int(v) for v in row) not in seen]
+        return np.unique(X[keep], axis=0) if keep else np.zeros((0, X.shape[1]), dtype=np.int64)
+
+    def _select_subset(self, X: np.ndarray, surrogate: Any, k: int) -> np.ndarray:
+        """K candidates spread along the front: non-dominated first, then one per equal-width bin of the first
+        cost objective, each bin's best predicted accuracy."""
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        if len(X) <= k:
+            return X
+        values = evaluate_columns(X, self.columns, surrogate, self.predictors, self.space, self.costs)
+        F = np.column_stack([values[c] for c in self.columns])
+        fronts = NonDominatedSorting().do(F)
+        pool: list[int] = []
+        for front in fronts:
+            pool += list(front)
+            if len(pool) >= k:
+                break
+        pool_arr = np.array(pool)
+        cost_col = next((i for i, c in enumerate(self.columns) if c != "error"), 0)
+        cost = F[pool_arr, cost_col]
+        err = F[pool_arr, self.columns.index("error")] if "error" in self.columns else cost
+        edges = np.linspace(cost.min(), cost.max() + 1e-12, k + 1)
+        chosen: list[int] = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            in_bin = np.nonzero((cost >= lo) & (cost < hi))[0]
+            if len(in_bin):
+                chosen.append(int(in_bin[np.argmin(err[in_bin])]))
+        rest = [i for i in np.argsort(err) if i not in chosen]
+        chosen += rest[:k - len(chosen)]
+        return X[pool_arr[chosen[:k]]]
+
+    def _adaptation_sampler(self, it: int) -> Callable[[np.random.Generator, int], list]:
+        """Per-gene categorical distributions fitted on the archive's best, for sampling training subnets."""
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        cfg = self.cfg
+        F = np.column_stack([[1 - e.accuracy for e in self.archive],
+                             [e.latency_ms[self.state.devices[0]] if self.state.devices else e.madds
+                              for e in self.archive]])
+        ranks = np.empty(len(F), dtype=int)
+        for r, front in enumerate(NonDominatedSorting().do(F)):
+            ranks[front] = r
+        order = np.lexsort((F[:, 0], ranks))[:cfg.top_archs]
+        G = np.array([self.archive[i].genome for i in order])
+        lo, hi = self.space.lower_bounds, self.space.upper_bounds
+        probs = []
+        for j in range(G.shape[1]):
+            counts = np.bincount(G[:, j] - lo[j], minlength=hi[j] - lo[j] + 1).astype(float) + 1.0
+            probs.append(counts / counts.sum())
+
+        def sample(rng: np.random.Generator, n: int) -> list:
+            raw = np.array([[lo[j] + rng.choice(len(p), p=p) for j, p in enumerate(probs)] for _ in range(n)])
+            return [self.space.decode(g) for g in repair_genomes(self.space, raw, rng)]
+
+        return sample
+
+    # ----- evaluation and bookkeeping -----------------------------------------------------------------------
+    def _accuracy(self, arch: Any, it: int, i: int) -> float:
+        return evaluate_arch(self.supernet, arch, self.data, self.cfg.bn_batches, seed=self.cfg.seed + 7919 * it + i,
+                             val_limit=self.cfg.val_limit)
+
+    def _evaluate_new(self, genomes: np.ndarray, iteration: int, predicted: np.ndarray | None,
+                      emit: Callable[[str, dict], None]) -> list[ArchiveEntry]:
+        new = []
+        for i, g in enumerate(genomes):
+            arch = self.space.decode(g)
+            g2 = canonical(g[None])
+            lat = {d: float(p.predict_genomes(self.space, g2, self.state.n_classes)[0])
+                   for d, p in self.predictors.items()}
+            m, p = self.costs(g2)
+            entry = ArchiveEntry([int(v) for v in g2[0]], str(arch), self._accuracy(arch, iteration, i), lat,
+                                 int(m[0]), int(p[0]), iteration,
+                                 None if predicted is None else round(float(predicted[i]), 5))
+            new.append(entry)
+            self.archive.append(entry)
+            emit("evaluated", {"done": i + 1, "total": len(genomes), "arch": entry.arch, "accuracy": entry.accuracy})
+        return new
+
+    def _checkpoint(self) -> None:
+        """Supernet first (keeping the previous one), then state.json, the commit point; outputs last."""
+        sn = self.run_dir / "supernet.pt"
+        if sn.exists():
+            os.replace(sn, self.run_dir / "supernet.prev.pt")
+        save_supernet(self.supernet, sn, extra={"iteration": self.state.completed_iteration,
+                                                "warmed_up": self.state.warmed_up})
+        self.state.archive = [asdict(e) for e in self.archive]
+        atomic_write_text(self.run_dir / "state.json", json.dumps(asdict(self.state), indent=1) + "\n")
+        atomic_write_text(self.run_dir / "archive.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in self.archive))
