@@ -39,6 +39,7 @@ class ImageData:
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    hflip: bool = True  # horizontal flips in augmentation (off for data such as digits, where a flip changes the class)
 
     @property
     def n_classes(self) -> int:
@@ -62,7 +63,7 @@ class ImageData:
             idx = torch.from_numpy(order[start:start + batch_size])
             x = x_all[idx].float().div_(255)
             if augment:
-                x = _augment(x, rng or np.random.default_rng(start))
+                x = _augment(x, rng or np.random.default_rng(start), self.hflip)
             x = resize(x, resolution)
             yield ((x - mean) / std).contiguous(memory_format=torch.channels_last), y_all[idx]
 
@@ -74,13 +75,13 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, rng: np.random.Generator, hflip: bool = True) -> torch.Tensor:
     """Random crop after reflect-padding by 1/8 of the size, and horizontal flips (the CIFAR recipe)."""
     n, _, s, _ = x.shape
     pad = max(1, s // 8)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     offs = rng.integers(0, 2 * pad + 1, size=(n, 2))
-    flips = rng.random(n) < 0.5
+    flips = (rng.random(n) < 0.5) & hflip
     out = torch.empty_like(x)
     for i in range(n):
         crop = padded[i, :, offs[i, 0]:offs[i, 0] + s, offs[i, 1]:offs[i, 1] + s]
@@ -119,7 +120,7 @@ def load_digits_data(size: int = 32, val_fraction: float = 0.2, seed: int = 0) -
     tx, ty, vx, vy = _split(x, y, val_fraction, seed)
     mean, std = _stats(tx)
     return ImageData(tx, ty, vx, vy, [str(i) for i in range(10)], "sklearn digits (embedded default)", mean, std,
-                     notes=["no --data given: using scikit-learn's bundled 8x8 digits, upsampled"])
+                     notes=["no --data given: using scikit-learn's bundled 8x8 digits, upsampled"], hflip=False)
 
 
 def _read_folder(root: Path, size: int, classes: list[str] | None = None,
@@ -182,3 +183,24 @@ def load_image_folder(root: str | Path, val: str | Path | None = None, size: int
         tx, ty, vx, vy = _split(x, y, val_fraction, seed)
     mean, std = _stats(tx)
     return ImageData(tx, ty, vx, vy, classes, str(root), mean, std, skipped=skipped)
+
+
+def load_described(desc: dict, seed: int = 0) -> ImageData:
+    """Reload the data a run recorded with :meth:`ImageData.describe` (scikit-learn digits, or an ImageFolder).
+
+    The recorded normalisation statistics replace the recomputed ones, because the run's weights were trained
+    with those exact values.
+    """
+    source = str(desc.get("source", ""))
+    if "storage_size" not in desc:
+        raise DataError(f"the data description of {source or 'this run'} records no storage_size; "
+                        "pass the data explicitly")
+    size = int(desc["storage_size"])
+    if source.startswith("sklearn digits"):
+        data = load_digits_data(size=size, seed=seed)
+    else:
+        data = load_image_folder(source, size=size, seed=seed)
+    if desc.get("mean") and desc.get("std"):
+        data.mean = tuple(float(v) for v in desc["mean"])  # type: ignore[assignment]
+        data.std = tuple(float(v) for v in desc["std"])  # type: ignore[assignment]
+    return data

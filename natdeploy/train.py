@@ -91,7 +91,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                 nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 step += 1
                 if progress:
                     progress(step, epochs * n_batches)

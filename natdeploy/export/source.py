@@ -1,0 +1,230 @@
+"""Where an export starts: a finished NAT run folder (its archive, budgets, adapted supernet and data), or an
+Arch with a supernet checkpoint. Picks the Arch and reloads what it needs, refusing what it cannot use."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from natdeploy.data import DataError, ImageData, load_described
+from natdeploy.errors import CheckpointError
+from natdeploy.export.errors import ExportError
+from natdeploy.space import Arch
+from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
+from natdeploy.supernet.checkpoint import checkpoint_extra
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """What an export reads from a run folder's state.json."""
+
+    run_dir: Path
+    state: dict[str, Any]
+    supernet_path: Path
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.state.get("devices") or [])
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        return {d: float(v) for d, v in (self.state.get("budgets") or {}).items()}
+
+    @property
+    def archive(self) -> list[dict[str, Any]]:
+        return list(self.state.get("archive") or [])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.state["n_classes"])
+
+    @property
+    def seed(self) -> int:
+        return int((self.state.get("config") or {}).get("seed", 0))
+
+    @property
+    def bn_batches(self) -> int:
+        return int((self.state.get("config") or {}).get("bn_batches", 4))
+
+    def entry_for(self, arch: Arch) -> dict[str, Any] | None:
+        """The archive entry of ``arch``, when the search evaluated it."""
+        return next((e for e in self.archive if e.get("arch") == arch.to_string()), None)
+
+
+@dataclass
+class Source:
+    """Everything the exporter needs about the model, resolved: the Arch, its supernet, data and budgets."""
+
+    arch: Arch
+    supernet: OFAMobileNetV3Supernet
+    data: ImageData | None
+    n_classes: int
+    classes: list[str]
+    budgets: dict[str, float]
+    devices: list[str]
+    seed: int = 0
+    bn_batches: int = 4
+    run: RunInfo | None = None
+    supernet_path: Path | None = None
+    archive_entry: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """Read a run folder's state.json and pick the supernet checkpoint that matches it; refuse unfinished runs."""
+    run_dir = Path(run_dir)
+    path = run_dir / "state.json"
+    if not path.is_file():
+        raise ExportError(f"{run_dir} is not a natdeploy run folder (no state.json); give the folder that "
+                          "`natdeploy search` wrote, or an Arch string with --supernet")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} could not be read as JSON ({exc}); the run folder is damaged") from None
+    missing = [k for k in ("archive", "n_classes", "data", "devices") if k not in state]
+    if missing:
+        raise ExportError(f"{path} lacks {missing}; it is not a natdeploy search state")
+    done = int(state.get("completed_iteration", -1))
+    if done < 1:
+        raise ExportError(f"{run_dir} has no finished NAT iteration (completed_iteration={done}); let the search "
+                          "finish at least one iteration (rerun it with --resume), then export")
+    if not state["archive"]:
+        raise ExportError(f"{run_dir} has an empty archive; there is no Arch to export")
+    return RunInfo(run_dir, state, _matching_supernet(run_dir, state))
+
+
+def _matching_supernet(run_dir: Path, state: dict[str, Any]) -> Path:
+    # The search writes supernet.pt before state.json; a kill between the two leaves the matching one as .prev.
+    want = {"iteration": state.get("completed_iteration"), "warmed_up": state.get("warmed_up", False)}
+    candidates = [run_dir / n for n in ("supernet.pt", "supernet.prev.pt") if (run_dir / n).is_file()]
+    if not candidates:
+        raise ExportError(f"{run_dir} holds no supernet.pt; the run folder is incomplete")
+    for path in candidates:
+        try:
+            extra = checkpoint_extra(path)
+        except CheckpointError as exc:
+            raise ExportError(f"{path}: {exc}") from None
+        if extra.get("iteration") == want["iteration"]:
+            return path
+    log.warning("no supernet checkpoint in %s records iteration %s; using %s", run_dir, want["iteration"],
+                candidates[0].name)
+    return candidates[0]
+
+
+def resolve_budgets(budget: float | Mapping[str, float] | None, devices: Sequence[str],
+                    run_budgets: Mapping[str, float]) -> dict[str, float]:
+    """A number applies to every device of the run; a mapping names devices; None means the run's own budgets."""
+    if budget is None:
+        return dict(run_budgets)
+    if isinstance(budget, Mapping):
+        unknown = sorted(set(budget) - set(devices))
+        if unknown:
+            raise ExportError(f"budget given for {unknown}, which the run did not search; its devices: {list(devices)}")
+        out = {d: float(v) for d, v in budget.items()}
+    else:
+        if not devices:
+            raise ExportError("a budget needs a device, and this run searched none; pick the Arch with --arch")
+        out = {d: float(budget) for d in devices}
+    bad = {d: v for d, v in out.items() if not (v > 0 and math.isfinite(v))}
+    if bad:
+        raise ExportError(f"budgets must be positive milliseconds, got {bad}")
+    return out
+
+
+def select_entry(run: RunInfo, budgets: Mapping[str, float]) -> dict[str, Any]:
+    """The most accurate archive entry whose predicted latency meets every budget (the search's own rule)."""
+    from natdeploy.search.nat import ArchiveEntry
+    from natdeploy.search.report import best_within
+
+    entries = [ArchiveEntry(**e) for e in run.archive]
+    lacking = sorted({d for e in entries for d in budgets if d not in e.latency_ms})
+    if lacking:
+        raise ExportError(f"the archive of {run.run_dir} holds no predicted latency for {lacking}; budget only "
+                          f"devices the run searched: {run.devices}")
+    best = best_within(entries, dict(budgets))
+    if best is None:
+        fastest = min(entries, key=lambda e: max(e.latency_ms[d] / b for d, b in budgets.items()))
+        want = ", ".join(f"{d} {b:g} ms" for d, b in budgets.items())
+        got = ", ".join(f"{d} {fastest.latency_ms[d]:.3f} ms" for d in budgets)
+        raise ExportError(f"no Arch in {run.run_dir} meets the budget ({want}); the closest is the fastest archive "
+                          f"entry {fastest.arch} at {got} (accuracy {100 * fastest.accuracy:.2f}%). Raise the "
+                          "budget, or pick an Arch with --arch")
+    return run.archive[entries.index(best)]
+
+
+def load_run_data(run: RunInfo) -> ImageData:
+    """Reload the run's dataset from its recorded description, checking that the classes still match."""
+    desc = run.state["data"]
+    try:
+        data = load_described(desc, seed=run.seed)
+    except DataError as exc:
+        raise ExportError(f"could not reload the run's data ({exc}); pass the data explicitly (--data)") from None
+    if list(desc.get("classes") or data.classes) != data.classes:
+        raise ExportError(f"the data at {desc.get('source')} now has classes {data.classes[:5]}..., but the run "
+                          f"was searched on {desc.get('classes', [])[:5]}...; labels would not match")
+    if desc.get("n_train") not in (None, len(data.train_y)) or desc.get("n_val") not in (None, len(data.val_y)):
+        log.warning("reloaded data has %d train / %d val images; the run recorded %s / %s", len(data.train_y),
+                    len(data.val_y), desc.get("n_train"), desc.get("n_val"))
+    return data
+
+
+def from_run(run_dir: str | Path, arch: Arch | str | None = None, budget: float | Mapping[str, float] | None = None,
+             data: ImageData | None = None, devices: Sequence[str] | None = None) -> Source:
+    """Resolve an export from a run folder: the Arch given, else the best within ``budget`` (default: the run's)."""
+    run = read_run(run_dir)
+    budgets = resolve_budgets(budget, run.devices, run.budgets)
+    if arch is None:
+        entry = select_entry(run, budgets)
+        chosen = Arch.from_string(entry["arch"])
+    else:
+        chosen = Arch.parse(arch) if isinstance(arch, str) else arch
+        entry = run.entry_for(chosen)
+    try:
+        supernet = load_supernet(run.supernet_path)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    _check_fits(supernet, chosen, run.n_classes)
+    data = data if data is not None else load_run_data(run)
+    if data.n_classes != run.n_classes:
+        raise ExportError(f"the data has {data.n_classes} classes, the run's model {run.n_classes}")
+    return Source(arch=chosen, supernet=supernet, data=data, n_classes=run.n_classes, classes=list(data.classes),
+                  budgets=budgets, devices=list(devices) if devices is not None else run.devices, seed=run.seed,
+                  bn_batches=run.bn_batches, run=run, supernet_path=run.supernet_path, archive_entry=entry)
+
+
+def from_arch(arch: Arch | str, supernet: str | Path, data: ImageData | None = None,
+              budget: float | Mapping[str, float] | None = None, devices: Sequence[str] = (),
+              seed: int = 0, bn_batches: int = 4) -> Source:
+    """Resolve an export of one Arch from a supernet checkpoint, with optional data for BN, calibration and checks."""
+    chosen = Arch.parse(arch) if isinstance(arch, str) else arch
+    try:
+        net = load_supernet(supernet)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    _check_fits(net, chosen, net.n_classes)
+    notes = []
+    if data is None:
+        notes.append("no data given: BN statistics are the checkpoint's, parity ran on random inputs, and no "
+                     "accuracy was measured")
+        classes = [f"class_{i}" for i in range(net.n_classes)]
+    else:
+        if data.n_classes != net.n_classes:
+            raise ExportError(f"the data has {data.n_classes} classes but the supernet {supernet} has a "
+                              f"{net.n_classes}-class head; give data with the classes it was trained on")
+        classes = list(data.classes)
+    budgets = resolve_budgets(budget, list(devices), {})
+    return Source(arch=chosen, supernet=net, data=data, n_classes=net.n_classes, classes=classes, budgets=budgets,
+                  devices=list(devices), seed=seed, bn_batches=bn_batches, supernet_path=Path(supernet), notes=notes)
+
+
+def _check_fits(supernet: OFAMobileNetV3Supernet, arch: Arch, n_classes: int) -> None:
+    if arch.w != supernet.width:
+        raise ExportError(f"Arch {arch} has width w{arch.w}, but the supernet is w{supernet.width}")
+    if supernet.n_classes != n_classes:
+        raise ExportError(f"the supernet has a {supernet.n_classes}-class head, the run {n_classes} classes")
