@@ -63,7 +63,8 @@ def bench_time(net_path: Path, data: ImageData, arch: Arch, parity_images: int, 
                                   ("TFLite int8", "tflite", True, "tflite_int8_convert")):
         t0 = time.perf_counter()
         res = export_bundle(arch, work / name.replace(" ", "-"), supernet=net_path, data=data, formats=fmt,
-                            int8=int8, calibration_images=200, parity_images=parity_images, val_limit=200,
+                            int8=int8, calibration_images=200, parity_images=parity_images, bn_images=256,
+                            val_limit=200,
                             measure_latency=False)
         total = time.perf_counter() - t0
         size = res.metadata["files"][f"model.{fmt}"]["bytes"]
@@ -160,7 +161,7 @@ def main() -> None:
             ckpt = save_supernet(net, work / "supernet.pt")
             rows, tf_import = bench_time(ckpt, data, arch, args.parity_images, work)
             lines += [f"**Export time**, `{arch}` ({args.resolution} px), whole `export_bundle` (BN recalibration "
-                      "4x256 images, validation accuracy on 200 images, parity on "
+                      "on 256 images, validation accuracy on 200 images, parity on "
                       f"{args.parity_images} images, int8 check, bundle and zip; no latency measurement). "
                       f"TensorFlow import, once per process: {tf_import:.1f} s.", "",
                       "| format | export s | conversion s | BN + accuracy s | file MB |", "|---|---|---|---|---|"]

@@ -189,7 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     progress = _Progress(args.quiet)
     try:
         record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
-                            resume=args.resume, on_event=progress)
+                            resume=args.resume, on_event=progress, extend=args.iterations is not None)
     finally:
         progress.close()
     print(record["summary"])
@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    from natdeploy.export.cli_command import add_export_parser
+
+    add_export_parser(sub)
 
     p = _parser("tables", sub, "Manage latency tables.", _examples(
         "natdeploy tables import-ofa ../shared/data/ofa_note10_lut --device note10"))

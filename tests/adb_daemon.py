@@ -158,6 +158,8 @@ class AdbDaemon:
             self._thread.join(timeout=5)
         for conn in self._connections():
             conn.join(timeout=5)
+            for worker in conn.workers:
+                worker.join(timeout=5)  # shell workers kill their command when the link is gone
 
     def __enter__(self) -> "AdbDaemon":
         return self.start()
@@ -315,6 +317,7 @@ class _Connection(threading.Thread):
         self.streams: dict[int, _Stream] = {}
         self.streams_lock = threading.Lock()
         self.next_id = 1
+        self.workers: list[threading.Thread] = []
 
     def drop(self) -> None:
         """Cut the link like a pulled cable or a killed adbd."""
@@ -371,7 +374,7 @@ class _Connection(threading.Thread):
         if command == CNXN:
             self.online = False  # a CNXN on a live link restarts the handshake, as in adbd
             self.version = min(arg0, self.d.protocol_version)
-            self.max_payload = min(arg1, self.d.max_payload)
+            self.max_payload = max(min(arg1, self.d.max_payload), 1024)  # a 0 would stall every write
             if self.version < VERSION_MIN:
                 raise _Drop
             if self.d.require_auth:
@@ -430,8 +433,10 @@ class _Connection(threading.Thread):
             stream = _Stream(self, local_id, remote_id)
             self.streams[local_id] = stream
         self.send(OKAY, local_id, remote_id)
-        threading.Thread(target=_serve, args=(handlers[kind], stream, arg), name=f"fake-adbd-{kind}",
-                         daemon=True).start()
+        worker = threading.Thread(target=_serve, args=(handlers[kind], stream, arg), name=f"fake-adbd-{kind}",
+                                  daemon=True)
+        self.workers = [w for w in self.workers if w.is_alive()] + [worker]
+        worker.start()
 
     def forget(self, local_id: int) -> None:
         with self.streams_lock:

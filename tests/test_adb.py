@@ -257,7 +257,9 @@ def test_binary_checks(adb: AdbTransport, bench_files, tmp_path: Path) -> None:
     impostor = tmp_path / "impostor"
     impostor.write_text("#!/bin/sh\necho hello\n")
     with pytest.raises(AdbBinaryError, match="does not look like"):
-        runner(adb, impostor).prepare()
+        with runner(adb, impostor):
+            pass
+    assert adb.stat("/data/local/tmp/natdeploy/benchmark_model") is None  # a failed prepare cleans up too
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"\0" * 64)
     with pytest.raises(AdbBenchmarkError, match="should be 'TFL3'") as info:

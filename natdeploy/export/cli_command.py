@@ -41,6 +41,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="training images for int8 calibration (default 200)")
     p.add_argument("--parity-images", type=int, default=50,
                    help="validation images for the fp32 parity check (default 50)")
+    p.add_argument("--bn-images", type=int,
+                   help="training images for BN recalibration (default: the run's bn_batches x 256)")
     p.add_argument("--val-limit", type=int, help="use at most this many validation images for accuracy")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, the least allowed)")
@@ -107,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = export_bundle(args.source, args.out, formats=args.format, arch=args.arch, budget=_budget(args.budget),
                         supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
                         int8_io=args.int8_io, calibration_images=args.calibration_images,
-                        parity_images=args.parity_images, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                        parity_images=args.parity_images, bn_images=args.bn_images, dynamic_batch=args.dynamic_batch, opset=args.opset,
                         overwrite=args.overwrite, val_limit=args.val_limit, measure_latency=not args.no_latency,
                         on_event=say)
     meta = res.metadata

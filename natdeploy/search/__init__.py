@@ -32,14 +32,16 @@ def initial_supernet(source: str, n_classes: int, width: float, seed: int) -> OF
 
 def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, LatencyPredictor],
                budgets: dict[str, float], space: SearchSpace, config: NATConfig, supernet: str = "scratch",
-               resume: bool = False, on_event: Callable[[str, dict], None] | None = None) -> dict:
-    """Run NAT end to end (or continue a run) and write its outputs; returns the contents of best.json."""
+               resume: bool = False, on_event: Callable[[str, dict], None] | None = None,
+               extend: bool = False) -> dict:
+    """Run NAT end to end (or continue a run, with ``extend`` to ``config.iterations``) and write its outputs;
+    returns the contents of best.json."""
     run_dir = Path(run_dir)
     unknown = sorted(set(budgets) - set(predictors))
     if unknown:
         raise SearchError(f"budgets given for {unknown}, which are not searched devices {sorted(predictors)}")
     if resume:
-        search = NATSearch.resume(run_dir, data, predictors)
+        search = NATSearch.resume(run_dir, data, predictors, iterations=config.iterations if extend else None)
         notes: list[str] = []
     else:
         net = initial_supernet(supernet, data.n_classes, space.widths[0], config.seed)

@@ -132,7 +132,9 @@ class NATSearch:
         return search
 
     @classmethod
-    def resume(cls, run_dir: Path, data: ImageData, predictors: dict[str, LatencyPredictor]) -> "NATSearch":
+    def resume(cls, run_dir: Path, data: ImageData, predictors: dict[str, LatencyPredictor],
+               iterations: int | None = None) -> "NATSearch":
+        """Continue the run in ``run_dir`` (optionally extended to ``iterations``)."""
         path = run_dir / "state.json"
         if not path.exists():
             raise SearchError(f"{run_dir} holds no search to resume (no state.json)")
@@ -140,6 +142,8 @@ class NATSearch:
         if raw.get("version") != STATE_VERSION:
             raise SearchError(f"{path} has state version {raw.get('version')}; this natdeploy reads {STATE_VERSION}")
         state = SearchState(**raw)
+        if iterations is not None:
+            state.config["iterations"] = iterations
         if sorted(state.devices) != sorted(predictors):
             raise SearchError(f"{run_dir} searched devices {state.devices}; resume it with the same --device flags")
         if data.describe()["n_train"] != state.data["n_train"] or data.classes != state.data["classes"]:

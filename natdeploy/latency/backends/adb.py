@@ -536,7 +536,11 @@ class AdbBenchmarkRunner:
         return cls(transport or AdbTransport(spec.serial), spec.benchmark_binary, **kwargs)
 
     def __enter__(self) -> "AdbBenchmarkRunner":
-        self.prepare()
+        try:
+            self.prepare()
+        except BaseException as exc:  # __exit__ will not run: remove a binary pushed before the failure
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+
+from natdeploy.data import load_digits_data
+from natdeploy.devices import load_device
+from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.profiler import profile_device
+from natdeploy.search import NATConfig, SearchError, run_search
+from natdeploy.search.problem import canonical, repair_genomes
+from natdeploy.space import SearchSpace
+
+SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0,), name="tiny")
+TINY = dict(iterations=1, initial_archs=4, population=8, generations=2, candidates_per_iter=2, top_archs=8,
+            subnets_per_step=1, epochs_per_iter=1, warmup_epochs=1, batch_size=32, bn_batches=1, val_limit=32)
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("table")
+    spec = tmp / "tcpu.yaml"
+    spec.write_text("description: test\ntransport: local\nruntime: onnxruntime\nwarmup: 1\nruns: 5\n"
+                    "e2e_warmup: 1\ne2e_runs: 5\n")
+    res = profile_device(load_device(str(spec)), SPACE, resolutions=[32, 40], e2e_samples=8, n_classes=10,
+                         out=tmp / "tcpu.json", quiet=True)
+    return LatencyPredictor.load(res.table_path)
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_digits_data(size=40)
+    d.train_x, d.train_y = d.train_x[:64], d.train_y[:64]
+    return d
+
+
+def test_repair_keeps_two_blocks_per_stage_and_canonical_order():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 10, size=(200, 22)).astype(float)
+    raw[:, :2] = 0
+    fixed = repair_genomes(SPACE, raw + rng.normal(0, 0.3, raw.shape), rng)
+    for g in fixed:
+        SPACE.decode(g)  # valid
+    assert (canonical(fixed) == fixed).all()
+
+
+def test_budget_below_fastest_subnet_is_refused(tmp_path, data, predictor):
+    with pytest.raises(SearchError, match=r"below the fastest subnet of the space \(\d+\.\d+ ms predicted\)"):
+        run_search(tmp_path / "r", data, {"cpu": predictor}, {"cpu": 0.001}, SPACE, NATConfig(**TINY))
+    assert not (tmp_path / "r").exists()
+
+
+def test_search_outputs_budget_and_exact_resume(tmp_path, data, predictor):
+    budget = float(np.median(predictor.predict(SPACE.sample(np.random.default_rng(0), 50))))
+    straight = run_search(tmp_path / "a", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
+                          NATConfig(**{**TINY, "iterations": 2}))
+    run_dir = tmp_path / "a"
+    for name in ("archive.jsonl", "pareto.json", "pareto.png", "best.json", "supernet.pt", "state.json"):
+        assert (run_dir / name).exists(), name
+    archive = [json.loads(line) for line in (run_dir / "archive.jsonl").read_text().splitlines()]
+    assert len(archive) >= TINY["initial_archs"] + 2
+    assert {e["iteration"] for e in archive} >= {0, 1}
+    assert all(0 <= e["accuracy"] <= 1 and e["latency_ms"]["cpu"] > 0 for e in archive)
+    best = straight["best"]
+    assert best["latency_ms"]["cpu"] <= budget
+    assert best["accuracy"] == max(e["accuracy"] for e in archive if e["latency_ms"]["cpu"] <= budget)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["completed_iteration"] == 2 and len(state["tau_history"]) == 2
+    assert all(t["search_overhead_s"] >= 0 for t in state["timings"] if "iteration" in t)
+
+    # One iteration, then resume to two: the same archive as the straight run, to the last digit.
+    run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY))
+    run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
+               NATConfig(**{**TINY, "iterations": 2}), resume=True, extend=True)
+    resumed = [json.loads(line) for line in (tmp_path / "b" / "archive.jsonl").read_text().splitlines()]
+    assert resumed == archive
+
+    with pytest.raises(SearchError, match="already holds a search"):
+        run_search(tmp_path / "a", data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY))
