@@ -168,7 +168,10 @@ def test_latency_measured_with_each_tables_backend(env, bundle):
     assert lite["file"] == "model.tflite" and lite["runtime"].startswith("ai-edge-litert")
     for d in (cpu, lite):
         assert d["measured_ms"] > 0 and d["measurement"]["count"] == 5
-        assert d["predicted_ms"] == pytest.approx(predicted) and d["table"]["provenance"]["runtime"] == "onnxruntime"
+        assert d["predicted_ms"] == pytest.approx(predicted)
+    tables = bundle.metadata["table_provenance"]
+    assert sorted(tables) == sorted(DEVICES) and tables["cpu"]["provenance"]["runtime"] == "onnxruntime"
+    assert tables["cpu"]["statistic"] == "p10" and tables["cpu"]["n_e2e"] == 5
     assert "int8" in lite["notes"][0]  # the shipped file is int8, the table measured fp32
     assert cpu["budget_ms"] == env["budget"] and cpu["tolerance_ms"] >= 0.05 * env["budget"]
     assert phone["measured_ms"].startswith("not measured:") and "adb" in phone["measured_ms"]
@@ -183,7 +186,8 @@ def test_readme_snippets_match_metadata_and_run(env, bundle, tmp_path):
     for v in meta["input"]["preprocessing"]["mean"] + meta["input"]["preprocessing"]["std"]:
         assert repr(float(v)) in readme and f"{float(v)!r}f" in readme  # Python and Kotlin
     q = meta["input"]["tflite"]["quantization"]
-    assert f"/ {q['scale']!r} + {q['zero_point']}" in readme and "SIZE = 32" in readme
+    zp = q["zero_point"]
+    assert f"/ {q['scale']!r} {'+' if zp >= 0 else '-'} {abs(zp)})" in readme and "SIZE = 32" in readme
     assert "const val SIZE = 32" in readme and "ByteArray(10)" in readme
     # Run both Python snippets as a user would, on an image from the validation set.
     work = tmp_path / "app"
@@ -227,7 +231,7 @@ def test_cli_export_dynamic_batch_onnx(env, monkeypatch, capsys):
     assert f"-> {out}" in text and "parity onnx" in text and "cpu: measured" in text
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["input"]["onnx"]["shape"] == ["batch", 3, 32, 32] and meta["budgets_ms"] == {"cpu": 10000.0}
-    assert meta["latency"]["cpu"]["table"]["provenance"]["runtime"] == "onnxruntime" and list(meta["latency"]) == ["cpu"]
+    assert meta["table_provenance"]["cpu"]["provenance"]["runtime"] == "onnxruntime" and list(meta["latency"]) == ["cpu"]
     best = best_within(env["archive"], {"cpu": 1e4})  # a 10 s budget admits every Arch
     assert meta["arch"]["string"] == best.arch
     help_text = ap._subparsers._group_actions[0].choices["export"].format_help()

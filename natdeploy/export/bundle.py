@@ -274,7 +274,10 @@ def build_metadata(src: Source, fmts: list[str], files: Mapping[str, bytes], io:
         else:
             info.update(int8_io=int8_io, converter="natdeploy.convert.tflite (torch -> Keras NHWC -> TFLite)")
         file_info[f"model.{fmt}"] = info
-    tables = {d: v.get("table") for d, v in latency.items() if v.get("table")}
+    # Table summaries move to one top-level key: several devices may share a table, and it is long.
+    tables = {d: v.pop("table") for d, v in latency.items() if v.get("table")}
+    for v in latency.values():
+        v.pop("table", None)
     return {
         "format": BUNDLE_FORMAT, "version": 1, "natdeploy_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -42,7 +42,7 @@ class DeviceLatency:
     tolerance_ms: float | None = None
     over_budget: bool | None = None
     notes: list[str] = field(default_factory=list)
-    table: dict[str, Any] | None = None
+    table: dict[str, Any] | None = None  # the predicting table's summary and provenance
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -13,6 +13,11 @@ def _quant(meta: dict[str, Any], side: str) -> dict[str, Any] | None:
     return meta[side].get("tflite", {}).get("quantization")
 
 
+def _plus(zero_point: int) -> str:
+    """``+ 3`` or ``- 50``: the zero point as a term of an expression."""
+    return f"{'+' if zero_point >= 0 else '-'} {abs(int(zero_point))}"
+
+
 def _kotlin(meta: dict[str, Any]) -> str:
     inp, out = meta["input"], meta["output"]
     r, n = inp["resolution"], out["n_classes"]
@@ -20,13 +25,13 @@ def _kotlin(meta: dict[str, Any]) -> str:
     qin, qout = _quant(meta, "input"), _quant(meta, "output")
     bytes_per = 1 if qin else 4
     if qin:
-        put = (f"val q = ((rgb[c] - MEAN[c]) / STD[c] / {float(qin['scale'])!r}f + {qin['zero_point']})"
+        put = (f"val q = ((rgb[c] - MEAN[c]) / STD[c] / {float(qin['scale'])!r}f {_plus(qin['zero_point'])})"
                ".roundToInt().coerceIn(-128, 127)\n            input.put(q.toByte())")
     else:
         put = "input.putFloat((rgb[c] - MEAN[c]) / STD[c])"
     if qout:
         out_decl = f"val raw = Array(1) {{ ByteArray({n}) }}"
-        out_read = (f"val logits = FloatArray({n}) {{ (raw[0][it] - ({qout['zero_point']})) * "
+        out_read = (f"val logits = FloatArray({n}) {{ (raw[0][it] {_plus(-qout['zero_point'])}) * "
                     f"{float(qout['scale'])!r}f }}")
     else:
         out_decl = f"val raw = Array(1) {{ FloatArray({n}) }}"
@@ -71,10 +76,11 @@ fun classify(interpreter: Interpreter, bitmap: Bitmap, labels: List<String>): St
 ```"""
 
 
-def _python_common(meta: dict[str, Any]) -> str:
+def _python_common(meta: dict[str, Any], runtime_import: str) -> str:
     pre = meta["input"]["preprocessing"]
     return f"""import numpy as np
 from PIL import Image
+{runtime_import}
 
 SIZE = {meta['input']['resolution']}
 MEAN = np.array([{_floats(pre['mean'])}], dtype=np.float32)
@@ -94,24 +100,24 @@ def preprocess(path):
 
 def _python_tflite(meta: dict[str, Any]) -> str:
     qin, qout = _quant(meta, "input"), _quant(meta, "output")
-    lines = [_python_common(meta), "", "", "from ai_edge_litert.interpreter import Interpreter", "",
+    lines = [_python_common(meta, "from ai_edge_litert.interpreter import Interpreter"), "", "",
              'interp = Interpreter(model_path="model.tflite")', "interp.allocate_tensors()",
              "inp, out = interp.get_input_details()[0], interp.get_output_details()[0]",
              f'x = preprocess("image.jpg")[None]  # {meta["input"]["tflite"]["layout"]} '
              f'{meta["input"]["tflite"]["shape"]}']
     if qin:
-        lines.append(f"x = np.clip(np.round(x / {float(qin['scale'])!r} + {qin['zero_point']}), -128, 127)"
+        lines.append(f"x = np.clip(np.round(x / {float(qin['scale'])!r} {_plus(qin['zero_point'])}), -128, 127)"
                      ".astype(np.int8)")
     lines += ['interp.set_tensor(inp["index"], x)', "interp.invoke()", 'logits = interp.get_tensor(out["index"])[0]']
     if qout:
-        lines.append(f"logits = (logits.astype(np.float32) - ({qout['zero_point']})) * {float(qout['scale'])!r}")
+        lines.append(f"logits = (logits.astype(np.float32) {_plus(-qout['zero_point'])}) * {float(qout['scale'])!r}")
     lines.append("print(labels[int(logits.argmax())])")
     return "```python\n" + "\n".join(lines) + "\n```"
 
 
 def _python_onnx(meta: dict[str, Any]) -> str:
     o = meta["input"]["onnx"]
-    body = [_python_common(meta), "", "", "import onnxruntime as ort", "",
+    body = [_python_common(meta, "import onnxruntime as ort"), "", "",
             'sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])',
             f'x = preprocess("image.jpg").transpose(2, 0, 1)[None]  # {o["layout"]} {o["shape"]}',
             f'logits = sess.run(["{meta["output"]["name"]}"], {{"{meta["input"]["name"]}": x}})[0][0]',

@@ -31,6 +31,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; tables and run outputs are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -35,6 +35,7 @@ def save_supernet(supernet: OFAMobileNetV3Supernet, path: str | os.PathLike, ext
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
