@@ -10,20 +10,12 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_line(threads: int) -> str:
     import os
 
-    return (f"{cpu_model()}, {os.cpu_count()} cores visible, {threads} thread(s), Python {platform.python_version()}, "
+    from natdeploy.latency.backends import host_cpu
+
+    return (f"{host_cpu()}, {os.cpu_count()} cores visible, {threads} thread(s), Python {platform.python_version()}, "
             f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 

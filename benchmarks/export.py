@@ -153,7 +153,8 @@ def main() -> None:
     data = load_digits_data(size=64, seed=args.seed)  # batches are resized to each Arch's resolution
     lines = [f"Machine: {machine_line(args.threads)}.",
              f"Command: `python {' '.join(['benchmarks/export.py'] + sys.argv[1:])}`",
-             "Seeded-random w1.0 supernet (10 classes), BN recalibrated on scikit-learn digits upsampled from 64 px.", ""]
+             "Seeded-random w1.0 supernet (10 classes), BN recalibrated on scikit-learn digits upsampled from 64 px.",
+             ""]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "time" not in skip:
@@ -167,6 +168,8 @@ def main() -> None:
                       "| format | export s | conversion s | BN + accuracy s | file MB |", "|---|---|---|---|---|"]
             lines += [f"| {n} | {t:.1f} | {c:.1f} | {b:.1f} | {s / 1e6:.2f} |" for n, t, c, b, s in rows]
             lines.append("")
+            if not args.no_record:  # each part is recorded as it ends, so a stopped run keeps what it measured
+                record("export", "\n".join(lines))
         if "parity" not in skip:
             rows = bench_parity(net, data, args.archs, args.parity_images, args.seed)
             on, tf = [r[1] for r in rows], [r[2] for r in rows]
@@ -176,17 +179,22 @@ def main() -> None:
                        f"(median {statistics.median(tf):.2e}) of the output range; {ok}/{len(rows)} Archs pass "
                        f"both at <= {verify.PARITY_TOL:g}.")
             print(summary)
-            lines += [summary, ""]
+            lines += [summary, "", "| Arch | ONNX rel. diff | TFLite rel. diff |", "|---|---|---|"]
+            lines += [f"| `{a}` | {o:.2e} | {t:.2e} |" for a, o, t in rows]
+            lines.append("")
+            if not args.no_record:
+                record("export", "\n".join(lines))
         if "latency" not in skip:
             res = bench_latency(tables, args.latency_archs, args.seed)
-            lines.append(f"**Predicted vs measured latency** of exported files (tables in `{tables}`):")
-            lines.append("")
+            body = lines[:2] + ["", f"**Predicted vs measured latency** of exported files of {args.latency_archs} "
+                                    f"random Archs per device (tables in `{tables}`; measured statistic: the "
+                                    "table's, p10), by the exporter's latency check:", ""]
             for device, rows in res.items():
                 text = f"{device}: {rows}" if isinstance(rows, str) else _latency_summary(device, rows)
                 print(text)
-                lines.append(f"- {text}")
-    if not args.no_record:
-        record("export", "\n".join(lines))
+                body.append(f"- {text}")
+            if not args.no_record:  # its own section: it is often rerun alone, against other tables
+                record("export latency", "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ CIFAR-10 (sizes printed); the full 50,000-image epoch takes ~13.5 minutes on thi
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import tarfile
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ from natdeploy.data import load_image_folder
 from natdeploy.latency.profiler import predictor_for
 from natdeploy.search import NATConfig, initial_supernet, run_search
 from natdeploy.search.report import latency_range
-from natdeploy.space import DEPTHS, EXPANDS, KERNELS, N_BLOCKS, N_STAGES, Arch, SearchSpace
+from natdeploy.space import DEPTHS, EXPANDS, KERNELS, N_BLOCKS, N_STAGES, Arch, SearchSpace, madds
 from natdeploy.train import evaluate, evaluate_arch, make_optimizer, train_epochs
 
 try:
@@ -94,9 +94,7 @@ def main() -> None:
                     epochs_per_iter=args.epochs_per_iter, warmup_epochs=args.warmup, batch_size=64, bn_batches=2,
                     seed=args.seed)
     run = Path(args.out) / f"nat-{int(time.time())}"
-    rec = run_search(run, data, {"cpu": predictor}, {"cpu": budgets[-1]}, space, cfg)
-    import json
-
+    run_search(run, data, {"cpu": predictor}, {"cpu": budgets[-1]}, space, cfg)
     archive = [json.loads(x) for x in (run / "archive.jsonl").read_text().splitlines()]
     nat_pts = [(e["latency_ms"]["cpu"], e["accuracy"]) for e in archive]
     print(f"NAT done: {len(archive)} subnets evaluated ({time.perf_counter() - t_start:.0f} s)", flush=True)
@@ -114,8 +112,6 @@ def main() -> None:
     uniform = [Arch(ks=[k] * N_BLOCKS, e=[e] * N_BLOCKS, d=[d] * N_STAGES, r=32)
                for k in KERNELS for e in EXPANDS for d in DEPTHS]
     lat = predictor.predict(uniform)
-    from natdeploy.space import madds
-
     conv_pts = []
     for b in budgets:
         fits = [(madds(a, 10), a, la) for a, la in zip(uniform, lat) if la <= b]

@@ -19,7 +19,7 @@ import torch
 
 from natdeploy.data import ImageData, load_described, load_digits_data
 from natdeploy.devices import load_device
-from natdeploy.export import ExportError, build_subnet, export_bundle
+from natdeploy.export import ExportError, build_subnet, export_bundle, verify
 from natdeploy.export.cli_command import add_export_parser, cmd_export
 from natdeploy.export.source import from_run
 from natdeploy.latency.profiler import profile_device
@@ -189,18 +189,22 @@ def test_readme_snippets_match_metadata_and_run(env, bundle, tmp_path):
     zp = q["zero_point"]
     assert f"/ {q['scale']!r} {'+' if zp >= 0 else '-'} {abs(zp)})" in readme and "SIZE = 32" in readme
     assert "const val SIZE = 32" in readme and "ByteArray(10)" in readme
-    # Run both Python snippets as a user would, on an image from the validation set.
+    # Run both Python snippets as a user would, on a validation image (lossless, so the pixels are the data's):
+    # each must print the class the verified pipeline predicts for that image.
     work = tmp_path / "app"
     shutil.copytree(bundle.out_dir, work)
-    img = env["data"].val_x[0].permute(1, 2, 0).numpy()
-    Image.fromarray(img).save(work / "image.jpg", quality=100)
+    Image.fromarray(env["data"].val_x[0].permute(1, 2, 0).numpy()).save(work / "image.jpg", format="PNG")
+    x = next(env["data"].batches("val", 1, 32))[0].contiguous().numpy()
+    expected = {"tflite": str(verify.run_tflite((work / "model.tflite").read_bytes(), x).argmax()),
+                "onnx": str(verify.run_onnx((work / "model.onnx").read_bytes(), x).argmax())}
     blocks = readme.split("```python\n")[1:]
     assert len(blocks) == 2
-    for code in (b.split("```")[0] for b in blocks):
+    for fmt, code in zip(("tflite", "onnx"), (b.split("```")[0] for b in blocks)):
+        assert f"model.{fmt}" in code
         res = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         assert res.returncode == 0, res.stderr
-        assert res.stdout.strip().splitlines()[-1] in [str(i) for i in range(10)]
+        assert res.stdout.strip().splitlines()[-1] == expected[fmt]
 
 
 def test_fp32_tflite_with_arch_and_budget_warning(env):
@@ -213,7 +217,8 @@ def test_fp32_tflite_with_arch_and_budget_warning(env):
     assert meta["input"]["tflite"] == {"shape": [1, 32, 32, 3], "layout": "NHWC", "dtype": "float32",
                                        "quantization": None}
     assert "int8" not in meta["verification"] and meta["files"]["model.tflite"]["precision"] == "fp32"
-    assert meta["latency"]["cpu"]["measured_ms"] == "not measured: model.onnx was not exported (add onnx to the formats)"
+    assert meta["latency"]["cpu"]["measured_ms"] == ("not measured: model.onnx was not exported "
+                                                     "(add onnx to the formats)")
     assert meta["latency"]["cpu-litert"]["over_budget"] is True
     assert len(res.warnings) == 1 and "exceeds the budget 0.0001 ms" in res.warnings[0]
     assert res.warnings == meta["warnings"] and "ByteArray" not in (res.out_dir / "README.md").read_text()
@@ -231,7 +236,8 @@ def test_cli_export_dynamic_batch_onnx(env, monkeypatch, capsys):
     assert f"-> {out}" in text and "parity onnx" in text and "cpu: measured" in text
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["input"]["onnx"]["shape"] == ["batch", 3, 32, 32] and meta["budgets_ms"] == {"cpu": 10000.0}
-    assert meta["table_provenance"]["cpu"]["provenance"]["runtime"] == "onnxruntime" and list(meta["latency"]) == ["cpu"]
+    assert meta["table_provenance"]["cpu"]["provenance"]["runtime"] == "onnxruntime"
+    assert list(meta["latency"]) == ["cpu"]
     best = best_within(env["archive"], {"cpu": 1e4})  # a 10 s budget admits every Arch
     assert meta["arch"]["string"] == best.arch
     help_text = ap._subparsers._group_actions[0].choices["export"].format_help()

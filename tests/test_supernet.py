@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from natdeploy.errors import CheckpointError
-from natdeploy.space import Arch, SearchSpace, madds, params
+from natdeploy.space import SearchSpace, madds, params
 from natdeploy.supernet import (MobileNetV3Subnet, OFAMobileNetV3Supernet, extract_subnet, load_supernet,
                                 recalibrate_bn, save_supernet)
 

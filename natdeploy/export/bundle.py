@@ -131,6 +131,34 @@ def build_subnet(src: Source, bn_images: int | None = None) -> MobileNetV3Subnet
     return sub.eval()
 
 
+def _onnx(sub: MobileNetV3Subnet, shape: tuple[int, ...], opset: int, dynamic_batch: bool, x_ref: np.ndarray,
+          ref: np.ndarray, inputs: str, step: Callable[[str, float], None]) -> tuple[bytes, dict, dict]:
+    """The ONNX bytes, their structure check and their parity with PyTorch (raises when off)."""
+    t0 = time.perf_counter()
+    model = onnx_bytes(sub, shape, opset=opset, dynamic_batch=dynamic_batch)
+    step("onnx_export", t0)
+    info = verify.check_onnx(model, shape[-1], dynamic_batch)
+    res = verify.parity(verify.run_onnx(model, x_ref), ref, inputs)
+    verify.require_parity("model.onnx", res)
+    return model, info, res.to_dict()
+
+
+def _int8(sub: MobileNetV3Subnet, src: Source, calibration_images: int, int8_io: bool, fp32_pred: np.ndarray,
+          labels: np.ndarray, val_limit: int | None, step: Callable[[str, float], None]) -> tuple[bytes, dict]:
+    """The int8 TFLite bytes, calibrated on training images, and their validation accuracy and agreement."""
+    assert src.data is not None  # checked before any work
+    r = src.arch.r
+    t0 = time.perf_counter()
+    calib = verify.calibration_batches(src.data, r, calibration_images, src.seed)
+    n_calib = sum(len(b) for b in calib)
+    if n_calib < 1:
+        raise ExportError("int8 export needs calibration data, but the training split is empty")
+    model = tflite_bytes(sub, (1, 3, r, r), int8=True, calibration=calib, int8_io=int8_io)
+    step("tflite_int8_convert", t0)
+    report = verify.int8_report(model, src.data, r, fp32_pred, labels, val_limit, n_calib, batch_size_for(r, 128))
+    return model, report
+
+
 def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, formats: str | Sequence[str] = FORMATS,
                   arch: Arch | str | None = None, budget: float | Mapping[str, float] | None = None,
                   supernet: str | Path | None = None, data: ImageData | None = None,
@@ -190,14 +218,8 @@ def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, f
     io: dict[str, Any] = {}
     if "onnx" in fmts:
         say("exporting ONNX and checking parity")
-        t0 = time.perf_counter()
-        model = onnx_bytes(sub, shape, opset=opset, dynamic_batch=dynamic_batch)
-        step("onnx_export", t0)
-        io["onnx"] = verify.check_onnx(model, r, dynamic_batch)
-        res = verify.parity(verify.run_onnx(model, x_ref), ref, inputs)
-        verify.require_parity("model.onnx", res)
-        checks["parity"]["onnx"] = res.to_dict()
-        files["onnx"] = model
+        files["onnx"], io["onnx"], checks["parity"]["onnx"] = _onnx(sub, shape, opset, dynamic_batch, x_ref, ref,
+                                                                    inputs, step)
     if "tflite" in fmts:
         say("converting to TFLite fp32 and checking parity")
         t0 = time.perf_counter()
@@ -208,17 +230,9 @@ def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, f
         checks["parity"]["tflite_fp32"] = res.to_dict()
         files["tflite"] = fp32
         if int8:
-            say(f"quantising to int8 with {calibration_images} calibration images")
-            t0 = time.perf_counter()
-            calib = verify.calibration_batches(src.data, r, calibration_images, src.seed)
-            n_calib = sum(len(b) for b in calib)
-            if n_calib < 1:
-                raise ExportError("int8 export needs calibration data, but the training split is empty")
-            files["tflite"] = tflite_bytes(sub, shape, int8=True, calibration=calib, int8_io=int8_io)
-            step("tflite_int8_convert", t0)
-            say("measuring int8 accuracy and agreement with fp32")
-            checks["int8"] = verify.int8_report(files["tflite"], src.data, r, fp32_pred, labels, val_limit, n_calib,
-                                                   batch_size_for(r, 128))
+            say(f"quantising to int8 with {calibration_images} calibration images, then checking accuracy")
+            files["tflite"], checks["int8"] = _int8(sub, src, calibration_images, int8_io, fp32_pred, labels,
+                                                    val_limit, step)
         io["tflite"] = verify.tflite_io(files["tflite"])
     precision = {"onnx": "fp32", "tflite": "int8" if int8 else "fp32"}
     warnings: list[str] = []

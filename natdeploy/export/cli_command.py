@@ -109,7 +109,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = export_bundle(args.source, args.out, formats=args.format, arch=args.arch, budget=_budget(args.budget),
                         supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
                         int8_io=args.int8_io, calibration_images=args.calibration_images,
-                        parity_images=args.parity_images, bn_images=args.bn_images, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                        parity_images=args.parity_images, bn_images=args.bn_images,
+                        dynamic_batch=args.dynamic_batch, opset=args.opset,
                         overwrite=args.overwrite, val_limit=args.val_limit, measure_latency=not args.no_latency,
                         on_event=say)
     meta = res.metadata

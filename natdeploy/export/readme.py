@@ -20,7 +20,7 @@ def _plus(zero_point: int) -> str:
 
 def _kotlin(meta: dict[str, Any]) -> str:
     inp, out = meta["input"], meta["output"]
-    r, n = inp["resolution"], out["n_classes"]
+    r, n, tfl = inp["resolution"], out["n_classes"], inp["tflite"]
     pre = inp["preprocessing"]
     qin, qout = _quant(meta, "input"), _quant(meta, "output")
     bytes_per = 1 if qin else 4
@@ -56,7 +56,7 @@ fun classify(interpreter: Interpreter, bitmap: Bitmap, labels: List<String>): St
     val scaled = Bitmap.createScaledBitmap(square, SIZE, SIZE, true)
     val pixels = IntArray(SIZE * SIZE)
     scaled.getPixels(pixels, 0, SIZE, 0, 0, SIZE, SIZE)
-    // input "{inp['name']}": {meta['input']['tflite']['dtype']} {meta['input']['tflite']['shape']} ({meta['input']['tflite']['layout']})
+    // input "{inp['name']}": {tfl['dtype']} {tfl['shape']} ({tfl['layout']})
     val input = ByteBuffer.allocateDirect(SIZE * SIZE * 3 * {bytes_per}).order(ByteOrder.nativeOrder())
     for (p in pixels) {{
         val rgb = floatArrayOf(((p shr 16) and 0xFF) / 255f, ((p shr 8) and 0xFF) / 255f, (p and 0xFF) / 255f)
@@ -89,7 +89,7 @@ labels = open("labels.txt").read().splitlines()
 
 
 def preprocess(path):
-    \"\"\"HWC float32: {pre['color_order']}, centre square crop, SIZE x SIZE, values {pre['value_scale']}, normalised.\"\"\"
+    \"\"\"HWC float32, {pre['color_order']}: centre square crop, SIZE x SIZE, {pre['value_scale']}, normalised.\"\"\"
     im = Image.open(path).convert("RGB")
     w, h = im.size
     s = min(w, h)
