@@ -1,32 +1,27 @@
-"""ADB transport (adb-shell, no adb server needed) and the on-device benchmark_model runner.
+"""ADB transport: adb-shell, no adb server needed (the benchmark_model runner is in ``adb_runner``).
 
 :class:`AdbTransport` talks to one phone over TCP (serial ``host:port``, after ``adb tcpip 5555``) or USB
 (with the ``usb`` extra). Every call has an explicit timeout, every interpolated shell value goes through
 ``shlex.quote``, and a shell command's exit status comes back through an in-band marker (adbd's legacy shell
-service does not report it). :class:`AdbBenchmarkRunner` pushes a user-provided ``benchmark_model`` binary and
-.tflite files (reused by sha256 when already on the phone), times them pinned to a CPU mask, and records the
-device's provenance. Failures raise the :class:`AdbError` family; a failed run never becomes a number.
+service does not report it). Failures raise the :class:`AdbError` family.
 
-Neither class is thread-safe: use one transport per thread.
+The transport is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
+import codecs
+import contextlib
 import logging
-import math
 import os
-import posixpath
 import re
 import shlex
-import signal
 import socket
 import stat as _stat
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,13 +31,12 @@ from adb_shell.adb_device import AdbDevice
 from adb_shell.transport.tcp_transport import TcpTransport
 
 from natdeploy.errors import NatDeployError
-from natdeploy.latency.benchmark_model import BenchmarkResult, parse_benchmark_output
 
 __all__ = [
     "AdbError", "AdbConnectionError", "AdbAuthError", "AdbDisconnectedError", "AdbTimeoutError", "AdbCommandError",
     "AdbTransferError", "AdbStorageFullError", "AdbBinaryError", "AdbBenchmarkError", "AdbBenchmarkCrashError",
-    "AdbThermalError", "AdbTransport", "AdbBenchmarkRunner", "AdbBenchmarkRun", "CpuFreq", "RemoteStat",
-    "default_adbkey_path", "quote_command",
+    "AdbThermalError", "AdbTransport", "CpuFreq", "RemoteStat", "THERMAL_SNAPSHOT", "default_adbkey_path",
+    "hottest_c", "parse_thermal_snapshot", "quote_command",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +45,16 @@ T = TypeVar("T")
 RC_MARKER = "__NATDEPLOY_RC="
 _RC_TAIL = re.compile(r"\r?\n" + RC_MARKER + r"(\d+)\r?\n?\Z")
 _TAIL_LINES = 20
+CPU_ZONES = r"cpu|soc|tsens|big|little|apc|mtktscpu|ap[-_]"  # thermal zone types that describe the CPU
+# Thermal zones and per-core clocks in one pass with shell builtins only: a phone has dozens of zones, and a
+# `cat` per file would fork a hundred processes between two measurements. Lines: "T zone:type temp" and
+# "F cpu cur max hw_max" (empty where unreadable).
+THERMAL_SNAPSHOT = (
+    'for z in /sys/class/thermal/thermal_zone*; do y=; t=; read -r y < "$z/type"; read -r t < "$z/temp"; '
+    'printf "T %s:%s %s\\n" "${z##*/}" "$y" "$t"; done 2>/dev/null; '
+    'for c in /sys/devices/system/cpu/cpu[0-9]*; do f="$c/cpufreq"; a=; b=; m=; read -r a < "$f/scaling_cur_freq"; '
+    'read -r b < "$f/scaling_max_freq"; read -r m < "$f/cpuinfo_max_freq"; '
+    'printf "F %s %s %s %s\\n" "${c##*/cpu}" "$a" "$b" "$m"; done 2>/dev/null')
 
 
 class AdbError(NatDeployError):
@@ -140,6 +144,37 @@ def default_adbkey_path() -> Path:
     """adb's own key location: ``$ANDROID_USER_HOME/adbkey`` or ``~/.android/adbkey``."""
     home = os.environ.get("ANDROID_USER_HOME")
     return Path(home) / "adbkey" if home else Path.home() / ".android" / "adbkey"
+
+
+def parse_thermal_snapshot(lines: Sequence[str]) -> tuple[dict[str, float], dict[int, "CpuFreq"]]:
+    """Temperatures (``{"thermal_zoneN:type": °C}``) and clocks from :data:`THERMAL_SNAPSHOT` output lines."""
+    temps: dict[str, float] = {}
+    freqs: dict[int, CpuFreq] = {}
+    for line in lines:
+        kind, _, rest = line.rstrip("\r").partition(" ")
+        if kind == "T":
+            name, _, value = rest.rpartition(" ")
+            try:
+                raw = float(value)
+            except ValueError:
+                continue
+            # sysfs reports millidegrees on most phones; some drivers report degrees or decidegrees.
+            celsius = raw / 1000 if abs(raw) >= 1000 else raw / 10 if abs(raw) >= 200 else raw
+            if -40.0 <= celsius <= 150.0:  # drop sentinel values of absent sensors
+                temps[name] = celsius
+        elif kind == "F":
+            parts = rest.split(" ")
+            if len(parts) == 4 and parts[0].isdigit():
+                val = [int(p) if p.strip().isdigit() else None for p in parts[1:]]
+                freqs[int(parts[0])] = CpuFreq(*val)
+    return temps, dict(sorted(freqs.items()))
+
+
+def hottest_c(temps: dict[str, float], zone_pattern: str = CPU_ZONES) -> float | None:
+    """The hottest CPU-like zone in °C (all zones when none matches); None when there are none."""
+    cpu = [v for k, v in temps.items() if re.search(zone_pattern, k.partition(":")[2], re.I)]
+    values = cpu or list(temps.values())
+    return max(values) if values else None
 
 
 def _tail(text: str) -> str:
@@ -301,8 +336,14 @@ class AdbTransport:
         """Run one adb-shell call, turning its exceptions into AdbError (and dropping a broken link)."""
         self.connect()
         assert self._device is not None
-        try:
+        with self._translated(what):
             return fn(self._device)
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """adb-shell's exceptions inside the block become AdbError; a link in an unknown state is closed."""
+        try:
+            yield
         except (adb_exc.TcpTimeoutException, adb_exc.AdbTimeoutError, socket.timeout) as exc:
             self.close()  # the stream's state is unknown now: start clean next time
             raise AdbTimeoutError(f"{what}: {self.name} did not answer in time ({exc}). Is it still connected and "
@@ -351,6 +392,64 @@ class AdbTransport:
             out = out.replace("\r\n", "\n")  # very old adbd runs commands in a pty
         return out, int(m.group(1))
 
+    def shell_lines(self, cmd: Sequence[str | os.PathLike[str] | int | float] | str,
+                    timeout_s: float | None = None) -> Iterator[str]:
+        """Run a command and yield its output line by line as it arrives (stdout and stderr merged).
+
+        For long commands whose partial output is worth having: a caller can act on each finished part before
+        the command ends, so a dropped link loses only the part in flight. ``timeout_s`` bounds the whole
+        command. The exit status must be 0 (else :class:`AdbCommandError` at the end); a stream that ends
+        without it raises :class:`AdbDisconnectedError`. Stopping the iteration early closes the link, since
+        the unread rest of the stream would otherwise confuse the next call.
+        """
+        script = cmd if isinstance(cmd, str) else quote_command(cmd)
+        limit = self.command_timeout_s if timeout_s is None else timeout_s
+        what = f"running {script[:200]!r}"
+        wrapped = f"({script}\n); printf '\\n{RC_MARKER}%s\\n' \"$?\""
+        self.connect()
+        assert self._device is not None
+        deadline = time.monotonic() + limit
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        pending = ""  # an unfinished line
+        held: list[str] = []  # the last two lines: they may be the exit-status marker and its separator
+        tail: list[str] = []
+        try:
+            with self._translated(what):
+                chunks = self._device.streaming_shell(wrapped, transport_timeout_s=self.transport_timeout_s,
+                                                      read_timeout_s=limit, decode=False)
+                for chunk in chunks:
+                    pending += decoder.decode(chunk)
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        held.append(line.removesuffix("\r"))
+                        if len(held) > 2:
+                            out = held.pop(0)
+                            tail = (tail + [out])[-_TAIL_LINES:]
+                            yield out
+                    if time.monotonic() > deadline:
+                        self.close()
+                        raise AdbTimeoutError(f"{what}: still running after {limit:g} s on {self.name}; stopped "
+                                              "waiting for it")
+        except GeneratorExit:
+            self.close()
+            raise
+        rest = pending + decoder.decode(b"", final=True)
+        if rest:
+            held.append(rest)  # a cut-off last line: the marker cannot follow it
+        m = re.fullmatch(RC_MARKER + r"(\d+)", held[-1]) if held else None
+        if m is None:
+            self.close()
+            raise AdbDisconnectedError(f"{what}: the output ended before the command's exit status (the shell was "
+                                       f"killed or the link dropped). Output:\n{_tail(chr(10).join(tail + held))}")
+        body = held[:-1]
+        if body and body[-1] == "":
+            body.pop()  # the line the marker's leading newline ended
+        yield from body
+        if int(m.group(1)) != 0:
+            output = "\n".join(tail + body)
+            raise AdbCommandError(f"command on {self.name} exited with status {m.group(1)}: {script[:200]}\n"
+                                  f"{_tail(output)}", command=script, returncode=int(m.group(1)), output=output)
+
     def shell(self, cmd: Sequence[str | os.PathLike[str] | int | float] | str, timeout_s: float | None = None) -> str:
         """Run a command and return its output; :class:`AdbCommandError` on a non-zero exit status."""
         out, rc = self.shell_status(cmd, timeout_s)
@@ -393,6 +492,26 @@ class AdbTransport:
             remote, transport_timeout_s=self.transport_timeout_s, read_timeout_s=self.read_timeout_s))
         return RemoteStat(mode, size, mtime) if mode else None  # adbd answers a missing path with zeros
 
+    def sha256_many(self, remotes: Sequence[str]) -> dict[str, str | None]:
+        """sha256 of several device files in one call (None for missing ones, or all when sha256sum is absent).
+
+        Paths are matched by name in sha256sum's output, so use names it prints plainly (no newline or
+        backslash); others read as missing, which only costs a push.
+        """
+        found: dict[str, str | None] = {r: None for r in remotes}
+        if not remotes or self._has_sha256sum is False:
+            return found
+        out, rc = self.shell_status(["sha256sum", *found])
+        if rc == 127:
+            self._has_sha256sum = False
+            log.warning("%s has no sha256sum (Android < 8?): files are pushed every time", self.name)
+            return found
+        self._has_sha256sum = True
+        for digest, path in re.findall(r"^([0-9a-f]{64}) [ *](.+)$", out, flags=re.M):
+            if path in found:
+                found[path] = digest
+        return found
+
     def sha256(self, remote: str) -> str | None:
         """sha256 of a device file computed on the phone; None when missing (or the phone lacks sha256sum)."""
         if self._has_sha256sum is False:
@@ -415,288 +534,18 @@ class AdbTransport:
         """All system properties."""
         return dict(re.findall(r"^\[([^\]]+)\]: \[(.*)\]\s*$", self.shell(["getprop"]), flags=re.M))
 
+    def read_thermal_state(self) -> tuple[dict[str, float], dict[int, CpuFreq]]:
+        """Thermal zones (``{"thermal_zoneN:type": °C}``) and per-core clocks, in one shell call."""
+        return parse_thermal_snapshot(self.shell(THERMAL_SNAPSHOT).splitlines())
+
     def read_cpu_freqs(self) -> dict[int, CpuFreq]:
-        """Per-core clocks from cpufreq sysfs, in one shell call."""
-        script = ('for c in /sys/devices/system/cpu/cpu[0-9]*; do f="$c/cpufreq"; printf "%s %s %s %s\\n" '
-                  '"${c##*/cpu}" "$(cat "$f/scaling_cur_freq" 2>/dev/null)" '
-                  '"$(cat "$f/scaling_max_freq" 2>/dev/null)" "$(cat "$f/cpuinfo_max_freq" 2>/dev/null)"; done')
-        freqs: dict[int, CpuFreq] = {}
-        for line in self.shell(script).splitlines():
-            parts = line.split(" ")
-            if len(parts) == 4 and parts[0].isdigit():
-                val = [int(p) if p.strip().isdigit() else None for p in parts[1:]]
-                freqs[int(parts[0])] = CpuFreq(*val)
-        return dict(sorted(freqs.items()))
+        """Per-core clocks from cpufreq sysfs."""
+        return self.read_thermal_state()[1]
 
     def read_temperatures_c(self) -> dict[str, float]:
         """Thermal zones as ``{"thermal_zoneN:type": °C}``; unreadable zones are left out."""
-        script = ('for z in /sys/class/thermal/thermal_zone*; do printf "%s:%s %s\\n" "${z##*/}" '
-                  '"$(cat "$z/type" 2>/dev/null)" "$(cat "$z/temp" 2>/dev/null)"; done')
-        temps: dict[str, float] = {}
-        for line in self.shell(script).splitlines():
-            name, _, value = line.rpartition(" ")
-            try:
-                raw = float(value)
-            except ValueError:
-                continue
-            # sysfs reports millidegrees on most phones; some drivers report degrees or decidegrees.
-            celsius = raw / 1000 if abs(raw) >= 1000 else raw / 10 if abs(raw) >= 200 else raw
-            if -40.0 <= celsius <= 150.0:  # drop sentinel values of absent sensors
-                temps[name] = celsius
-        return temps
+        return self.read_thermal_state()[0]
 
-    def read_temperature_c(self, zone_pattern: str = r"cpu|soc|tsens|big|little|apc|mtktscpu|ap[-_]") -> float | None:
+    def read_temperature_c(self, zone_pattern: str = CPU_ZONES) -> float | None:
         """The hottest CPU-like thermal zone in °C (all zones when none matches); None when none is readable."""
-        temps = self.read_temperatures_c()
-        cpu = [v for k, v in temps.items() if re.search(zone_pattern, k.partition(":")[2], re.I)]
-        values = cpu or list(temps.values())
-        return max(values) if values else None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _version_in(text: str) -> str | None:
-    """A version the binary printed about itself, if any (stock benchmark_model builds print none)."""
-    # Only TFLite's own version: delegates print versions of other things (OpenCL, drivers).
-    m = re.search(r"(?i)\b(?:tensorflow lite|tflite|litert)\b[^\n]*?\bversion\b[ :=]*v?(\d+\.\d+[\w.+-]*)", text)
-    return m.group(1) if m else None
-
-
-def _mask_cpus(mask: str) -> list[int]:
-    value = int(mask, 16)
-    return [i for i in range(value.bit_length()) if value >> i & 1]
-
-
-@dataclass(frozen=True)
-class AdbBenchmarkRun:
-    """One benchmark_model run: parsed statistics, the exact command, its output and the provenance."""
-
-    result: BenchmarkResult
-    model: str
-    remote_model: str
-    command: str
-    output: str
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-class AdbBenchmarkRunner:
-    """Time .tflite files on a phone with TFLite's ``benchmark_model`` (a binary you provide; never downloaded).
-
-    ``cpu_mask`` is a hex affinity mask for ``taskset`` (e.g. ``"70"`` for cpu4-6). Before each run the runner
-    waits, at most ``cooldown_max_s``, while the hottest CPU zone is above ``max_temp_c`` or a pinned core's
-    scaling_max_freq fell below ``freq_drop_ratio`` of what it was at :meth:`prepare`; then it raises
-    :class:`AdbThermalError`. Files it pushed are removed by :meth:`cleanup` unless ``keep_remote``.
-    """
-
-    def __init__(self, transport: AdbTransport, binary: str | Path, *, threads: int = 1, cpu_mask: str | None = None,
-                 warmup_runs: int = 10, num_runs: int = 50, use_gpu: bool = False, use_xnnpack: bool | None = None,
-                 extra_args: Sequence[str] = (), remote_dir: str = "/data/local/tmp/natdeploy",
-                 timeout_s: float = 600.0, keep_remote: bool = False, max_temp_c: float = 45.0,
-                 freq_drop_ratio: float = 0.9, cooldown_max_s: float = 180.0, cooldown_poll_s: float = 5.0) -> None:
-        self.transport = transport
-        self.binary = Path(binary)
-        if not self.binary.is_file():
-            raise AdbBinaryError(f"benchmark_model binary {self.binary} not found: build TFLite's "
-                                 "//tensorflow/lite/tools/benchmark:benchmark_model for android_arm64 (or use a "
-                                 "prebuilt you have) and pass its path")
-        if threads < 1 or warmup_runs < 0 or num_runs < 1:
-            raise ValueError(f"need threads >= 1, warmup_runs >= 0, num_runs >= 1; got {threads}, {warmup_runs}, "
-                             f"{num_runs}")
-        if cpu_mask is not None:
-            cpu_mask = cpu_mask.lower().removeprefix("0x")
-            if not re.fullmatch(r"[0-9a-f]+", cpu_mask) or int(cpu_mask, 16) == 0:
-                raise ValueError(f"cpu_mask must be a non-zero hex mask such as '70' or 'f0', got {cpu_mask!r}")
-        self.threads, self.cpu_mask, self.warmup_runs, self.num_runs = threads, cpu_mask, warmup_runs, num_runs
-        self.use_gpu, self.use_xnnpack, self.extra_args = use_gpu, use_xnnpack, tuple(extra_args)
-        self.remote_dir, self.timeout_s, self.keep_remote = remote_dir.rstrip("/") or "/", timeout_s, keep_remote
-        self.max_temp_c, self.freq_drop_ratio = max_temp_c, freq_drop_ratio
-        self.cooldown_max_s, self.cooldown_poll_s = cooldown_max_s, cooldown_poll_s
-        self.remote_binary = posixpath.join(self.remote_dir, "benchmark_model")
-        self._pushed: list[str] = []
-        self._info: dict[str, Any] | None = None
-        self._baseline: dict[int, CpuFreq] = {}
-        self._has_timeout = False
-
-    @classmethod
-    def from_spec(cls, spec: Any, transport: AdbTransport | None = None, **overrides: Any) -> "AdbBenchmarkRunner":
-        """A runner for a :class:`natdeploy.devices.DeviceSpec` with ``transport: adb``."""
-        if not spec.benchmark_binary:
-            raise AdbBinaryError(f"device {spec.name!r} sets no benchmark_binary: build TFLite's benchmark_model "
-                                 "for the phone and set `benchmark_binary: /path/to/benchmark_model` in its yaml")
-        kwargs: dict[str, Any] = dict(threads=spec.threads, cpu_mask=spec.cpu_mask, warmup_runs=spec.warmup,
-                                      num_runs=spec.runs, use_gpu=spec.gpu_delegate,
-                                      use_xnnpack=None if spec.xnnpack else False)
-        kwargs.update(overrides)
-        return cls(transport or AdbTransport(spec.serial), spec.benchmark_binary, **kwargs)
-
-    def __enter__(self) -> "AdbBenchmarkRunner":
-        try:
-            self.prepare()
-        except BaseException as exc:  # __exit__ will not run: remove a binary pushed before the failure
-            self.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.cleanup()
-        except AdbError as cleanup_exc:
-            if exc is None:
-                raise
-            log.warning("could not remove benchmark files from the phone: %s", cleanup_exc)
-
-    # -- setup ---------------------------------------------------------------------------------------------------
-    def prepare(self) -> dict[str, Any]:
-        """Push and check the binary, and read the device description (once); returns that description."""
-        if self._info is not None:
-            return self._info
-        t = self.transport
-        t.shell(["mkdir", "-p", self.remote_dir])
-        binary_sha = self._push_reusing(self.binary, self.remote_binary, mode=0o755)
-        t.shell(["chmod", "755", self.remote_binary])  # a reused copy may have lost its exec bit
-        out, rc = t.shell_status([self.remote_binary, "--help"], timeout_s=60)
-        if rc in (126, 127) or "--graph" not in out:
-            hint = ("it is not built for this phone's CPU/Android (build for android_arm64)"
-                    if re.search(r"CANNOT LINK|not executable|Exec format|ELF", out) else
-                    "it does not look like TFLite's benchmark_model (its --help does not list --graph)")
-            raise AdbBinaryError(f"{self.binary} cannot run on {t.name}: {hint}; exit status {rc}.\n{_tail(out)}")
-        self._has_timeout = t.shell_status("command -v timeout")[1] == 0
-        props = t.getprops()
-        self._baseline = t.read_cpu_freqs()
-        self._info = {
-            "serial": t.name, "model": props.get("ro.product.model", ""),
-            "manufacturer": props.get("ro.product.manufacturer", ""),
-            "hardware": props.get("ro.hardware", ""),
-            "soc": props.get("ro.soc.model") or props.get("ro.board.platform", ""),
-            "android_release": props.get("ro.build.version.release", ""),
-            "sdk": props.get("ro.build.version.sdk", ""), "abi": props.get("ro.product.cpu.abi", ""),
-            "build_fingerprint": props.get("ro.build.fingerprint", ""),
-            "binary": str(self.binary), "binary_sha256": binary_sha,
-            "binary_version": _version_in(out),
-            "cpu_mask": self.cpu_mask, "threads": self.threads, "use_gpu": self.use_gpu,
-            "use_xnnpack": self.use_xnnpack, "warmup_runs": self.warmup_runs, "num_runs": self.num_runs,
-        }
-        return self._info
-
-    def _push_reusing(self, local: Path, remote: str, mode: int = 0o644) -> str:
-        """Push unless the phone already has identical bytes at ``remote`` (sha256 on the device); local sha256."""
-        digest = _sha256_file(local)
-        if self.transport.sha256(remote) == digest:
-            log.debug("reusing %s on the phone (same sha256)", remote)
-            return digest
-        self.transport.push(local, remote, mode=mode, timeout_s=self.timeout_s)
-        self._pushed.append(remote)
-        remote_digest = self.transport.sha256(remote)
-        if remote_digest is not None and remote_digest != digest:
-            raise AdbTransferError(f"{remote} on the phone does not match {local} after the push (sha256 "
-                                   f"{remote_digest} != {digest}): the copy is corrupt; retry")
-        return digest
-
-    def push_model(self, model: str | Path) -> str:
-        """The model's path on the phone (named by its sha256 prefix), pushed only if not already there."""
-        model = Path(model)
-        digest = _sha256_file(model)
-        remote = posixpath.join(self.remote_dir, f"{digest[:12]}-{model.name}")
-        self._push_reusing(model, remote)
-        return remote
-
-    # -- thermal -------------------------------------------------------------------------------------------------
-    def _hot_reasons(self) -> tuple[list[str], float | None, dict[int, CpuFreq]]:
-        temp = self.transport.read_temperature_c()
-        freqs = self.transport.read_cpu_freqs()
-        reasons = []
-        if temp is not None and temp > self.max_temp_c:
-            reasons.append(f"CPU at {temp:.1f} °C > {self.max_temp_c:g} °C")
-        cpus = _mask_cpus(self.cpu_mask) if self.cpu_mask else list(freqs)
-        for cpu in cpus:
-            before, now = self._baseline.get(cpu), freqs.get(cpu)
-            if before and now and before.max_khz and now.max_khz and \
-                    now.max_khz < before.max_khz * self.freq_drop_ratio:
-                reasons.append(f"cpu{cpu} capped at {now.max_khz / 1e6:.2f} GHz (was {before.max_khz / 1e6:.2f})")
-        return reasons, temp, freqs
-
-    def wait_until_cool(self) -> tuple[float | None, dict[int, CpuFreq]]:
-        """Wait while the phone is hot or throttled; the final temperature and clocks."""
-        deadline = time.monotonic() + self.cooldown_max_s
-        while True:
-            reasons, temp, freqs = self._hot_reasons()
-            if not reasons:
-                return temp, freqs
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AdbThermalError(f"{self.transport.name} is still hot after {self.cooldown_max_s:g} s "
-                                      f"({'; '.join(reasons)}). Let it cool (screen off, off the charger, out of the "
-                                      "sun), or raise cooldown_max_s / max_temp_c")
-            log.info("waiting for the phone to cool: %s", "; ".join(reasons))
-            time.sleep(min(self.cooldown_poll_s, remaining))
-
-    # -- running -------------------------------------------------------------------------------------------------
-    def command(self, remote_model: str) -> list[str]:
-        """The benchmark_model command line (unquoted arguments)."""
-        cmd = ["timeout", str(math.ceil(self.timeout_s))] if self._has_timeout else []
-        if self.cpu_mask:
-            cmd += ["taskset", self.cpu_mask]
-        cmd += [self.remote_binary, f"--graph={remote_model}", f"--num_threads={self.threads}",
-                f"--warmup_runs={self.warmup_runs}", f"--num_runs={self.num_runs}"]
-        if self.use_gpu:
-            cmd.append("--use_gpu=true")
-        if self.use_xnnpack is not None:
-            cmd.append(f"--use_xnnpack={str(self.use_xnnpack).lower()}")
-        return cmd + list(self.extra_args)
-
-    def run(self, model: str | Path) -> AdbBenchmarkRun:
-        """Push (or reuse) the model, wait until cool, run benchmark_model, and parse its output."""
-        info = self.prepare()
-        remote = self.push_model(model)
-        temp_before, freqs_before = self.wait_until_cool()
-        cmd = self.command(remote)
-        # On-device `timeout` stops a hung binary; the client limit leaves it time to report.
-        out, rc = self.transport.shell_status(cmd, timeout_s=self.timeout_s + 30)
-        if rc != 0:
-            self._raise_for_status(rc, out)
-        result = parse_benchmark_output(out)
-        if info["binary_version"] is None:
-            info["binary_version"] = _version_in(out)
-        temp_after = self.transport.read_temperature_c()
-        freqs_after = self.transport.read_cpu_freqs()
-        provenance = dict(info, model_file=str(model), remote_model=remote,
-                          temperature_before_c=temp_before, temperature_after_c=temp_after,
-                          cpu_freqs_before_khz={c: f.cur_khz for c, f in freqs_before.items()},
-                          cpu_freqs_after_khz={c: f.cur_khz for c, f in freqs_after.items()},
-                          cpu_max_freqs_khz={c: f.max_khz for c, f in freqs_after.items()},
-                          date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        return AdbBenchmarkRun(result=result, model=str(model), remote_model=remote, command=quote_command(cmd),
-                               output=out, provenance=provenance)
-
-    def _raise_for_status(self, rc: int, out: str) -> None:
-        if rc == 124 and self._has_timeout:
-            raise AdbTimeoutError(f"benchmark_model ran past {self.timeout_s:g} s on {self.transport.name} and was "
-                                  f"stopped; raise timeout_s or lower num_runs.\n{_tail(out)}")
-        if rc > 128:
-            try:
-                name = signal.Signals(rc - 128).name
-            except ValueError:
-                name = "unknown signal"
-            raise AdbBenchmarkCrashError(
-                f"benchmark_model crashed on {self.transport.name} (signal {rc - 128}, {name}; SIGKILL often means "
-                f"the phone ran out of memory). Check `adb logcat` for the native crash.\n{_tail(out)}",
-                returncode=rc, output=out)
-        if rc in (126, 127):
-            raise AdbBinaryError(f"benchmark_model could not start on {self.transport.name} (exit {rc}).\n{_tail(out)}")
-        raise AdbBenchmarkError(f"benchmark_model failed on {self.transport.name} with exit status {rc}.\n"
-                                f"{_tail(out)}", returncode=rc, output=out)
-
-    def cleanup(self) -> None:
-        """Remove what this runner pushed (unless ``keep_remote``); files that were already there stay."""
-        if self.keep_remote or not self._pushed:
-            return
-        self.transport.shell(["rm", "-f", *self._pushed])
-        self._pushed.clear()
-        self.transport.shell_status(["rmdir", self.remote_dir])  # only succeeds when empty; fine either way
+        return hottest_c(self.read_temperatures_c(), zone_pattern)
