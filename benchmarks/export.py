@@ -7,6 +7,7 @@
 3. Predicted vs measured latency of exported files of ``--latency-archs`` Archs on cpu (onnxruntime, model.onnx)
    and cpu-litert (LiteRT, model.tflite), with the exporter's latency check and the tables in latency_tables/
    (or ``--tables``); the share within +-10% of the prediction. Skipped, with a message, where no table exists.
+   Parts 1-2 are recorded as RESULTS.md section "export", part 3 as "export latency".
 
 The supernet is seeded-random with BN recalibrated on digits upsampled from 64 px (no download needed).
 
@@ -92,11 +93,25 @@ def bench_parity(net: OFAMobileNetV3Supernet, data: ImageData, n_archs: int, n_i
     return rows
 
 
-def bench_latency(tables: Path, n_archs: int, seed: int) -> dict[str, list[tuple[str, float, float]] | str]:
-    """Per device: (arch, predicted ms, measured ms) of exported files, or why the device was skipped."""
+def _measure_exported(arch: Arch, device: str, fmt: str, predictor) -> tuple[float, float | str]:
+    """(predicted ms, measured ms or the reason it was not measured) for the exported file of ``arch``."""
+    n_classes = predictor.table.n_classes
+    module = MobileNetV3Subnet(arch, n_classes).eval()  # random weights, as the table's subnets had
+    shape = (1, 3, arch.r, arch.r)
+    data = onnx_bytes(module, shape) if fmt == "onnx" else tflite_bytes(module, shape)
+    report, _ = check_latency(arch, n_classes, [device], {fmt: data}, {}, {device: predictor})
+    return report[device]["predicted_ms"], report[device]["measured_ms"]
+
+
+def bench_latency(tables: Path, n_archs: int, seed: int, n_recheck: int = 5) -> tuple[
+        dict[str, list[tuple[str, float, float]] | str], dict[str, str]]:
+    """Per device: (arch, predicted ms, measured ms) of exported files, or why the device was skipped; and a
+    description of each table, with ``n_recheck`` of its own subnets re-measured now (measured / table value),
+    which separates machine drift since profiling from prediction error."""
     from natdeploy.latency.profiler import predictor_for
 
     out: dict[str, list[tuple[str, float, float]] | str] = {}
+    about: dict[str, str] = {}
     for device, fmt in LATENCY_DEVICES.items():
         path = tables / f"{device}.json"
         if not path.is_file():
@@ -104,25 +119,30 @@ def bench_latency(tables: Path, n_archs: int, seed: int) -> dict[str, list[tuple
             print(f"{device}: {out[device]}", flush=True)
             continue
         predictor = predictor_for(device, table=path)
-        prov, n_classes = predictor.table.provenance, predictor.table.n_classes
+        table, prov = predictor.table, predictor.table.provenance
         space = SearchSpace(resolutions=tuple(prov.get("resolutions") or OFA.resolutions),
                             widths=tuple(prov.get("widths") or (1.0,)))
-        rows = []
+        rows: list[tuple[str, float, float]] = []
         for arch in space.sample(np.random.default_rng(seed), n_archs):
-            module = MobileNetV3Subnet(arch, n_classes).eval()  # random weights, as the table's subnets had
-            shape = (1, 3, arch.r, arch.r)
-            data = onnx_bytes(module, shape) if fmt == "onnx" else tflite_bytes(module, shape)
-            report, _ = check_latency(arch, n_classes, [device], {fmt: data}, {}, {device: predictor})
-            d = report[device]
-            if not isinstance(d["measured_ms"], float):
-                out[device] = f"skipped: {d['measured_ms']}"
+            predicted, measured = _measure_exported(arch, device, fmt, predictor)
+            if not isinstance(measured, float):
+                out[device] = f"skipped: {measured}"
                 break
-            rows.append((str(arch), d["predicted_ms"], d["measured_ms"]))
-            print(f"{device} {arch}  predicted {d['predicted_ms']:.3f} ms  measured {d['measured_ms']:.3f} ms  "
-                  f"ratio {d['measured_ms'] / d['predicted_ms']:.3f}", flush=True)
+            rows.append((str(arch), predicted, measured))
+            print(f"{device} {arch}  predicted {predicted:.3f} ms  measured {measured:.3f} ms  "
+                  f"ratio {measured / predicted:.3f}", flush=True)
         else:
             out[device] = rows
-    return out
+        recheck = []
+        for key in list(table.e2e)[:n_recheck if isinstance(out[device], list) else 0]:
+            arch = Arch.from_string(key)
+            recheck.append(_measure_exported(arch, device, fmt, predictor)[1] / table.e2e_ms(arch))
+        about[device] = (f"table {prov.get('runtime_version')}, resolutions {prov.get('resolutions')}, "
+                         f"{len(table.e2e)} whole subnets, drift {100 * table.drift:.1f}%, {prov.get('date')}"
+                         + (f"; {len(recheck)} of the table's own subnets re-measured now: median "
+                            f"{statistics.median(recheck):.2f}x (min {min(recheck):.2f}, max {max(recheck):.2f}) "
+                            "their table value" if recheck else ""))
+    return out, about
 
 
 def _latency_summary(device: str, rows: list[tuple[str, float, float]]) -> str:
@@ -151,7 +171,8 @@ def main() -> None:
     tables = Path(args.tables) if args.tables else tables_dir()
     net = _supernet(args.seed)
     data = load_digits_data(size=64, seed=args.seed)  # batches are resized to each Arch's resolution
-    lines = [f"Machine: {machine_line(args.threads)}.",
+    load = os.getloadavg()[0]  # other jobs on these 2 cores inflate every time below
+    lines = [f"Machine: {machine_line(args.threads)}; load average at start {load:.1f}.",
              f"Command: `python {' '.join(['benchmarks/export.py'] + sys.argv[1:])}`",
              "Seeded-random w1.0 supernet (10 classes), BN recalibrated on scikit-learn digits upsampled from 64 px.",
              ""]
@@ -185,12 +206,13 @@ def main() -> None:
             if not args.no_record:
                 record("export", "\n".join(lines))
         if "latency" not in skip:
-            res = bench_latency(tables, args.latency_archs, args.seed)
+            res, about = bench_latency(tables, args.latency_archs, args.seed)
             body = lines[:2] + ["", f"**Predicted vs measured latency** of exported files of {args.latency_archs} "
                                     f"random Archs per device (tables in `{tables}`; measured statistic: the "
                                     "table's, p10), by the exporter's latency check:", ""]
             for device, rows in res.items():
                 text = f"{device}: {rows}" if isinstance(rows, str) else _latency_summary(device, rows)
+                text += f" [{about[device]}]" if device in about else ""
                 print(text)
                 body.append(f"- {text}")
             if not args.no_record:  # its own section: it is often rerun alone, against other tables

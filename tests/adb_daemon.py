@@ -10,8 +10,10 @@ RECV, QUIT) and ``reboot:``. Not implemented: shell v2, sync v2, TLS, delayed ac
 The phone's filesystem is a sandbox folder: sync paths map under it, and shell commands run with /bin/sh in it
 after rewriting device paths (``/data/...``, ``/sys/...``, ...) to sandbox paths. The sandbox holds a fake
 ``getprop`` and ``taskset``, thermal zones and cpufreq files; :func:`write_fake_benchmark_model` writes a
-stand-in benchmark_model that a test pushes like the real binary. Fault hooks: :meth:`AdbDaemon.disconnect_after`,
-:meth:`AdbDaemon.disconnect_on`, ``storage_full``, :meth:`AdbDaemon.reboot`, ``crash_benchmark``.
+stand-in benchmark_model that a test pushes like the real binary. It really runs a real .tflite with LiteRT
+(``litert_zygote=True`` preloads LiteRT in a fork server, so each run starts in milliseconds like a native
+binary). Fault hooks: :meth:`AdbDaemon.disconnect_after`, :meth:`AdbDaemon.disconnect_on`, ``storage_full``,
+:meth:`AdbDaemon.reboot`, ``crash_benchmark``.
 Every loop is bounded: by the daemon's lifetime, a command timeout, or an idle timeout.
 """
 
@@ -98,7 +100,7 @@ class AdbDaemon:
     def __init__(self, root: Path, *, require_auth: bool = True, accepted_keys: Iterable[str] = (),
                  accept_unknown_keys: bool = False, props: dict[str, str] | None = None,
                  protocol_version: int = VERSION_SKIP_CHECKSUM, max_payload: int = 1 << 20,
-                 command_timeout_s: float = 30.0, lifetime_s: float = 300.0) -> None:
+                 command_timeout_s: float = 30.0, lifetime_s: float = 300.0, litert_zygote: bool = False) -> None:
         self.root = Path(root).resolve()
         if not re.fullmatch(r"[\w./-]+", str(self.root)):
             raise ValueError(f"sandbox path {self.root} must be shell-safe: it is spliced into shell commands")
@@ -110,6 +112,9 @@ class AdbDaemon:
         self.max_payload = max_payload
         self.command_timeout_s = command_timeout_s
         self.lifetime_s = lifetime_s
+        self.litert_zygote = litert_zygote  # preload LiteRT so the fake benchmark_model starts like a native one
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._zygote_dir: str | None = None
         self.reboot_down_s = 1.0
         # fault injection, set by tests between client calls
         self.storage_full = False
@@ -148,7 +153,27 @@ class AdbDaemon:
         self._deadline = time.monotonic() + self.lifetime_s
         self._thread = threading.Thread(target=self._accept_loop, name="fake-adbd", daemon=True)
         self._thread.start()
+        if self.litert_zygote:
+            self._start_zygote()
         return self
+
+    def _start_zygote(self) -> None:
+        import tempfile
+
+        # A short folder of its own: AF_UNIX paths are limited to ~100 bytes, pytest's tmp_path can be longer.
+        self._zygote_dir = tempfile.mkdtemp(prefix="fzyg")
+        source = Path(self._zygote_dir) / "fake_benchmark_model.py"
+        write_fake_benchmark_model(source)
+        sock = Path(self._zygote_dir) / "sock"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self._zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE, str(sock), str(source), str(os.getpid())],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            if self._zygote.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the fake benchmark_model's LiteRT zygote did not start")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,6 +185,19 @@ class AdbDaemon:
             conn.join(timeout=5)
             for worker in conn.workers:
                 worker.join(timeout=5)  # shell workers kill their command when the link is gone
+        if self._zygote is not None:
+            self._zygote.terminate()
+            try:
+                self._zygote.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait(timeout=5)
+            self._zygote = None
+        if self._zygote_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._zygote_dir, ignore_errors=True)
+            self._zygote_dir = None
 
     def __enter__(self) -> "AdbDaemon":
         return self.start()
@@ -222,6 +260,8 @@ class AdbDaemon:
             env["FAKE_BENCHMARK_CRASH"] = "1"
         if self.benchmark_sleep_s:
             env["FAKE_BENCHMARK_SLEEP_S"] = str(self.benchmark_sleep_s)
+        if self._zygote_dir is not None:
+            env["FAKE_BENCHMARK_ZYGOTE"] = f"{self._zygote_dir}/sock"
         return env
 
     def _build_sandbox(self) -> None:
@@ -693,13 +733,20 @@ def _write_script(path: Path, text: str) -> Path:
 
 def write_fake_benchmark_model(path: Path) -> Path:
     """Write the stand-in benchmark_model (an executable Python script) that tests push like the real binary."""
-    return _write_script(Path(path), f"#!{sys.executable} -SE\n" + _FAKE_BENCHMARK_MODEL)
+    # -S keeps start-up fast; LiteRT is found through the site folders listed in the script instead.
+    sites = [p for p in sys.path if p and os.path.isdir(p) and os.path.basename(p) in ("site-packages",
+                                                                                        "dist-packages")]
+    source = _FAKE_BENCHMARK_MODEL.replace("SITE_PATHS = []", f"SITE_PATHS = {sites!r}", 1)
+    return _write_script(Path(path), f"#!{sys.executable} -SE\n" + source)
+
+
+PLACEHOLDER_TAG = b"NATDEPLOY-PLACEHOLDER-TFLITE"  # the fake benchmark_model makes up numbers for these files
 
 
 def write_fake_tflite(path: Path, size: int = 4096, seed: int = 0) -> Path:
-    """A file the fake benchmark_model accepts: a flatbuffer header with the TFL3 identifier, then filler."""
-    body = bytes((seed * 31 + i * 7) & 0xFF for i in range(max(size - 8, 0)))
-    Path(path).write_bytes(struct.pack("<I", 28) + b"TFL3" + body)
+    """A placeholder the fake benchmark_model accepts without LiteRT: the TFL3 identifier, a tag, then filler."""
+    body = PLACEHOLDER_TAG + bytes((seed * 31 + i * 7) & 0xFF for i in range(max(size - 8, 0)))
+    Path(path).write_bytes(struct.pack("<I", 28) + b"TFL3" + body[:max(size - 8, len(PLACEHOLDER_TAG))])
     return Path(path)
 
 
@@ -716,18 +763,26 @@ exec "$@"
 _FAKE_BENCHMARK_MODEL = r'''"""Stand-in for TFLite's benchmark_model on the fake phone (tests/adb_daemon.py).
 
 It takes the real tool's flags, reads the --graph file like the real binary (failing the same way when it is
-missing or not a TFLite flatbuffer), and prints statistics in the real (2.14+) output format. The numbers are
-synthetic, derived from the model's bytes; nothing is run.
+missing or not a TFLite flatbuffer), and prints its statistics in the real (2.14+) output format. A real .tflite
+is really run with the LiteRT interpreter, honouring --num_threads, --use_xnnpack, --warmup_runs, --num_runs,
+--warmup_min_secs, --min_secs and --max_secs as the real tool does (there is no GPU: --use_gpu runs on the CPU).
+A placeholder from write_fake_tflite() gets synthetic numbers derived from its bytes, so transport tests need
+no LiteRT. With $FAKE_BENCHMARK_ZYGOTE set, the whole run happens in a fork of a server that has LiteRT loaded
+already, so the fake starts in milliseconds, as a native binary does, instead of a Python import's half second.
 """
 import hashlib
+import json
 import os
 import random
 import signal
+import socket
 import sys
 import time
 
 FLAGS = {"graph": "", "num_threads": "-1", "warmup_runs": "1", "num_runs": "50", "use_gpu": "false",
          "use_xnnpack": "true", "min_secs": "1", "warmup_min_secs": "0.5", "max_secs": "150", "help": "false"}
+PLACEHOLDER_TAG = b"NATDEPLOY-PLACEHOLDER-TFLITE"
+SITE_PATHS = []  # filled in by write_fake_benchmark_model: where LiteRT lives (the script runs with -S)
 
 
 def say(text=""):
@@ -750,8 +805,52 @@ def stat_line(values):
         return "count=%d curr=%d%s" % (len(values), values[-1], "(all same)" if len(values) > 1 else "")
     avg = sum(values) / len(values)
     std = int((sum((v - avg) ** 2 for v in values) / len(values)) ** 0.5)
-    return "count=%d first=%d curr=%d min=%d max=%d avg=%.6g std=%d" % (
+    line = "count=%d first=%d curr=%d min=%d max=%d avg=%.6g std=%d" % (
         len(values), values[0], values[-1], min(values), max(values), avg, std)
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return line + " p5=%d median=%d p95=%d" % (pick(0.05), pick(0.5), pick(0.95))
+
+
+def preload():
+    """Import what a real run needs (the zygote does this once, before it forks)."""
+    for path in SITE_PATHS:
+        if path not in sys.path:
+            sys.path.append(path)
+    import numpy  # noqa: F401
+    from ai_edge_litert import interpreter  # noqa: F401
+
+
+def timed_runs(fn, runs, min_secs, max_secs):
+    """Call fn at least `runs` times and for at least min_secs, but stop after max_secs: microseconds per call."""
+    values, start = [], time.perf_counter()
+    while (len(values) < runs or time.perf_counter() - start < min_secs) and time.perf_counter() - start < max_secs:
+        t0 = time.perf_counter()
+        fn()
+        values.append(int((time.perf_counter() - t0) * 1e6))
+    return values
+
+
+def real_model(data, threads, xnnpack):
+    """(invoke, init microseconds) for a LiteRT interpreter on the model, or None after printing the error."""
+    preload()
+    import numpy as np
+    from ai_edge_litert import interpreter as lite
+
+    t0 = time.perf_counter()
+    resolver = lite.OpResolverType.AUTO if xnnpack else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interp = lite.Interpreter(model_content=data, num_threads=threads if threads > 0 else None,
+                                  experimental_op_resolver_type=resolver)
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        err("Failed to construct interpreter: %s" % (str(exc).splitlines() or [""])[0])
+        err("Benchmarking failed.")
+        return None
+    rng = np.random.default_rng(0)
+    for inp in interp.get_input_details():
+        interp.set_tensor(inp["index"], rng.standard_normal(tuple(inp["shape"])).astype(inp["dtype"]))
+    return interp.invoke, int((time.perf_counter() - t0) * 1e6)
 
 
 def main(argv):
@@ -767,6 +866,7 @@ def main(argv):
         err("Benchmarking failed.")
         return 1
     threads, warmup_runs, num_runs = int(flags["num_threads"]), int(flags["warmup_runs"]), int(flags["num_runs"])
+    min_secs, warmup_min_secs, max_secs = (float(flags[k]) for k in ("min_secs", "warmup_min_secs", "max_secs"))
     gpu, graph = flags["use_gpu"] == "true", flags["graph"]
     say("STARTING!")
     say("Log parameter values verbosely: [0]")
@@ -800,13 +900,23 @@ def main(argv):
     say("Initialized TensorFlow Lite runtime.")
     say("Created TensorFlow Lite delegate for GPU." if gpu else "Created TensorFlow Lite XNNPACK delegate for CPU.")
     say("The input model file size (MB): %g" % (len(data) / 1e6))
-    rng = random.Random(hashlib.sha256(data).digest())
-    base = (400 + len(data) / 64) / max(1, min(threads, 4)) ** 0.8 / (3 if gpu else 1)
-    init_us = 900 + len(data) // 500
+    if data[8:8 + len(PLACEHOLDER_TAG)] == PLACEHOLDER_TAG:
+        rng = random.Random(hashlib.sha256(data).digest())
+        base = (400 + len(data) / 64) / max(1, min(threads, 4)) ** 0.8 / (3 if gpu else 1)
+        init_us = 900 + len(data) // 500
+        warm_fn = lambda n: [int(base * (1.5 if i == 0 else 1 + 0.08 * rng.random())) for i in range(max(n, 0))]
+        timed_fn = lambda n: [int(base * (1 + 0.05 * rng.random())) for _ in range(max(n, 0))]
+    else:
+        model = real_model(data, threads, flags["use_xnnpack"] == "true")
+        if model is None:
+            return 1
+        invoke, init_us = model
+        warm_fn = lambda n: timed_runs(invoke, n, warmup_min_secs, max_secs)
+        timed_fn = lambda n: timed_runs(invoke, n, min_secs, max_secs)
     say("Initialized session in %.3fms." % (init_us / 1000))
     say("Running benchmark for at least %d iterations and at least %s seconds but terminate if exceeding %s "
         "seconds." % (warmup_runs, flags["warmup_min_secs"], flags["max_secs"]))
-    warm = [int(base * (1.5 if i == 0 else 1 + 0.08 * rng.random())) for i in range(max(warmup_runs, 0))]
+    warm = warm_fn(warmup_runs)
     say(stat_line(warm))
     print(flush=True)
     time.sleep(float(os.environ.get("FAKE_BENCHMARK_SLEEP_S", "0")))
@@ -814,13 +924,8 @@ def main(argv):
         "seconds." % (num_runs, flags["min_secs"], flags["max_secs"]))
     if os.environ.get("FAKE_BENCHMARK_CRASH"):
         os.kill(os.getpid(), signal.SIGSEGV)  # dies like a native crash: the shell reports status 139
-    timed = [int(base * (1 + 0.05 * rng.random())) for _ in range(max(num_runs, 0))]
-    line = stat_line(timed)
-    if len(set(timed)) > 1:
-        ordered = sorted(timed)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-        line += " p5=%d median=%d p95=%d" % (pick(0.05), pick(0.5), pick(0.95))
-    say(line)
+    timed = timed_fn(num_runs)
+    say(stat_line(timed))
     print(flush=True)
     if timed:
         say("Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %.6g, Inference (avg): %.6g" % (
@@ -830,6 +935,102 @@ def main(argv):
     return 0
 
 
+def delegated(argv):
+    """The exit status of this run done by the zygote, or None when there is none to ask."""
+    path = os.environ.get("FAKE_BENCHMARK_ZYGOTE")
+    if not path:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(path)
+    except OSError:
+        return None
+    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    socket.send_fds(conn, [request], [1, 2])  # the run writes straight to our stdout and stderr
+    reply = conn.recv(4096)  # if we are killed (timeout), the closed socket makes the zygote kill the run
+    if not reply:
+        err("the fake benchmark_model's zygote went away")
+        return 1
+    status = json.loads(reply)
+    if "signal" in status:
+        signal.signal(status["signal"], signal.SIG_DFL)
+        os.kill(os.getpid(), status["signal"])  # die the same way, so the shell reports 128 + signal
+    return status.get("exit", 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = delegated(sys.argv)
+    sys.exit(main(sys.argv) if code is None else code)
+'''
+
+# The fake benchmark_model's fork server: imports LiteRT once, then forks a child per run. Single-threaded on
+# purpose (forking a threaded process is unsafe). Each request is served by a handler fork that runs the model in
+# a second fork, reports its exit status, and kills it when the requesting fake binary dies (e.g. on a timeout).
+_ZYGOTE = r'''
+import json, os, select, signal, socket, sys, traceback
+
+sock_path, source, parent = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fake = {"__name__": "fake_benchmark_model"}
+exec(compile(open(source).read(), source, "exec"), fake)
+fake["preload"]()
+
+
+def serve(conn):
+    message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
+    request = json.loads(message)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            conn.close()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            code = fake["main"](request["argv"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    for fd in fds:
+        os.close(fd)
+    child = os.pidfd_open(pid)
+    while True:
+        ready, _, _ = select.select([conn, child], [], [])
+        if child in ready:
+            _, status = os.waitpid(pid, 0)
+            reply = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)})
+            conn.send(json.dumps(reply).encode())
+            return
+        if not conn.recv(16):  # the fake binary is gone: its run goes too
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+
+
+server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+server.bind(sock_path + ".tmp")
+server.listen(16)
+os.rename(sock_path + ".tmp", sock_path)  # appears only once it accepts
+while os.getppid() == parent:  # ends with the test process at the latest
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    if not select.select([server], [], [], 0.2)[0]:
+        continue
+    conn, _ = server.accept()
+    if os.fork() == 0:
+        server.close()
+        try:
+            serve(conn)
+        finally:
+            os._exit(0)
+    conn.close()
 '''

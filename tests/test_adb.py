@@ -25,9 +25,10 @@ from adb_daemon import (CNXN, VERSION_MIN, VERSION_SKIP_CHECKSUM, AdbDaemon,  # 
 
 from natdeploy.errors import NatDeployError  # noqa: E402
 from natdeploy.latency.backends.adb import (AdbAuthError, AdbBenchmarkCrashError, AdbBenchmarkError,  # noqa: E402
-                                            AdbBenchmarkRunner, AdbBinaryError, AdbCommandError,
-                                            AdbConnectionError, AdbDisconnectedError, AdbStorageFullError,
-                                            AdbThermalError, AdbTimeoutError, AdbTransferError, AdbTransport)
+                                            AdbBinaryError, AdbCommandError, AdbConnectionError,
+                                            AdbDisconnectedError, AdbStorageFullError, AdbThermalError,
+                                            AdbTimeoutError, AdbTransferError, AdbTransport)
+from natdeploy.latency.backends.adb_runner import AdbBenchmarkRunner  # noqa: E402
 
 HOSTILE = "it's a \"model\"; $(touch PWNED) `touch PWNED2` & | > *?\n.tflite"
 

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,12 +47,30 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
 
     Every measurement is saved to the table at once (atomic write), so a killed run resumes on rerun. A table
     made with another runtime version, thread count or host is refused unless ``force``.
+
+    Optional backend hooks: ``statistic`` (the Measurement statistic the table uses, default ``p10``),
+    ``measure_ops(ops)`` with ``op_batch_size`` (measure ops in batches, yielding each as it is done),
+    ``final_provenance()`` (provenance known only at the end) and ``close()`` (called when this function made
+    the backend itself).
     """
+    owned = backend is None
+    backend = backend or get_backend(spec)
+    try:
+        return _profile(spec, backend, space, resolutions, e2e_samples, n_classes, out, force, seed, quiet)
+    finally:
+        close = getattr(backend, "close", None)
+        if owned and callable(close):
+            close()
+
+
+def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions: Sequence[int] | None,
+             e2e_samples: int, n_classes: int, out: str | os.PathLike | None, force: bool, seed: int,
+             quiet: bool) -> ProfileResult:
     from tqdm.auto import tqdm
 
-    backend = backend or get_backend(spec)
     out = Path(out) if out else tables_dir() / f"{spec.name}.json"
     provenance = backend.describe()
+    statistic = getattr(backend, "statistic", "p10")
     if out.exists():
         table = LatencyTable.load(out)
         why = table.incompatibility(provenance)
@@ -61,11 +79,14 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
                              "the table. Use --out for a new table, or --force to mix anyway")
         if table.n_classes != n_classes:
             raise TableError(f"{out} was profiled for {table.n_classes} classes, not {n_classes}; use --out")
+        if table.statistic != statistic:  # not even with --force: the table could not read the new measurements
+            raise TableError(f"{out} uses the {table.statistic!r} statistic, but this backend measures "
+                             f"{statistic!r}; use --out for a new table")
         log.info("resuming %s: %d ops and %d subnets already measured", out, len(table.ops), len(table.e2e))
     else:
-        table = LatencyTable(device=spec.name, n_classes=n_classes)
+        table = LatencyTable(device=spec.name, n_classes=n_classes, statistic=statistic)
     resolutions = list(resolutions or spec.resolutions or space.resolutions)
-    table.provenance = {**provenance, "space": space.name, "widths": list(space.widths),
+    table.provenance = {**provenance, "statistic": statistic, "space": space.name, "widths": list(space.widths),
                         "resolutions": sorted(set(resolutions) | set(table.provenance.get("resolutions", [])))}
     ops = space_ops(space, n_classes, resolutions)
     todo = [op for op in ops if op.key not in table.ops]
@@ -79,12 +100,17 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
     try:
         if todo:
             _measure_reference(backend, table, reference, out)
-        for i, op in enumerate(todo, start=1):
-            table.add_op(op, _with_retries(lambda: backend.measure_op(op), op.key))
-            table.save(out)
-            bar.update()
-            if i % REFERENCE_EVERY == 0:
+        batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
+        since_reference = 0
+        for start in range(0, len(todo), batch):
+            for op, m in _measured_ops(backend, todo[start:start + batch]):
+                table.add_op(op, m)
+                table.save(out)
+                bar.update()
+                since_reference += 1
+            if since_reference >= REFERENCE_EVERY:  # between batches: a batch holds the device's link
                 _measure_reference(backend, table, reference, out)
+                since_reference = 0
         if todo:
             _measure_reference(backend, table, reference, out)
         for arch in e2e_todo:
@@ -94,6 +120,10 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
             bar.update()
     finally:
         bar.close()
+    final_provenance: Callable[[], dict[str, Any]] | None = getattr(backend, "final_provenance", None)
+    if final_provenance is not None:
+        table.provenance.update(final_provenance())
+        table.save(out)
     if table.drift > DRIFT_LIMIT:
         log.warning("reference op %s drifted by %.1f%% during profiling (limit %.0f%%): the machine was busy or "
                     "throttled; consider re-profiling", reference.key, 100 * table.drift, 100 * DRIFT_LIMIT)
@@ -102,12 +132,42 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
 
 
+def _measured_ops(backend: Backend, ops: Sequence[OpSig]) -> Iterator[tuple[OpSig, Measurement]]:
+    """Each op with its measurement: in one batch where the backend can, and one at a time (with retries) for
+    whatever the batch did not deliver."""
+    done: set[str] = set()
+    measure_ops = getattr(backend, "measure_ops", None)
+    if measure_ops is not None and len(ops) > 1:
+        try:
+            for op, m in measure_ops(ops):
+                done.add(op.key)
+                yield op, m
+        except (BackendError, RuntimeError, OSError, ValueError) as exc:
+            pending = next((op.key for op in ops if op.key not in done), "a batch of ops")
+            if not _retryable(exc):
+                raise BackendError(f"measuring {pending} failed: {exc}\nEverything measured so far is saved: "
+                                   "fix the cause and rerun the same command to resume") from exc
+            log.warning("a batch of %d ops failed at %s (%s); measuring the rest one at a time", len(ops), pending,
+                        exc)
+    for op in ops:
+        if op.key not in done:
+            yield op, _with_retries(lambda: backend.measure_op(op), op.key)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """False for failures a backend marks as final (``retryable = False``): trying again at once cannot help."""
+    return getattr(exc, "retryable", True) is not False
+
+
 def _with_retries(measure: Callable[[], Measurement], what: str, attempts: int = 3) -> Measurement:
     """Run a measurement, retrying failures; a measurement that keeps failing raises, naming what it measured."""
     for attempt in range(1, attempts + 1):
         try:
             return measure()
         except (BackendError, RuntimeError, OSError, ValueError) as exc:
+            if not _retryable(exc):
+                raise BackendError(f"measuring {what} failed: {exc}\nEverything measured so far is saved: fix the "
+                                   "cause and rerun the same command to resume") from exc
             if attempt == attempts:
                 raise BackendError(f"measuring {what} failed {attempts} times (last: {exc}); everything measured "
                                    "so far is saved: fix the cause and rerun the same command to resume") from exc

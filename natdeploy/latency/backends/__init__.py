@@ -88,8 +88,9 @@ class Backend(ABC):
 def get_backend(spec: DeviceSpec) -> Backend:
     """The backend for a device spec."""
     if spec.transport == "adb":
-        raise BackendError(f"device {spec.name!r} uses the adb transport; profile it through natdeploy's ADB "
-                           "runner (it needs a phone and a benchmark_model binary)")
+        from natdeploy.latency.backends.adb_backend import AdbBackend
+
+        return AdbBackend(spec)
     if spec.runtime == "onnxruntime":
         from natdeploy.latency.backends.onnxruntime import OnnxRuntimeBackend
 

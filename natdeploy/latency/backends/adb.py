@@ -493,23 +493,25 @@ class AdbTransport:
         return RemoteStat(mode, size, mtime) if mode else None  # adbd answers a missing path with zeros
 
     def sha256_many(self, remotes: Sequence[str]) -> dict[str, str | None]:
-        """sha256 of several device files in one call (None for missing ones, or all when sha256sum is absent).
-
-        Paths are matched by name in sha256sum's output, so use names it prints plainly (no newline or
-        backslash); others read as missing, which only costs a push.
-        """
-        found: dict[str, str | None] = {r: None for r in remotes}
-        if not remotes or self._has_sha256sum is False:
+        """sha256 of several device files in one call (None for missing ones, or all when sha256sum is absent)."""
+        found: dict[str, str | None] = dict.fromkeys(remotes)
+        if not found or self._has_sha256sum is False:
             return found
-        out, rc = self.shell_status(["sha256sum", *found])
-        if rc == 127:
+        # One line per file, in order: its sha256sum line, or "- <status>" when that failed.
+        script = (f"for f in {' '.join(shlex.quote(r) for r in found)}; do "
+                  'sha256sum "$f" 2>/dev/null || echo "- $?"; done')
+        lines = self.shell(script).splitlines()
+        if len(lines) != len(found):
+            raise AdbError(f"sha256sum on {self.name} printed {len(lines)} lines for {len(found)} files; cannot tell "
+                           "which files the phone has:\n" + _tail("\n".join(lines)))
+        if all(line == "- 127" for line in lines):
             self._has_sha256sum = False
             log.warning("%s has no sha256sum (Android < 8?): files are pushed every time", self.name)
             return found
         self._has_sha256sum = True
-        for digest, path in re.findall(r"^([0-9a-f]{64}) [ *](.+)$", out, flags=re.M):
-            if path in found:
-                found[path] = digest
+        for remote, line in zip(found, lines):
+            m = re.match(r"\\?([0-9a-f]{64})\s", line)  # a leading backslash marks an escaped file name
+            found[remote] = m.group(1) if m else None
         return found
 
     def sha256(self, remote: str) -> str | None:
