@@ -208,8 +208,8 @@ def main() -> None:
         if "latency" not in skip:
             res, about = bench_latency(tables, args.latency_archs, args.seed)
             body = lines[:2] + ["", f"**Predicted vs measured latency** of exported files of {args.latency_archs} "
-                                    f"random Archs per device (tables in `{tables}`; measured statistic: the "
-                                    "table's, p10), by the exporter's latency check:", ""]
+                                    f"random Archs per device (tables in `{os.path.relpath(tables)}`; measured "
+                                    "statistic: the table's, p10), by the exporter's latency check:", ""]
             for device, rows in res.items():
                 text = f"{device}: {rows}" if isinstance(rows, str) else _latency_summary(device, rows)
                 text += f" [{about[device]}]" if device in about else ""

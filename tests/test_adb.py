@@ -270,6 +270,44 @@ def test_binary_checks(adb: AdbTransport, bench_files, tmp_path: Path) -> None:
         runner(adb, binary, cpu_mask="zz")
 
 
+def test_batch_streams_each_result_and_goes_on_after_a_bad_model(phone: AdbDaemon, adb: AdbTransport, bench_files,
+                                                                  tmp_path: Path) -> None:
+    binary, model = bench_files
+    other = write_fake_tflite(tmp_path / "other.tflite", 30000, seed=2)
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\0" * 64)
+    with runner(adb, binary) as bench:
+        first = len(phone.services)
+        results = list(bench.run_batch([model, junk, other]))
+        assert [Path(m).name for m, _ in results] == ["net.tflite", "junk.tflite", "other.tflite"]
+        good, bad, good2 = (r for _, r in results)
+        assert good.result.count == 20 and good2.result.count == 20 and good.result.mean_ms != good2.result.mean_ms
+        assert isinstance(bad, AdbBenchmarkError) and bad.returncode == 1
+        assert sum("--graph=" in s for s in phone.services[first:]) == 1  # all three in one shell call
+        assert good2.provenance["cpu_freqs_before_khz"][4] == 2419200 and f"Graph: [{good2.remote_model}]" in good2.output
+        sent = len(phone.sent_files)
+        assert [r.result.count for _, r in bench.run_batch([model, other], num_runs=7)] == [7, 7]
+        assert len(phone.sent_files) == sent  # both reused by checksum
+    assert not (phone.root / "data/local/tmp/natdeploy").exists()
+
+
+def test_batch_disconnect_keeps_what_finished(phone: AdbDaemon, adb: AdbTransport, bench_files,
+                                              tmp_path: Path) -> None:
+    binary, _ = bench_files
+    models = [write_fake_tflite(tmp_path / f"m{i}.tflite", 5000, seed=i) for i in range(3)]
+    bench = runner(adb, binary)
+    bench.prepare()
+    phone.benchmark_sleep_s = 1.0
+    phone.disconnect_on("--graph=", after_s=1.6)  # in the middle of the second model's run
+    finished = []
+    with pytest.raises(AdbDisconnectedError):
+        for name, result in bench.run_batch(models):
+            finished.append((Path(name).name, result.result.count))
+    assert finished == [("m0.tflite", 20)]
+    phone.benchmark_sleep_s = 0.0
+    assert bench.run(models[2]).result.count == 20  # the next call reconnects
+
+
 # -- faults ---------------------------------------------------------------------------------------------------------
 def test_disconnect_after_n_commands_then_reconnect(phone: AdbDaemon, adb: AdbTransport) -> None:
     adb.connect()

@@ -126,9 +126,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  int8: top-1 {100 * q['top1_fp32']:.2f}% -> {100 * q['top1_int8']:.2f}%, agreement with fp32 "
               f"{100 * q['agreement_with_fp32']:.2f}% ({q['calibration_images']} calibration images)")
     for device, d in meta["latency"].items():
+        meas = (f"not measured ({d['not_measured']})" if d.get("not_measured")
+                else f"measured {_fmt_ms(d['measured_ms'])}")
+        pred = f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None else d["not_predicted"]
         budget = f", budget {d['budget_ms']:g} ms" if d.get("budget_ms") is not None else ""
-        pred = _fmt_ms(d["predicted_ms"]) if d.get("predicted_ms") is not None else d.get("not_predicted")
-        print(f"  {device}: measured {_fmt_ms(d['measured_ms'])}, predicted {pred}{budget}")
+        notes = "".join(f"; note: {n}" for n in d.get("notes") or [])
+        print(f"  {device}: {meas}, {pred}{budget}{notes}")
     for w in meta.get("warnings", []):
         print(f"WARNING: {w}", file=sys.stderr)
     return 0

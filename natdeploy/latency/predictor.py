@@ -49,11 +49,13 @@ def _booster_from_json(obj: Any) -> Any:
     return booster
 
 
-def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+def _fit(x: np.ndarray, y: np.ndarray, seed: int, smooth: bool = False) -> Any:
+    """XGBoost regressor; ``smooth`` regularises harder (the residual model sees only tens of subnets)."""
     import xgboost as xgb
 
-    params_ = {"objective": "reg:squarederror", "max_depth": 4, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1,
-               "lambda": 1.0, "seed": seed, "nthread": 1}
+    params_ = {"objective": "reg:squarederror", "max_depth": 3 if smooth else 4, "eta": 0.05 if smooth else 0.1,
+               "subsample": 1.0, "min_child_weight": 3 if smooth else 1, "lambda": 5.0 if smooth else 1.0,
+               "seed": seed, "nthread": 1}
     booster = xgb.train(params_, xgb.DMatrix(x, label=y), num_boost_round=200 if len(y) > 20 else 60)
     booster.set_param({"nthread": 1})
     return booster
@@ -141,10 +143,14 @@ class _Compiled:
 class LatencyPredictor:
     """Predict a subnet's latency on one device from its table and fitted models."""
 
-    def __init__(self, table: LatencyTable, op_models: dict[str, Any] | None = None, residual: Any = None) -> None:
+    def __init__(self, table: LatencyTable, op_models: dict[str, Any] | None = None, residual: Any = None,
+                 residual_range: tuple[float, float] | None = None) -> None:
         self.table = table
         self.op_models = op_models or {}
         self.residual = residual
+        # The residual (log measured/sum) is clipped to what the end-to-end measurements showed: trees cannot
+        # extrapolate, and an unclipped sum of trees can overshoot on Archs unlike the training subnets.
+        self.residual_range = residual_range
         self._op_cache: dict[str, float] = {}
         self._compiled: dict[tuple, _Compiled] = {}
 
@@ -168,7 +174,8 @@ class LatencyPredictor:
             archs = [Arch.from_string(a) for a in table.e2e]
             lut, feats = pred._evaluate_archs(archs, table.n_classes)
             y = np.log(np.array([table.e2e_ms(a) for a in archs]) / lut)
-            pred.residual = _fit(feats, y, seed)
+            pred.residual = _fit(feats, y, seed, smooth=True)
+            pred.residual_range = (float(y.min()), float(y.max()))
         else:
             log.warning("table %s has %d end-to-end measurements (< %d): no residual model; predictions are the "
                         "plain sum of ops", table.device, len(table.e2e), MIN_E2E_FOR_RESIDUAL)
@@ -204,7 +211,10 @@ class LatencyPredictor:
         lut, feats = self.compiled(space, n_classes).evaluate(genomes)
         if self.residual is None or not len(lut):
             return lut
-        return lut * np.exp(self.residual.inplace_predict(feats))
+        log_factor = self.residual.inplace_predict(feats)
+        if self.residual_range is not None:
+            log_factor = np.clip(log_factor, *self.residual_range)
+        return lut * np.exp(log_factor)
 
     def _evaluate_archs(self, archs: Sequence[Arch], n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
         space = SearchSpace(resolutions=tuple({a.r for a in archs}), widths=tuple({a.w for a in archs}))
@@ -237,7 +247,8 @@ class LatencyPredictor:
         path = Path(path)
         obj = {"format": PREDICTOR_FORMAT, "version": 1, "device": self.table.device, "op_kinds": list(OP_KINDS),
                "op_models": {k: _booster_to_json(b) for k, b in self.op_models.items()},
-               "residual": None if self.residual is None else _booster_to_json(self.residual)}
+               "residual": None if self.residual is None else _booster_to_json(self.residual),
+               "residual_range": self.residual_range}
         atomic_write_text(path, json.dumps(obj) + "\n")
         return path
 
@@ -256,8 +267,9 @@ class LatencyPredictor:
                 raise ValueError(f"format is {obj.get('format')!r}")
             op_models = {k: _booster_from_json(v) for k, v in obj["op_models"].items()}
             residual = None if obj.get("residual") is None else _booster_from_json(obj["residual"])
+            rng_ = obj.get("residual_range")
         except Exception as exc:
             raise TableError(f"latency models {model_path} are corrupt ({type(exc).__name__}: {exc}); delete the "
                              f"file and natdeploy refits them from {table_path}") from None
-        return cls(table, op_models, residual)
+        return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])))
 

@@ -50,7 +50,7 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
 
     Optional backend hooks: ``statistic`` (the Measurement statistic the table uses, default ``p10``),
     ``measure_ops(ops)`` with ``op_batch_size`` (measure ops in batches, yielding each as it is done),
-    ``final_provenance()`` (provenance known only at the end) and ``close()`` (called when this function made
+    ``prefetch_ops(ops)`` (start building the next batch's artifacts), ``final_provenance()`` (provenance known only at the end) and ``close()`` (called when this function made
     the backend itself).
     """
     owned = backend is None
@@ -101,9 +101,13 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
         if todo:
             _measure_reference(backend, table, reference, out)
         batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
+        chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
+        prefetch: Callable[[Sequence[OpSig]], None] | None = getattr(backend, "prefetch_ops", None)
         since_reference = 0
-        for start in range(0, len(todo), batch):
-            for op, m in _measured_ops(backend, todo[start:start + batch]):
+        for k, chunk in enumerate(chunks):
+            if prefetch is not None and k + 1 < len(chunks):
+                prefetch(chunks[k + 1])  # the next batch is built while this one runs on the device
+            for op, m in _measured_ops(backend, chunk):
                 table.add_op(op, m)
                 table.save(out)
                 bar.update()

@@ -4,7 +4,8 @@ The artifact is exactly what the LiteRT backend (and so the exporter) builds; it
 file named by its sha256, pushed once (the phone's copy is reused by checksum), and timed on the phone by the
 user's ``benchmark_model`` with the device spec's threads, CPU mask, warm-up, runs and delegate. Ops are
 measured in batches (:meth:`AdbBackend.measure_ops`): one shell call runs many models and streams each result
-back as it finishes.
+back as it finishes, while the next batch is converted on this computer (:meth:`AdbBackend.prefetch_ops`), so
+the phone and the converter work at the same time.
 
 Statistic: benchmark_model reports the mean, std, count, min and max of the timed runs (and, in some builds,
 p5/median/p95), never a 10th percentile. Tables filled here use the **mean** (``statistic = "mean"``):
@@ -29,7 +30,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -135,6 +138,9 @@ class AdbBackend(Backend):
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._own_cache = cache_dir is None
         self._artifacts: dict[tuple[Any, ...], Path] = {}
+        self._pending: dict[tuple[Any, ...], Future[Path]] = {}
+        self._builder: ThreadPoolExecutor | None = None
+        self._build_lock = threading.Lock()  # one conversion at a time: TF's converter is not made for threads
         self._info: dict[str, Any] | None = None
         self._adb_provenance: dict[str, Any] = {}
         self._temps: list[float] = []
@@ -248,19 +254,41 @@ class AdbBackend(Backend):
 
     def _artifact(self, key: tuple[Any, ...], make: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Path:
         """The cached model file for ``key``, built on first use: retries and re-measurements skip the build."""
-        if key not in self._artifacts:
-            module, shape = make()
-            self._artifacts[key] = self._store(self.build(module, shape))
-        return self._artifacts[key]
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            return pending.result()  # built in the background; its error, if any, surfaces here
+        return self._build(key, make)
 
-    def _op_artifact(self, op: OpSig, seed: int) -> Path:
+    def _build(self, key: tuple[Any, ...], make: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Path:
+        with self._build_lock:
+            if key not in self._artifacts:
+                module, shape = make()
+                self._artifacts[key] = self._store(self.build(module, shape))
+            return self._artifacts[key]
+
+    def _op_key(self, op: OpSig, seed: int) -> tuple[Any, ...]:
+        return ("op", op.key, seed, self.spec.batch_size)
+
+    def _op_maker(self, op: OpSig, seed: int) -> Callable[[], tuple[nn.Module, tuple[int, ...]]]:
         def make() -> tuple[nn.Module, tuple[int, ...]]:
             from natdeploy.convert.ops import build_op_module, op_input_shape
 
             layer = op.to_layer()
             return build_op_module(layer, seed), self._shape(op_input_shape(layer))
 
-        return self._artifact(("op", op.key, seed, self.spec.batch_size), make)
+        return make
+
+    def _op_artifact(self, op: OpSig, seed: int) -> Path:
+        return self._artifact(self._op_key(op, seed), self._op_maker(op, seed))
+
+    def prefetch_ops(self, ops: Sequence[OpSig], seed: int = 0) -> None:
+        """Start converting ``ops`` in a background thread, for a later :meth:`measure_ops` to find ready."""
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="natdeploy-tflite")
+        for op in ops:
+            key = self._op_key(op, seed)
+            if key not in self._artifacts and key not in self._pending:
+                self._pending[key] = self._builder.submit(self._build, key, self._op_maker(op, seed))
 
     # -- measuring -----------------------------------------------------------------------------------------------
     def _record(self, run: AdbBenchmarkRun, warmup: int) -> Measurement:
@@ -331,6 +359,10 @@ class AdbBackend(Backend):
                         "successful profile, or remove them by hand", exc, self.runner.remote_dir)
         finally:
             self.transport.close()
+            if self._builder is not None:
+                self._builder.shutdown(wait=True, cancel_futures=True)  # a conversion in flight ends first
+                self._builder = None
+                self._pending.clear()
             if self._own_cache and self._cache_dir is not None:
                 shutil.rmtree(self._cache_dir, ignore_errors=True)
                 self._cache_dir = None
