@@ -60,7 +60,7 @@ class NATConfig:
     def quick(cls, **overrides: Any) -> "NATConfig":
         """A demo-sized run that finishes in minutes on 2 CPU cores."""
         base = dict(iterations=2, initial_archs=16, population=40, generations=10, candidates_per_iter=6,
-                    top_archs=20, subnets_per_step=2, epochs_per_iter=1, warmup_epochs=3, batch_size=64)
+                    top_archs=20, subnets_per_step=2, epochs_per_iter=1, warmup_epochs=2, batch_size=64)
         base.update(overrides)
         return cls(**base)
 

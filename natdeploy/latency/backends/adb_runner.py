@@ -30,10 +30,10 @@ from types import TracebackType
 from typing import Any
 
 from natdeploy.errors import NatDeployError
-from natdeploy.latency.backends.adb import (THERMAL_SNAPSHOT, AdbBenchmarkCrashError, AdbBenchmarkError,
-                                            AdbBinaryError, AdbError, AdbThermalError, AdbTimeoutError,
-                                            AdbTransferError, AdbTransport, CpuFreq, _tail, hottest_c,
-                                            parse_thermal_snapshot, quote_command)
+from natdeploy.latency.backends.adb import (CPU_ZONES, THERMAL_SNAPSHOT, AdbBenchmarkCrashError,
+                                            AdbBenchmarkError, AdbBinaryError, AdbError, AdbThermalError,
+                                            AdbTimeoutError, AdbTransferError, AdbTransport, CpuFreq, _tail,
+                                            hottest_c, parse_thermal_snapshot, quote_command)
 from natdeploy.latency.benchmark_model import BenchmarkParseError, BenchmarkResult, parse_benchmark_output
 
 __all__ = ["AdbBenchmarkRun", "AdbBenchmarkRunner"]
@@ -129,9 +129,12 @@ class AdbBenchmarkRunner:
         self.remote_binary = posixpath.join(self.remote_dir, "benchmark_model")
         self._pushed: list[str] = []
         self._used: set[str] = set()
+        self._on_phone: dict[str, str] = {}  # remote path -> sha256 verified there during this session
+        self._digests: dict[tuple[str, int, int], str] = {}  # (local path, size, mtime) -> sha256
         self._info: dict[str, Any] | None = None
         self._baseline: dict[int, CpuFreq] = {}
         self._has_timeout = False
+        self._snapshot = THERMAL_SNAPSHOT  # narrowed at prepare() to the zones and cores that matter
 
     @classmethod
     def from_spec(cls, spec: Any, transport: AdbTransport | None = None, **overrides: Any) -> "AdbBenchmarkRunner":
@@ -185,7 +188,8 @@ class AdbBenchmarkRunner:
             raise AdbBinaryError(f"{self.binary} cannot run on {t.name}: {hint}; exit status {rc}.\n{_tail(out)}")
         self._has_timeout = t.shell_status("command -v timeout")[1] == 0
         props = t.getprops()
-        self._baseline = t.read_cpu_freqs()
+        temps, self._baseline = t.read_thermal_state()
+        self._snapshot = self._snapshot_script(temps)
         self._info = {
             "serial": t.name, "model": props.get("ro.product.model", ""),
             "manufacturer": props.get("ro.product.manufacturer", ""),
@@ -200,6 +204,26 @@ class AdbBenchmarkRunner:
             "use_xnnpack": self.use_xnnpack, "warmup_runs": self.warmup_runs, "num_runs": self.num_runs,
         }
         return self._info
+
+    def _snapshot_script(self, temps: dict[str, float]) -> str:
+        """A shell snippet reading, with builtins only, the CPU thermal zones and the pinned cores' clocks.
+
+        Run twice per model inside a batch, so it reads only what the cool-down rules look at: a phone has
+        dozens of thermal zones, and some sensors take milliseconds to read. Same output as THERMAL_SNAPSHOT.
+        """
+        zones = [k for k in temps if re.search(CPU_ZONES, k.partition(":")[2], re.I)] or list(temps)
+        cpus = _mask_cpus(self.cpu_mask) if self.cpu_mask else sorted(self._baseline)
+        parts = []
+        for zone in zones:
+            name = zone.partition(":")[0]
+            if re.fullmatch(r"thermal_zone\d+", name):
+                parts.append(f't=; read -r t < /sys/class/thermal/{name}/temp; printf "T %s %s\\n" '
+                             f'{shlex.quote(zone)} "$t"')
+        for cpu in cpus:
+            f = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq"
+            parts.append(f'a=; b=; read -r a < {f}/scaling_cur_freq; read -r b < {f}/scaling_max_freq; '
+                         f'printf "F {cpu} %s %s \\n" "$a" "$b"')
+        return "{ " + "; ".join(parts) + "; } 2>/dev/null" if parts else ":"
 
     def _push_reusing(self, local: Path, remote: str, mode: int = 0o644) -> str:
         """Push unless the phone already has identical bytes at ``remote`` (sha256 on the device); local sha256."""
@@ -220,15 +244,28 @@ class AdbBenchmarkRunner:
         """The model's path on the phone (named by its sha256 prefix), pushed only if not already there."""
         return self.push_models([model])[0]
 
+    def _digest(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = _sha256_file(path)
+        return self._digests[key]
+
     def push_models(self, models: Sequence[str | Path]) -> list[str]:
-        """Each model's path on the phone; only those the phone lacks are pushed (two checksum calls in all)."""
+        """Each model's path on the phone; only those the phone lacks (by sha256, one call for all) are pushed.
+
+        Files checked or pushed earlier in this session are not checked again. A pushed model is not hashed
+        again on the phone: a damaged copy fails to load, that run fails and forgets the model, and the retry
+        checks its sha256 and pushes it again (damaged weight values would not change the latency anyway).
+        """
         local = [Path(m) for m in models]
         remotes, wanted = [], {}
         for path in local:
-            digest = _sha256_file(path)
+            digest = self._digest(path)
             remote = posixpath.join(self.remote_dir, _remote_name(path, digest))
             remotes.append(remote)
-            wanted.setdefault(remote, (path, digest))
+            if self._on_phone.get(remote) != digest:
+                wanted.setdefault(remote, (path, digest))
         on_phone = self.transport.sha256_many(list(wanted))
         pushed = []
         for remote, (path, digest) in wanted.items():
@@ -237,12 +274,8 @@ class AdbBenchmarkRunner:
                 self.transport.push(path, remote, timeout_s=self.timeout_s)
                 self._pushed.append(remote)
                 pushed.append(remote)
-        for remote, remote_digest in self.transport.sha256_many(pushed).items():
-            path, digest = wanted[remote]
-            if remote_digest is not None and remote_digest != digest:
-                raise AdbTransferError(f"{remote} on the phone does not match {path} after the push (sha256 "
-                                       f"{remote_digest} != {digest}): the copy is corrupt; retry")
-        log.debug("%d models: %d pushed, %d reused", len(wanted), len(pushed), len(wanted) - len(pushed))
+            self._on_phone[remote] = digest
+        log.debug("%d models: %d pushed, %d reused", len(remotes), len(pushed), len(remotes) - len(pushed))
         return remotes
 
     # -- thermal -------------------------------------------------------------------------------------------------
@@ -315,9 +348,9 @@ class AdbBenchmarkRunner:
         mark = f"__NATDEPLOY_{secrets.token_hex(4)}_"  # unguessable: model output cannot fake a section boundary
         commands = [self.command(r, warmup_runs, num_runs) for r in remotes]
         script = "\n".join(
-            f"printf '%s\\n' {mark}BEGIN{i}; {THERMAL_SNAPSHOT}; printf '%s\\n' {mark}RUN; "
+            f"printf '%s\\n' {mark}BEGIN{i}; {self._snapshot}; printf '%s\\n' {mark}RUN; "
             f"{quote_command(cmd)} </dev/null 2>&1; rc=$?; printf '\\n%s%s\\n' {mark}RC \"$rc\"; "
-            f"{THERMAL_SNAPSHOT}; printf '%s\\n' {mark}END"
+            f"{self._snapshot}; printf '%s\\n' {mark}END"
             for i, cmd in enumerate(commands))
         # On-device `timeout` stops a hung binary; the client limit leaves each run time to report.
         limit = len(remotes) * (self.timeout_s + 30)
@@ -351,6 +384,7 @@ class AdbBenchmarkRunner:
         temps_before, freqs_before = parse_thermal_snapshot(section.before)
         temps_after, freqs_after = parse_thermal_snapshot(section.after)
         if section.returncode != 0:
+            self._on_phone.pop(remote, None)  # a retry checks the model on the phone again
             return self._status_error(section.returncode or 0, out)
         reasons = self._hot_reasons(temps_before, freqs_before)
         if reasons:
@@ -390,6 +424,16 @@ class AdbBenchmarkRunner:
         return AdbBenchmarkError(f"benchmark_model failed on {self.transport.name} with exit status {rc}.\n"
                                  f"{_tail(out)}", returncode=rc, output=out)
 
+    def remove_models(self) -> None:
+        """Remove the models this runner pushed or used from the phone, keeping the binary: they are pushed
+        again when next run (what a benchmark of the push path needs)."""
+        models = sorted(r for r in set(self._pushed) | self._used if r != self.remote_binary)
+        if models:
+            self.transport.shell(["rm", "-f", "--", *models])
+        self._pushed = [r for r in self._pushed if r not in models]
+        self._used -= set(models)
+        self._on_phone = {r: d for r, d in self._on_phone.items() if r not in models}
+
     def cleanup(self) -> None:
         """Remove what this runner pushed or used, and models an earlier interrupted run left (unless
         ``keep_remote``). Only this runner's own names are touched, so other files in ``remote_dir`` stay."""
@@ -401,5 +445,6 @@ class AdbBenchmarkRunner:
                              f"{_OUR_MODELS_GLOB}")
         self._pushed.clear()
         self._used.clear()
+        self._on_phone.clear()
         self.transport.shell_status(["rmdir", self.remote_dir])  # only succeeds when empty; fine either way
 
