@@ -133,6 +133,7 @@ class AdbDaemon:
         self._listener: socket.socket | None = None
         self._down_until = 0.0
         self._reboot_request: float | None = None
+        self._went_down = threading.Event()  # set by the accept loop once a reboot has closed the port
         self._thread: threading.Thread | None = None
         self._deadline = 0.0
 
@@ -221,11 +222,18 @@ class AdbDaemon:
             self._disconnect_on = (substring, after_s)
 
     def reboot(self, down_s: float | None = None) -> None:
-        """Drop every connection and refuse new ones (closed port) for ``down_s`` seconds, like a rebooting phone."""
+        """Drop every connection and refuse new ones (closed port) for ``down_s`` seconds, like a rebooting phone.
+
+        Returns once the port is closed, so a connection attempt right after it is refused (on a loaded machine
+        the accept loop could otherwise still take one).
+        """
         with self._lock:
+            self._went_down.clear()
             self._reboot_request = self.reboot_down_s if down_s is None else down_s
         for conn in self._connections():
             conn.drop()
+        if threading.current_thread() is not self._thread:
+            self._went_down.wait(timeout=5)
 
     def set_temperature(self, celsius: float) -> None:
         """Set every CPU thermal zone (millidegrees in sysfs, as on the phone)."""
@@ -302,9 +310,11 @@ class AdbDaemon:
             while self.alive():
                 with self._lock:
                     down_s, self._reboot_request = self._reboot_request, None
-                if down_s is not None and self._listener is not None:
-                    self._listener.close()  # a rebooting phone refuses connections
+                if down_s is not None:
+                    if self._listener is not None:
+                        self._listener.close()  # a rebooting phone refuses connections
                     self._listener, self._down_until = None, time.monotonic() + down_s
+                    self._went_down.set()
                 if self._listener is None:
                     if time.monotonic() < self._down_until:
                         time.sleep(0.02)

@@ -128,6 +128,20 @@ def test_shell_exit_status_and_output(adb: AdbTransport) -> None:
     assert adb.shell_status(["printf", "\n__NATDEPLOY_RC=0\n"]) == ("\n__NATDEPLOY_RC=0\n", 0)
 
 
+def test_shell_lines_streams_lines_and_checks_status(adb: AdbTransport) -> None:
+    assert list(adb.shell_lines("echo a; echo; printf b")) == ["a", "", "b"]
+    assert list(adb.shell_lines(["printf", "x\n\n"])) == ["x", ""]
+    start = time.monotonic()
+    lines = adb.shell_lines("echo first; sleep 2; echo second")
+    assert next(lines) == "first" and time.monotonic() - start < 1.5  # while the command still runs
+    assert list(lines) == ["second"]
+    assert list(adb.shell_lines(["printf", "\n__NATDEPLOY_RC=7\nlast\n"])) == ["", "__NATDEPLOY_RC=7", "last"]
+    with pytest.raises(AdbCommandError) as info:
+        list(adb.shell_lines("echo partial; exit 4"))
+    assert info.value.returncode == 4 and "partial" in info.value.output
+    assert adb.shell(["echo", "still usable"]) == "still usable\n"
+
+
 def test_shell_quotes_hostile_arguments(phone: AdbDaemon, adb: AdbTransport) -> None:
     remote = "/data/local/tmp/" + HOSTILE
     adb.shell(["touch", remote])
@@ -284,7 +298,8 @@ def test_batch_streams_each_result_and_goes_on_after_a_bad_model(phone: AdbDaemo
         assert good.result.count == 20 and good2.result.count == 20 and good.result.mean_ms != good2.result.mean_ms
         assert isinstance(bad, AdbBenchmarkError) and bad.returncode == 1
         assert sum("--graph=" in s for s in phone.services[first:]) == 1  # all three in one shell call
-        assert good2.provenance["cpu_freqs_before_khz"][4] == 2419200 and f"Graph: [{good2.remote_model}]" in good2.output
+        assert good2.provenance["cpu_freqs_before_khz"][4] == 2419200
+        assert f"Graph: [{good2.remote_model}]" in good2.output
         sent = len(phone.sent_files)
         assert [r.result.count for _, r in bench.run_batch([model, other], num_runs=7)] == [7, 7]
         assert len(phone.sent_files) == sent  # both reused by checksum
@@ -360,7 +375,7 @@ def test_benchmark_timeout(phone: AdbDaemon, adb: AdbTransport, bench_files) -> 
 
 def test_reboot_refuses_then_comes_back(phone: AdbDaemon, adb: AdbTransport) -> None:
     adb.connect()
-    phone.reboot(down_s=1.0)
+    phone.reboot(down_s=3.0)  # long enough to still be down on a loaded machine
     with pytest.raises(AdbDisconnectedError):
         adb.shell(["true"])
     with pytest.raises(AdbConnectionError, match="cannot connect"):

@@ -161,7 +161,8 @@ def test_profile_phone_end_to_end_with_faults_and_resume(phone: AdbDaemon, adb_h
     assert table.statistic == "mean"
     for m in list(table.ops.values()) + list(table.e2e.values()):
         assert m.p10_ms is None  # benchmark_model prints no p10, and none is made up
-        assert 0 < m.min_ms <= m.mean_ms and m.std_ms >= 0 and m.min_ms <= m.median_ms
+        # benchmark_model prints whole microseconds: a tiny op's fastest run can read 0
+        assert 0 <= m.min_ms <= m.median_ms and m.min_ms <= m.mean_ms and m.std_ms >= 0
     assert {(m.count, m.warmup) for m in table.ops.values()} == {(5, 2)}
     assert {(m.count, m.warmup) for m in table.e2e.values()} == {(3, 1)}
     prov = table.provenance

@@ -50,8 +50,8 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
 
     Optional backend hooks: ``statistic`` (the Measurement statistic the table uses, default ``p10``),
     ``measure_ops(ops)`` with ``op_batch_size`` (measure ops in batches, yielding each as it is done),
-    ``prefetch_ops(ops)`` (start building the next batch's artifacts), ``final_provenance()`` (provenance known only at the end) and ``close()`` (called when this function made
-    the backend itself).
+    ``prefetch_ops(ops)`` (start preparing the next batch while this one runs), ``final_provenance()``
+    (provenance known only at the end) and ``close()`` (called when this function made the backend itself).
     """
     owned = backend is None
     backend = backend or get_backend(spec)
@@ -97,16 +97,18 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
     bar = tqdm(total=len(todo) + len(e2e_todo), desc=f"profile {spec.name}", unit="meas",
                disable=not progress_enabled(quiet))
+    batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
+    chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
+    prefetch: Callable[[Sequence[OpSig]], None] | None = getattr(backend, "prefetch_ops", None)
     try:
+        if prefetch is not None and chunks:
+            prefetch(chunks[0])  # prepared while the reference op runs
         if todo:
             _measure_reference(backend, table, reference, out)
-        batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
-        chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
-        prefetch: Callable[[Sequence[OpSig]], None] | None = getattr(backend, "prefetch_ops", None)
         since_reference = 0
         for k, chunk in enumerate(chunks):
             if prefetch is not None and k + 1 < len(chunks):
-                prefetch(chunks[k + 1])  # the next batch is built while this one runs on the device
+                prefetch(chunks[k + 1])  # the next batch is prepared while this one runs on the device
             for op, m in _measured_ops(backend, chunk):
                 table.add_op(op, m)
                 table.save(out)

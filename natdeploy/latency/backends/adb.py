@@ -230,6 +230,19 @@ class AdbTransport:
     def name(self) -> str:
         return self.serial or "the USB device"
 
+    @property
+    def is_tcp(self) -> bool:
+        """True for a ``host:port`` serial: such a phone accepts several connections at once (USB does not)."""
+        return self.serial is not None and _parse_tcp_serial(self.serial) is not None
+
+    def sibling(self) -> "AdbTransport":
+        """A second, independent link to the same phone with the same key and timeouts (TCP only)."""
+        if not self.is_tcp:
+            raise AdbConnectionError(f"{self.name} is a USB device: it takes one connection at a time")
+        return AdbTransport(self.serial, adbkey_path=self.adbkey_path, transport_timeout_s=self.transport_timeout_s,
+                            read_timeout_s=self.read_timeout_s, auth_timeout_s=self.auth_timeout_s,
+                            command_timeout_s=self.command_timeout_s)
+
     # -- connection ----------------------------------------------------------------------------------------------
     def _signer(self) -> Any:
         from adb_shell.auth.keygen import keygen, write_public_keyfile
@@ -392,18 +405,20 @@ class AdbTransport:
             out = out.replace("\r\n", "\n")  # very old adbd runs commands in a pty
         return out, int(m.group(1))
 
-    def shell_lines(self, cmd: Sequence[str | os.PathLike[str] | int | float] | str,
-                    timeout_s: float | None = None) -> Iterator[str]:
+    def shell_lines(self, cmd: Sequence[str | os.PathLike[str] | int | float] | str, timeout_s: float | None = None,
+                    idle_timeout_s: float | None = None) -> Iterator[str]:
         """Run a command and yield its output line by line as it arrives (stdout and stderr merged).
 
         For long commands whose partial output is worth having: a caller can act on each finished part before
         the command ends, so a dropped link loses only the part in flight. ``timeout_s`` bounds the whole
-        command. The exit status must be 0 (else :class:`AdbCommandError` at the end); a stream that ends
-        without it raises :class:`AdbDisconnectedError`. Stopping the iteration early closes the link, since
-        the unread rest of the stream would otherwise confuse the next call.
+        command, ``idle_timeout_s`` (default: the same) the wait for its next output. The exit status must be
+        0 (else :class:`AdbCommandError` at the end); a stream that ends without it raises
+        :class:`AdbDisconnectedError`. Stopping the iteration early closes the link, since the unread rest of
+        the stream would otherwise confuse the next call.
         """
         script = cmd if isinstance(cmd, str) else quote_command(cmd)
         limit = self.command_timeout_s if timeout_s is None else timeout_s
+        idle = min(limit, limit if idle_timeout_s is None else idle_timeout_s)
         what = f"running {script[:200]!r}"
         wrapped = f"({script}\n); printf '\\n{RC_MARKER}%s\\n' \"$?\""
         self.connect()
@@ -411,21 +426,25 @@ class AdbTransport:
         deadline = time.monotonic() + limit
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""  # an unfinished line
-        held: list[str] = []  # the last two lines: they may be the exit-status marker and its separator
+        marker = re.compile(RC_MARKER + r"\d+")
+        held: list[str] = []  # empty and marker-like lines: the end may be the marker and its separator
         tail: list[str] = []
         try:
             with self._translated(what):
-                chunks = self._device.streaming_shell(wrapped, transport_timeout_s=self.transport_timeout_s,
-                                                      read_timeout_s=limit, decode=False)
+                chunks = self._device.streaming_shell(wrapped, transport_timeout_s=idle, read_timeout_s=idle,
+                                                      decode=False)
                 for chunk in chunks:
                     pending += decoder.decode(chunk)
                     *lines, pending = pending.split("\n")
                     for line in lines:
-                        held.append(line.removesuffix("\r"))
-                        if len(held) > 2:
-                            out = held.pop(0)
-                            tail = (tail + [out])[-_TAIL_LINES:]
-                            yield out
+                        line = line.removesuffix("\r")
+                        if not line or marker.fullmatch(line):
+                            held.append(line)
+                            continue
+                        tail = (tail + held + [line])[-_TAIL_LINES:]
+                        yield from held  # output after them: they were not the end
+                        held.clear()
+                        yield line
                     if time.monotonic() > deadline:
                         self.close()
                         raise AdbTimeoutError(f"{what}: still running after {limit:g} s on {self.name}; stopped "
@@ -436,7 +455,7 @@ class AdbTransport:
         rest = pending + decoder.decode(b"", final=True)
         if rest:
             held.append(rest)  # a cut-off last line: the marker cannot follow it
-        m = re.fullmatch(RC_MARKER + r"(\d+)", held[-1]) if held else None
+        m = re.fullmatch(RC_MARKER + r"(\d+)", held[-1]) if held else None  # the last line is the marker
         if m is None:
             self.close()
             raise AdbDisconnectedError(f"{what}: the output ended before the command's exit status (the shell was "
@@ -516,16 +535,7 @@ class AdbTransport:
 
     def sha256(self, remote: str) -> str | None:
         """sha256 of a device file computed on the phone; None when missing (or the phone lacks sha256sum)."""
-        if self._has_sha256sum is False:
-            return None
-        out, rc = self.shell_status(["sha256sum", remote])
-        if rc == 127:
-            self._has_sha256sum = False
-            log.warning("%s has no sha256sum (Android < 8?): files are pushed every time", self.name)
-            return None
-        self._has_sha256sum = True
-        m = re.match(r"\\?([0-9a-f]{64})\s", out)  # a leading backslash marks an escaped file name
-        return m.group(1) if rc == 0 and m else None
+        return self.sha256_many([remote])[remote]
 
     # -- device state --------------------------------------------------------------------------------------------
     def getprop(self, name: str) -> str:

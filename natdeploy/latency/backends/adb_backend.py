@@ -4,8 +4,8 @@ The artifact is exactly what the LiteRT backend (and so the exporter) builds; it
 file named by its sha256, pushed once (the phone's copy is reused by checksum), and timed on the phone by the
 user's ``benchmark_model`` with the device spec's threads, CPU mask, warm-up, runs and delegate. Ops are
 measured in batches (:meth:`AdbBackend.measure_ops`): one shell call runs many models and streams each result
-back as it finishes, while the next batch is converted on this computer (:meth:`AdbBackend.prefetch_ops`), so
-the phone and the converter work at the same time.
+back as it finishes, while the next batch is converted on this computer and, over TCP, pushed through a second
+connection (:meth:`AdbBackend.prefetch_ops`), so the phone, the converter and the link work at the same time.
 
 Statistic: benchmark_model reports the mean, std, count, min and max of the timed runs (and, in some builds,
 p5/median/p95), never a 10th percentile. Tables filled here use the **mean** (``statistic = "mean"``):
@@ -140,7 +140,8 @@ class AdbBackend(Backend):
         self._artifacts: dict[tuple[Any, ...], Path] = {}
         self._pending: dict[tuple[Any, ...], Future[Path]] = {}
         self._builder: ThreadPoolExecutor | None = None
-        self._build_lock = threading.Lock()  # one conversion at a time: TF's converter is not made for threads
+        self._pusher: AdbTransport | None = None  # a second link that pushes prefetched models ahead
+        self._build_lock = threading.RLock()  # one conversion at a time: TF's converter is not made for threads
         self._info: dict[str, Any] | None = None
         self._adb_provenance: dict[str, Any] = {}
         self._temps: list[float] = []
@@ -241,16 +242,17 @@ class AdbBackend(Backend):
 
     def _store(self, model: bytes) -> Path:
         """The model's file in the local cache, named by its sha256 (written once, atomically)."""
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="natdeploy-adb-"))
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self._cache_dir / f"{hashlib.sha256(model).hexdigest()}.tflite"
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                f.write(model)
-            os.replace(tmp, path)
-        return path
+        with self._build_lock:  # the background builder writes here too
+            if self._cache_dir is None:
+                self._cache_dir = Path(tempfile.mkdtemp(prefix="natdeploy-adb-"))
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            path = self._cache_dir / f"{hashlib.sha256(model).hexdigest()}.tflite"
+            if not path.exists():
+                fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".part")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(model)
+                os.replace(tmp, path)
+            return path
 
     def _artifact(self, key: tuple[Any, ...], make: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Path:
         """The cached model file for ``key``, built on first use: retries and re-measurements skip the build."""
@@ -282,13 +284,29 @@ class AdbBackend(Backend):
         return self._artifact(self._op_key(op, seed), self._op_maker(op, seed))
 
     def prefetch_ops(self, ops: Sequence[OpSig], seed: int = 0) -> None:
-        """Start converting ``ops`` in a background thread, for a later :meth:`measure_ops` to find ready."""
+        """Start converting ``ops`` in a background thread, for a later :meth:`measure_ops` to find ready.
+
+        Over TCP the thread also pushes each model through a second connection, so the pushes overlap the
+        phone's runs of the current batch. A model waited for (its future) is thus built and, if possible,
+        on the phone; a push that failed here is simply done again, in the foreground, with its batch.
+        """
         if self._builder is None:
             self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="natdeploy-tflite")
+        if self._pusher is None and self._info is not None and self.transport.is_tcp:
+            self._pusher = self.transport.sibling()
         for op in ops:
             key = self._op_key(op, seed)
-            if key not in self._artifacts and key not in self._pending:
-                self._pending[key] = self._builder.submit(self._build, key, self._op_maker(op, seed))
+            if key not in self._pending and (key not in self._artifacts or self._pusher is not None):
+                self._pending[key] = self._builder.submit(self._build_and_push, key, self._op_maker(op, seed))
+
+    def _build_and_push(self, key: tuple[Any, ...], make: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Path:
+        path = self._build(key, make)
+        if self._pusher is not None:
+            try:
+                self.runner.push_models([path], transport=self._pusher)
+            except AdbError as exc:
+                log.debug("pushing %s ahead failed (%s); it goes with its batch", path.name, exc)
+        return path
 
     # -- measuring -----------------------------------------------------------------------------------------------
     def _record(self, run: AdbBenchmarkRun, warmup: int) -> Measurement:
@@ -350,6 +368,13 @@ class AdbBackend(Backend):
     # -- lifetime ------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Remove pushed files from the phone (unless ``keep_remote``), close the link, drop the local cache."""
+        if self._builder is not None:  # first: a push in flight must land before the clean-up, not after it
+            self._builder.shutdown(wait=True, cancel_futures=True)
+            self._builder = None
+            self._pending.clear()
+        if self._pusher is not None:
+            self._pusher.close()
+            self._pusher = None
         try:
             if self._info is not None:
                 with self._device("removing benchmark files from the phone", reconnect=False):
@@ -359,10 +384,6 @@ class AdbBackend(Backend):
                         "successful profile, or remove them by hand", exc, self.runner.remote_dir)
         finally:
             self.transport.close()
-            if self._builder is not None:
-                self._builder.shutdown(wait=True, cancel_futures=True)  # a conversion in flight ends first
-                self._builder = None
-                self._pending.clear()
             if self._own_cache and self._cache_dir is not None:
                 shutil.rmtree(self._cache_dir, ignore_errors=True)
                 self._cache_dir = None

@@ -251,13 +251,17 @@ class AdbBenchmarkRunner:
             self._digests[key] = _sha256_file(path)
         return self._digests[key]
 
-    def push_models(self, models: Sequence[str | Path]) -> list[str]:
+    def push_models(self, models: Sequence[str | Path], transport: AdbTransport | None = None) -> list[str]:
         """Each model's path on the phone; only those the phone lacks (by sha256, one call for all) are pushed.
 
         Files checked or pushed earlier in this session are not checked again. A pushed model is not hashed
         again on the phone: a damaged copy fails to load, that run fails and forgets the model, and the retry
         checks its sha256 and pushes it again (damaged weight values would not change the latency anyway).
+        ``transport`` is another link to the same phone (see :meth:`AdbTransport.sibling`) for pushing ahead
+        from a second thread while this runner's link runs a batch; the bookkeeping here is single dict and
+        list operations, which the GIL keeps whole.
         """
+        t = transport or self.transport
         local = [Path(m) for m in models]
         remotes, wanted = [], {}
         for path in local:
@@ -266,12 +270,12 @@ class AdbBenchmarkRunner:
             remotes.append(remote)
             if self._on_phone.get(remote) != digest:
                 wanted.setdefault(remote, (path, digest))
-        on_phone = self.transport.sha256_many(list(wanted))
+        on_phone = t.sha256_many(list(wanted))
         pushed = []
         for remote, (path, digest) in wanted.items():
             self._used.add(remote)
             if on_phone[remote] != digest:
-                self.transport.push(path, remote, timeout_s=self.timeout_s)
+                t.push(path, remote, timeout_s=self.timeout_s)
                 self._pushed.append(remote)
                 pushed.append(remote)
             self._on_phone[remote] = digest
@@ -352,11 +356,11 @@ class AdbBenchmarkRunner:
             f"{quote_command(cmd)} </dev/null 2>&1; rc=$?; printf '\\n%s%s\\n' {mark}RC \"$rc\"; "
             f"{self._snapshot}; printf '%s\\n' {mark}END"
             for i, cmd in enumerate(commands))
-        # On-device `timeout` stops a hung binary; the client limit leaves each run time to report.
-        limit = len(remotes) * (self.timeout_s + 30)
+        # On-device `timeout` stops a hung binary; the client limits leave each run time to report.
+        per_model = self.timeout_s + 30
         section: _Section | None = None
         target: list[str] = []
-        for line in self.transport.shell_lines(script, timeout_s=limit):
+        for line in self.transport.shell_lines(script, timeout_s=len(remotes) * per_model, idle_timeout_s=per_model):
             if not line.startswith(mark):
                 target.append(line)
                 continue
@@ -420,7 +424,8 @@ class AdbBenchmarkRunner:
                 f"the phone ran out of memory). Check `adb logcat` for the native crash.\n{_tail(out)}",
                 returncode=rc, output=out)
         if rc in (126, 127):
-            return AdbBinaryError(f"benchmark_model could not start on {self.transport.name} (exit {rc}).\n{_tail(out)}")
+            return AdbBinaryError(f"benchmark_model could not start on {self.transport.name} (exit {rc}).\n"
+                                  f"{_tail(out)}")
         return AdbBenchmarkError(f"benchmark_model failed on {self.transport.name} with exit status {rc}.\n"
                                  f"{_tail(out)}", returncode=rc, output=out)
 
