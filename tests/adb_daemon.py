@@ -1008,15 +1008,17 @@ def serve(conn):
         os._exit(code or 0)
     for fd in fds:
         os.close(fd)
-    child = os.pidfd_open(pid)
+    # pidfd (Linux 5.3+) wakes select when the run ends; without it, poll.
+    child = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
     while True:
-        ready, _, _ = select.select([conn, child], [], [])
-        if child in ready:
-            _, status = os.waitpid(pid, 0)
+        ready, _, _ = select.select([conn] + ([child] if child is not None else []), [], [],
+                                    None if child is not None else 0.005)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             reply = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)})
             conn.send(json.dumps(reply).encode())
             return
-        if not conn.recv(16):  # the fake binary is gone: its run goes too
+        if conn in ready and not conn.recv(16):  # the fake binary is gone: its run goes too
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return

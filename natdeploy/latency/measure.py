@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -25,12 +26,13 @@ class Measurement:
     min_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # A statistic the runtime did not report is NaN in memory and null in JSON (strict JSON has no NaN).
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
         opt = {k: (None if d.get(k) is None else float(d[k])) for k in ("p10_ms", "min_ms")}
-        return cls(median_ms=float(d["median_ms"]), mean_ms=float(d["mean_ms"]), std_ms=float(d["std_ms"]),
+        return cls(median_ms=math.nan if d.get("median_ms") is None else float(d["median_ms"]), mean_ms=float(d["mean_ms"]), std_ms=float(d["std_ms"]),
                    count=int(d["count"]), warmup=int(d["warmup"]), **opt)
 
     def value(self, statistic: str) -> float:

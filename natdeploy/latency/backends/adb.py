@@ -528,7 +528,7 @@ class AdbTransport:
             log.warning("%s has no sha256sum (Android < 8?): files are pushed every time", self.name)
             return found
         self._has_sha256sum = True
-        for remote, line in zip(found, lines):
+        for remote, line in zip(found, lines, strict=True):
             m = re.match(r"\\?([0-9a-f]{64})\s", line)  # a leading backslash marks an escaped file name
             found[remote] = m.group(1) if m else None
         return found
