@@ -97,7 +97,7 @@ def plot_pareto(path: Path, archive: Sequence[ArchiveEntry], front: Sequence[Arc
     its = np.array([e.iteration for e in archive])
     sc = ax.scatter([e.latency_ms[device] for e in archive], [100 * e.accuracy for e in archive], c=its,
                     cmap="viridis", s=18, alpha=0.8)
-    fig.colorbar(sc, ax=ax, label="iteration")
+    fig.colorbar(sc, ax=ax, label="iteration", ticks=sorted(set(its.tolist())))
     pts = sorted((e.latency_ms[device], 100 * e.accuracy) for e in front)
     if pts:
         ax.step(*zip(*pts), where="post", color="crimson", lw=1.2, label="Pareto front")
