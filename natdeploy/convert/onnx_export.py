@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from natdeploy.errors import ConversionError
+from natdeploy.fileio import atomic_write_bytes
 from natdeploy.supernet.network import MobileNetV3Subnet
 
 log = logging.getLogger(__name__)
@@ -94,22 +94,6 @@ def onnx_bytes(module: nn.Module, input_shape: Sequence[int], opset: int = 17, d
     return data
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = 17,
                 dynamic_batch: bool = False, output_name: str | None = None) -> Path:
     """Export eval-mode ``module`` to an ONNX file at ``path`` (atomically) and return the path.
@@ -117,4 +101,4 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | os.Pa
     See :func:`onnx_bytes` for names and checks. With ``dynamic_batch`` the batch dimension is symbolic; the
     spatial size is always fixed.
     """
-    return write_atomic(path, onnx_bytes(module, input_shape, opset, dynamic_batch, output_name))
+    return atomic_write_bytes(path, onnx_bytes(module, input_shape, opset, dynamic_batch, output_name))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from natdeploy.convert.onnx_export import write_atomic
+from natdeploy.fileio import atomic_write_bytes
 from natdeploy.convert.ops import GlobalAvgPool
 from natdeploy.errors import ConversionError
 from natdeploy.supernet.layers import Block, Classifier, ConvBNAct, MBConv, SqueezeExcite
@@ -302,4 +302,4 @@ def to_tflite(module: nn.Module, input_shape_nchw: Sequence[int], path: str | os
     activations are quantised post-training with ``calibration`` (an iterable of NCHW float batches as numpy
     arrays or torch tensors, or ``(images, labels)`` tuples), which is required.
     """
-    return write_atomic(path, tflite_bytes(module, input_shape_nchw, int8, calibration, int8_io))
+    return atomic_write_bytes(path, tflite_bytes(module, input_shape_nchw, int8, calibration, int8_io))

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops, op_of_layer
-from natdeploy.latency.table import LatencyTable, TableError, atomic_write_text
+from natdeploy.fileio import atomic_write_text
+from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import (DEPTHS, EXPANDS, GENOME_LENGTH, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES, Arch,
                              SearchSpace, layer_cost, layer_plan)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from natdeploy.errors import NatDeployError
+from natdeploy.fileio import atomic_write_text
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig
 from natdeploy.space import Arch
@@ -22,20 +22,6 @@ COMPAT_FIELDS = ("runtime", "runtime_version", "threads", "host", "precision", "
 
 class TableError(NatDeployError):
     """A latency table is missing, corrupt, or incompatible."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; tables and run outputs are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass

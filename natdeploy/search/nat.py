@@ -19,7 +19,7 @@ import numpy as np
 from natdeploy.data import ImageData
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.latency.table import atomic_write_text
+from natdeploy.fileio import atomic_write_text
 from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.latency.table import atomic_write_text
+from natdeploy.fileio import atomic_write_text
 from natdeploy.search.nat import ArchiveEntry, SearchError
 from natdeploy.space import SearchSpace
 

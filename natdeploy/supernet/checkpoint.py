@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from natdeploy.errors import CheckpointError
+from natdeploy.fileio import atomic_write_bytes
 from natdeploy.space import WIDTHS, stage_widths
 from natdeploy.supernet.network import OFAMobileNetV3Supernet
 
@@ -28,18 +29,11 @@ _ALTERNATES = ((".bn.bn.", ".bn."), (".conv.conv.weight", ".conv.weight"), (".li
 def save_supernet(supernet: OFAMobileNetV3Supernet, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write a natdeploy supernet checkpoint atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": supernet.config,
                "state_dict": supernet.state_dict(), "extra": extra or {}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
