@@ -238,7 +238,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT / "tests"))  # the loopback daemon lives with the tests
-    from adb_daemon import AdbDaemon, write_fake_benchmark_model
+    from adb_daemon import AdbDaemon
+    from fake_phone import write_fake_benchmark_model
 
     from natdeploy.convert.ops import build_op_module, op_input_shape
     from natdeploy.devices import load_device

@@ -6,21 +6,27 @@ Measures N random subnets (none used to fit the predictor) on a device and compa
 Reports the share within +-5% and +-10%, RMSE and Kendall tau, and the noise floor: the first 50 subnets measured
 twice. Also reports batched prediction throughput and single-Arch latency.
 
+The held-out measurements are saved to ``--save`` (JSON); ``--measurements FILE`` re-scores a saved set against
+the current table and predictor without measuring again (the output says so, with the file's date).
+
     python benchmarks/latency_predictor.py --device cpu [--n 300] [--repeat 50] [--space small]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import kendalltau
 
 from natdeploy.devices import load_device, tables_dir
-from natdeploy.latency.backends import get_backend
+from natdeploy.latency.backends import E2E_BATCH, get_backend
+from natdeploy.latency.measure import Measurement
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.space import SearchSpace, madds
+from natdeploy.space import Arch, SearchSpace, madds
 
 try:
     from _common import machine_line, record
@@ -34,6 +40,17 @@ def metrics(pred: np.ndarray, true: np.ndarray) -> dict:
             "rmse": float(np.sqrt(((pred - true) ** 2).mean())), "tau": float(kendalltau(pred, true)[0])}
 
 
+def measure(backend, archs, n_classes: int, t0: float) -> list[Measurement]:
+    """End-to-end latencies the way the profiler measures its table: batches timed round-robin where the device
+    spec interleaves (``rounds``), else one subnet at a time."""
+    out: list[Measurement] = []
+    batch = E2E_BATCH if backend.interleaves else 1
+    for start in range(0, len(archs), batch):
+        out += backend.measure_archs(archs[start:start + batch], n_classes)
+        print(f"measured {len(out)}/{len(archs)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -42,6 +59,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=50, help="subnets measured twice for the noise floor")
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--save", help="where to save the measurements (default /tmp/natdeploy-bench/"
+                                   "latency_predictor-<device>.json)")
+    ap.add_argument("--measurements", help="re-score a saved measurement file instead of measuring")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     table_path = args.table or tables_dir() / f"{args.device}.json"
@@ -55,27 +75,41 @@ def main() -> None:
     archs = [a for a in space.sample(rng, args.n * 2) if a.to_string() not in table.e2e][:args.n]
     n_classes = table.n_classes
     t0 = time.perf_counter()
-    true = []
-    for i, arch in enumerate(archs):
-        true.append(backend.measure_arch(arch, n_classes).value(table.statistic))
-        if (i + 1) % 25 == 0:
-            print(f"measured {i + 1}/{len(archs)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    true = np.array(true)
-    again = np.array([backend.measure_arch(a, n_classes).value(table.statistic) for a in archs[:args.repeat]])
-    noise = metrics(again, true[:args.repeat])
-    # (a) linear on MAdds, fitted on the table's end-to-end measurements
-    train = list(table.e2e)
-    from natdeploy.space import Arch
-
-    tm = np.array([madds(Arch.from_string(a), n_classes) for a in train])
-    ty = np.array([table.e2e[a].value(table.statistic) for a in train])
-    coef = np.polyfit(tm, ty, 1)
-    pred_lin = np.polyval(coef, np.array([madds(a, n_classes) for a in archs]))
-    lut_only = LatencyPredictor(table, predictor.op_models, None)
-    pred_lut = lut_only.predict(archs)
-    pred_full = predictor.predict(archs)
-    rows = {"(a) linear on MAdds": metrics(pred_lin, true), "(b) LUT sum": metrics(pred_lut, true),
-            "(c) LUT + XGBoost": metrics(pred_full, true)}
+    if args.measurements:
+        saved = json.loads(Path(args.measurements).read_text())
+        archs = [Arch.from_string(a) for a in saved["archs"]]
+        first = [Measurement.from_dict(d) for d in saved["first"]]
+        second = [Measurement.from_dict(d) for d in saved["second"]]
+        source = f"re-scored from `{args.measurements}` (measured {saved['date']})"
+    else:
+        first = measure(backend, archs, n_classes, t0)
+        second = measure(backend, archs[:args.repeat], n_classes, t0)
+        save = Path(args.save or f"/tmp/natdeploy-bench/latency_predictor-{args.device}.json")
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps({"device": args.device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    "archs": [str(a) for a in archs], "first": [m.to_dict() for m in first],
+                                    "second": [m.to_dict() for m in second]}))
+        source = f"measured in this run in {time.perf_counter() - t0:.0f} s (saved to `{save}`)"
+    # (a) linear on MAdds, fitted on the table's end-to-end measurements (at the table's nominal speed)
+    train = [Arch.from_string(a) for a in table.e2e]
+    coef = np.polyfit([madds(a, n_classes) for a in train], [table.e2e_ms(a) for a in train], 1)
+    preds = {"(a) linear on MAdds": np.polyval(coef, np.array([madds(a, n_classes) for a in archs])),
+             "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs),
+             "(c) LUT + XGBoost": predictor.predict(archs)}
+    views = {"as measured": lambda m: m.value(table.statistic)}
+    if table.anchor_nominal_ms and all(m.anchor_ms for m in first + second):
+        views["anchor-normalised"] = table.normalized_ms
+    sections = []
+    for view, value in views.items():
+        true = np.array([value(m) for m in first])
+        noise = metrics(np.array([value(m) for m in second]), true[:len(second)])
+        lines = [f"| {name} | {m['within5']:.1f}% | {m['within10']:.1f}% | {m['rmse']:.4f} | {m['tau']:.3f} |"
+                 for name, m in ((name, metrics(pr, true)) for name, pr in preds.items())]
+        lines.append(f"| noise floor (same {len(second)} subnets twice) | {noise['within5']:.1f}% | "
+                     f"{noise['within10']:.1f}% | {noise['rmse']:.4f} | {noise['tau']:.3f} |")
+        sections.append(f"Held-out latency {view} (mean {true.mean():.3f} ms):\n\n"
+                        "| predictor | within +-5% | within +-10% | RMSE ms | Kendall tau |\n|---|---|---|---|---|\n"
+                        + "\n".join(lines))
     # throughput
     G = np.stack([space.encode(a) for a in space.sample(np.random.default_rng(1), 100_000)])
     predictor.predict_genomes(space, G[:10])
@@ -88,24 +122,21 @@ def main() -> None:
     for _ in range(200):
         predictor.predict(one)
     single_ms = (time.perf_counter() - t1) / 200 * 1e3
-    lines = [f"| {name} | {m['within5']:.1f}% | {m['within10']:.1f}% | {m['rmse']:.4f} | {m['tau']:.3f} |"
-             for name, m in rows.items()]
-    lines.append(f"| noise floor (same {args.repeat} subnets twice) | {noise['within5']:.1f}% | {noise['within10']:.1f}% "
-                 f"| {noise['rmse']:.4f} | {noise['tau']:.3f} |")
+    nominal = table.anchor_nominal_ms or float("nan")
     body = f"""
 Machine: {machine_line(spec.threads)}.
 Command: `python benchmarks/latency_predictor.py --device {args.device} --n {args.n} --repeat {args.repeat} --space {args.space}`
 Table `{table_path}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
-({table.provenance.get('runtime_version')}, {spec.threads} thread(s)); profiled resolutions {profiled}.
+({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
+per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.
 {len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}),
-measured end to end with the same backend and statistic; measuring took {time.perf_counter() - t0:.0f} s.
+measured end to end with the same backend and statistic, {source}. "Anchor-normalised" scales each measurement
+by the table's median anchor latency ({nominal:.4f} ms) over the anchor subnet's latency in its own batch, which
+cancels machine-speed drift between the table's batches and this run's.
 
-| predictor | within +-5% | within +-10% | RMSE ms | Kendall tau |
-|---|---|---|---|---|
-""" + "\n".join(lines) + f"""
+""" + "\n\n".join(sections) + f"""
 
-Mean measured latency {true.mean():.3f} ms. Batched prediction: {per_s:,.0f} Archs/s (100,000 genomes);
-single Arch: {single_ms:.3f} ms.
+Batched prediction: {per_s:,.0f} Archs/s (100,000 genomes); single Arch: {single_ms:.3f} ms.
 """
     print(body)
     if not args.no_record:

@@ -50,6 +50,14 @@ class DeviceSpec:
     benchmark_binary: str | None = None
     space: str = "small"
     resolutions: tuple[int, ...] = ()
+    # Local runtimes: split the timed runs into this many round-robin rounds over a batch of models, spread over
+    # at least min_span_s seconds (natdeploy.latency.measure.time_interleaved); 1 times each model back to back.
+    # More rounds than runs count as one round per run.
+    rounds: int = 1
+    min_span_s: float = 0.0
+    # With rounds > 1: also time a fixed anchor subnet in every batch, so that tables and checks can cancel
+    # machine-speed drift between batches (LatencyTable.normalized_ms).
+    anchor: bool = False
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +69,10 @@ class DeviceSpec:
         for name in ("threads", "batch_size", "runs", "e2e_runs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"device {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"device {self.name!r}: rounds must be a positive integer, got {self.rounds!r}")
+        if not isinstance(self.min_span_s, (int, float)) or not 0 <= self.min_span_s <= 60:
+            raise ConfigError(f"device {self.name!r}: min_span_s must be 0 to 60 seconds, got {self.min_span_s!r}")
         if self.transport == "adb" and self.runtime != "litert":
             raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))

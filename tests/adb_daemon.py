@@ -9,12 +9,13 @@ RECV, QUIT) and ``reboot:``. Not implemented: shell v2, sync v2, TLS, delayed ac
 
 The phone's filesystem is a sandbox folder: sync paths map under it, and shell commands run with /bin/sh in it
 after rewriting device paths (``/data/...``, ``/sys/...``, ...) to sandbox paths. The sandbox holds a fake
-``getprop`` and ``taskset``, thermal zones and cpufreq files; :func:`write_fake_benchmark_model` writes a
+``getprop`` and ``taskset``, thermal zones and cpufreq files; ``fake_phone.write_fake_benchmark_model`` writes a
 stand-in benchmark_model that a test pushes like the real binary. It really runs a real .tflite with LiteRT
 (``litert_zygote=True`` preloads LiteRT in a fork server, so each run starts in milliseconds like a native
 binary). Fault hooks: :meth:`AdbDaemon.disconnect_after`, :meth:`AdbDaemon.disconnect_on`, ``storage_full``,
 :meth:`AdbDaemon.reboot`, ``crash_benchmark``.
-Every loop is bounded: by the daemon's lifetime, a command timeout, or an idle timeout.
+Every loop is bounded: by the daemon's lifetime, a command timeout, or an idle timeout. The services live in
+tests/adb_services.py, the fake phone's tools in tests/fake_phone.py.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ import re
 import secrets
 import select
 import shlex
-import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -37,6 +36,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+
+from adb_services import run_reboot, run_shell, run_sync, serve
+from fake_phone import FAKE_TASKSET, ZYGOTE, write_fake_benchmark_model, write_script
 
 
 def _tag(name: bytes) -> int:
@@ -48,7 +50,6 @@ VERSION_MIN = 0x01000000
 VERSION_SKIP_CHECKSUM = 0x01000001  # from this version on, peers may send 0 instead of the data checksum
 AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3
 TOKEN_SIZE = 20
-SYNC_DATA_MAX = 64 * 1024
 _HEADER = struct.Struct("<6I")
 _SHA1_DIGEST_INFO = bytes.fromhex("3021300906052b0e03021a05000414")  # DER prefix of a SHA-1 DigestInfo
 _ACK_TIMEOUT_S = 10.0
@@ -167,7 +168,7 @@ class AdbDaemon:
         write_fake_benchmark_model(source)
         sock = Path(self._zygote_dir) / "sock"
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self._zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE, str(sock), str(source), str(os.getpid())],
+        self._zygote = subprocess.Popen([sys.executable, str(ZYGOTE), str(sock), str(source), str(os.getpid())],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         while not sock.exists():
@@ -277,10 +278,10 @@ class AdbDaemon:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         cases = "".join(f"  {shlex.quote(k)}) printf '%s\\n' {shlex.quote(v)} ;;\n" for k, v in self.props.items())
         listing = "".join(f"  printf '%s\\n' {shlex.quote(f'[{k}]: [{v}]')}\n" for k, v in sorted(self.props.items()))
-        _write_script(self.root / "system/bin/getprop",
+        write_script(self.root / "system/bin/getprop",
                       f"#!/bin/sh\n# fake getprop: this fake phone's properties\nif [ $# -eq 0 ]; then\n{listing}"
                       f"  exit 0\nfi\ncase \"$1\" in\n{cases}  *) printf '%s\\n' \"${{2:-}}\" ;;\nesac\n")
-        _write_script(self.root / "system/bin/taskset", _FAKE_TASKSET)
+        write_script(self.root / "system/bin/taskset", FAKE_TASKSET)
         for i, (name, celsius) in enumerate(DEFAULT_ZONES.items()):
             zone = self.root / f"sys/class/thermal/thermal_zone{i}"
             zone.mkdir(exist_ok=True)
@@ -474,7 +475,7 @@ class _Connection(threading.Thread):
             self.drop()
             return
         kind, _, arg = service.partition(":")
-        handlers = {"shell": _run_shell, "exec": _run_shell, "sync": _run_sync, "reboot": _run_reboot}
+        handlers = {"shell": run_shell, "exec": run_shell, "sync": run_sync, "reboot": run_reboot}
         if kind not in handlers or remote_id == 0:
             self.send(CLSE, 0, remote_id)  # open failed
             return
@@ -483,7 +484,7 @@ class _Connection(threading.Thread):
             stream = _Stream(self, local_id, remote_id)
             self.streams[local_id] = stream
         self.send(OKAY, local_id, remote_id)
-        worker = threading.Thread(target=_serve, args=(handlers[kind], stream, arg), name=f"fake-adbd-{kind}",
+        worker = threading.Thread(target=serve, args=(handlers[kind], stream, arg), name=f"fake-adbd-{kind}",
                                   daemon=True)
         self.workers = [w for w in self.workers if w.is_alive()] + [worker]
         worker.start()
@@ -553,496 +554,3 @@ class _Stream:
             self.conn.forget(self.local_id)
             if not self.conn.dead.is_set():
                 self.conn.send(CLSE, self.local_id, self.remote_id)
-
-
-def _serve(handler, stream: _Stream, arg: str) -> None:
-    try:
-        handler(stream, arg)
-    except OSError:
-        stream.conn.drop()
-    finally:
-        stream.close()
-
-
-def _run_reboot(stream: _Stream, arg: str) -> None:
-    stream.conn.d.reboot()
-
-
-def _run_shell(stream: _Stream, command: str) -> None:
-    daemon = stream.conn.d
-    if not command.strip():
-        stream.write(b"this fake adbd runs commands only, not interactive shells\n")
-        return
-    proc = subprocess.Popen(["/bin/sh", "-c", daemon.device_command(command)], cwd=daemon.root,
-                            env=daemon.shell_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + daemon.command_timeout_s
-    try:
-        while time.monotonic() < deadline:
-            while stream.pump(0) is not None:  # stdin is not forwarded; acknowledge and drop it
-                stream.rx.clear()
-            if stream.gone:
-                break
-            readable, _, _ = select.select([fd], [], [], 0.05)
-            if readable:
-                chunk = os.read(fd, min(stream.conn.max_payload, 65536))
-                if not chunk or not stream.write(chunk):
-                    break
-    finally:
-        try:
-            proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the command's own process group only
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=5)
-        proc.stdout.close()
-
-
-def _sync_msg(tag: bytes, *fields: int) -> bytes:
-    return tag + struct.pack(f"<{len(fields)}I", *fields)
-
-
-def _sync_fail(stream: _Stream, reason: str) -> None:
-    msg = reason.encode()
-    stream.write(_sync_msg(b"FAIL", len(msg)) + msg)
-
-
-def _stat_fields(path: Path) -> tuple[int, int, int]:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return 0, 0, 0  # adbd answers a failed lstat with zeros
-    return st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime) & 0xFFFFFFFF
-
-
-def _run_sync(stream: _Stream, arg: str) -> None:
-    daemon = stream.conn.d
-    while True:
-        header = stream.read_exact(8)
-        if header is None:
-            return
-        tag, length = header[:4], struct.unpack("<I", header[4:])[0]
-        if tag == b"QUIT":
-            return
-        if length > 1024 and tag != b"DATA":
-            _sync_fail(stream, "path too long")
-            return
-        payload = stream.read_exact(length)
-        if payload is None:
-            return
-        try:
-            path_text = payload.decode("utf-8")
-            if tag == b"SEND":
-                path_text = path_text.rpartition(",")[0]  # "path,mode": the last comma splits, as in adbd
-            path = daemon.host_path(path_text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            _sync_fail(stream, f"bad path: {exc}")
-            return
-        if tag == b"STAT":
-            if not stream.write(_sync_msg(b"STAT", *_stat_fields(path))):
-                return
-        elif tag == b"LIST":
-            if not _sync_list(stream, path):
-                return
-        elif tag == b"SEND":
-            if not _sync_send(stream, path, int(payload.decode().rpartition(",")[2] or "0"), path_text):
-                return
-        elif tag == b"RECV":
-            if not _sync_recv(stream, path):
-                return
-        else:
-            _sync_fail(stream, f"unknown sync command {tag!r}")
-            return
-
-
-def _sync_list(stream: _Stream, path: Path) -> bool:
-    out = bytearray()
-    try:
-        names = [".", ".."] + sorted(os.listdir(path))
-    except OSError:
-        names = []
-    for name in names:
-        encoded = name.encode("utf-8", "surrogateescape")
-        out += _sync_msg(b"DENT", *_stat_fields(path / name), len(encoded)) + encoded
-    return stream.write(bytes(out) + _sync_msg(b"DONE", 0, 0, 0, 0))
-
-
-def _sync_send(stream: _Stream, path: Path, mode: int, device_path: str) -> bool:
-    """Receive DATA chunks until DONE. A failure is reported once DONE arrives, and the service then ends.
-
-    adbd sends FAIL as soon as write(2) fails and then discards data until DONE; the reply is deferred here
-    because adb-shell 0.4.4 reads the sync reply only after sending DONE (an earlier FAIL is lost on it).
-    """
-    error = ""
-    handle = None
-    try:
-        if path.is_dir():
-            error = f"{device_path} is a directory"
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "wb")
-    except OSError as exc:
-        error = f"open failed: {exc.strerror}"
-    try:
-        while True:
-            header = stream.read_exact(8)
-            if header is None:
-                return False
-            tag, length = header[:4], struct.unpack("<I", header[4:])[0]
-            if tag == b"DONE":
-                mtime = length  # DONE carries the mtime where the length would be
-                break
-            if tag != b"DATA" or length > SYNC_DATA_MAX:
-                _sync_fail(stream, "invalid data message" if tag != b"DATA" else "oversize data message")
-                return False
-            chunk = stream.read_exact(length)
-            if chunk is None:
-                return False
-            if stream.conn.d.storage_full and not error:
-                error = "write failed: No space left on device"
-            if handle is not None and not error:
-                handle.write(chunk)
-        if not error and stream.conn.d.storage_full:
-            error = "write failed: No space left on device"
-    finally:
-        if handle is not None:
-            handle.close()
-    if error:
-        if handle is not None:
-            path.unlink(missing_ok=True)  # no partial file left behind
-        _sync_fail(stream, error)
-        return False
-    os.chmod(path, stat.S_IMODE(mode) or 0o644)
-    os.utime(path, (mtime, mtime))
-    stream.conn.d.sent_files.append(device_path)
-    return stream.write(_sync_msg(b"OKAY", 0))
-
-
-def _sync_recv(stream: _Stream, path: Path) -> bool:
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        _sync_fail(stream, f"open failed: {exc.strerror}")
-        return False
-    with handle:
-        while chunk := handle.read(SYNC_DATA_MAX):
-            if not stream.write(_sync_msg(b"DATA", len(chunk)) + chunk):
-                return False
-    return stream.write(_sync_msg(b"DONE", 0))
-
-
-def _write_script(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-def write_fake_benchmark_model(path: Path) -> Path:
-    """Write the stand-in benchmark_model (an executable Python script) that tests push like the real binary."""
-    # -S keeps start-up fast; LiteRT is found through the site folders listed in the script instead.
-    sites = [p for p in sys.path if p and os.path.isdir(p) and os.path.basename(p) in ("site-packages",
-                                                                                        "dist-packages")]
-    source = _FAKE_BENCHMARK_MODEL.replace("SITE_PATHS = []", f"SITE_PATHS = {sites!r}", 1)
-    return _write_script(Path(path), f"#!{sys.executable} -SE\n" + source)
-
-
-PLACEHOLDER_TAG = b"NATDEPLOY-PLACEHOLDER-TFLITE"  # the fake benchmark_model makes up numbers for these files
-
-
-def write_fake_tflite(path: Path, size: int = 4096, seed: int = 0) -> Path:
-    """A placeholder the fake benchmark_model accepts without LiteRT: the TFL3 identifier, a tag, then filler."""
-    body = PLACEHOLDER_TAG + bytes((seed * 31 + i * 7) & 0xFF for i in range(max(size - 8, 0)))
-    Path(path).write_bytes(struct.pack("<I", 28) + b"TFL3" + body[:max(size - 8, len(PLACEHOLDER_TAG))])
-    return Path(path)
-
-
-_FAKE_TASKSET = """#!/bin/sh
-# fake toybox taskset for an 8-core phone: check the hex MASK, then run the command (no real pinning here)
-mask=${1#0x}
-case "$mask" in ''|*[!0-9a-fA-F]*) echo "taskset: bad mask '$1'" >&2; exit 1 ;; esac
-shift
-[ $# -gt 0 ] || { echo "usage: taskset [-ap] [mask] [PID | cmd [args...]]" >&2; exit 1; }
-[ $(( 0x$mask & 0xff )) -ne 0 ] || { echo "taskset: sched_setaffinity: Invalid argument" >&2; exit 1; }
-exec "$@"
-"""
-
-_FAKE_BENCHMARK_MODEL = r'''"""Stand-in for TFLite's benchmark_model on the fake phone (tests/adb_daemon.py).
-
-It takes the real tool's flags, reads the --graph file like the real binary (failing the same way when it is
-missing or not a TFLite flatbuffer), and prints its statistics in the real (2.14+) output format. A real .tflite
-is really run with the LiteRT interpreter, honouring --num_threads, --use_xnnpack, --warmup_runs, --num_runs,
---warmup_min_secs, --min_secs and --max_secs as the real tool does (there is no GPU: --use_gpu runs on the CPU).
-A placeholder from write_fake_tflite() gets synthetic numbers derived from its bytes, so transport tests need
-no LiteRT. With $FAKE_BENCHMARK_ZYGOTE set, the whole run happens in a fork of a server that has LiteRT loaded
-already, so the fake starts in milliseconds, as a native binary does, instead of a Python import's half second.
-"""
-import hashlib
-import json
-import os
-import random
-import signal
-import socket
-import sys
-import time
-
-FLAGS = {"graph": "", "num_threads": "-1", "warmup_runs": "1", "num_runs": "50", "use_gpu": "false",
-         "use_xnnpack": "true", "min_secs": "1", "warmup_min_secs": "0.5", "max_secs": "150", "help": "false"}
-PLACEHOLDER_TAG = b"NATDEPLOY-PLACEHOLDER-TFLITE"
-SITE_PATHS = []  # filled in by write_fake_benchmark_model: where LiteRT lives (the script runs with -S)
-
-
-def say(text=""):
-    print("INFO: " + text if text else "", flush=True)
-
-
-def err(text):
-    print("ERROR: " + text, flush=True)
-
-
-def shown(path):
-    root = os.environ.get("FAKE_ADBD_ROOT", "")
-    return path[len(root):] if root and path.startswith(root + "/") else path
-
-
-def stat_line(values):
-    if not values:
-        return "count=0"
-    if min(values) == max(values):
-        return "count=%d curr=%d%s" % (len(values), values[-1], "(all same)" if len(values) > 1 else "")
-    avg = sum(values) / len(values)
-    std = int((sum((v - avg) ** 2 for v in values) / len(values)) ** 0.5)
-    line = "count=%d first=%d curr=%d min=%d max=%d avg=%.6g std=%d" % (
-        len(values), values[0], values[-1], min(values), max(values), avg, std)
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-    return line + " p5=%d median=%d p95=%d" % (pick(0.05), pick(0.5), pick(0.95))
-
-
-def preload():
-    """Import what a real run needs (the zygote does this once, before it forks)."""
-    for path in SITE_PATHS:
-        if path not in sys.path:
-            sys.path.append(path)
-    import numpy  # noqa: F401
-    from ai_edge_litert import interpreter  # noqa: F401
-
-
-def timed_runs(fn, runs, min_secs, max_secs):
-    """Call fn at least `runs` times and for at least min_secs, but stop after max_secs: microseconds per call."""
-    values, start = [], time.perf_counter()
-    while (len(values) < runs or time.perf_counter() - start < min_secs) and time.perf_counter() - start < max_secs:
-        t0 = time.perf_counter()
-        fn()
-        values.append(int((time.perf_counter() - t0) * 1e6))
-    return values
-
-
-def real_model(data, threads, xnnpack):
-    """(invoke, init microseconds) for a LiteRT interpreter on the model, or None after printing the error."""
-    preload()
-    import numpy as np
-    from ai_edge_litert import interpreter as lite
-
-    t0 = time.perf_counter()
-    resolver = lite.OpResolverType.AUTO if xnnpack else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        interp = lite.Interpreter(model_content=data, num_threads=threads if threads > 0 else None,
-                                  experimental_op_resolver_type=resolver)
-        interp.allocate_tensors()
-    except (RuntimeError, ValueError) as exc:
-        err("Failed to construct interpreter: %s" % (str(exc).splitlines() or [""])[0])
-        err("Benchmarking failed.")
-        return None
-    rng = np.random.default_rng(0)
-    for inp in interp.get_input_details():
-        interp.set_tensor(inp["index"], rng.standard_normal(tuple(inp["shape"])).astype(inp["dtype"]))
-    return interp.invoke, int((time.perf_counter() - t0) * 1e6)
-
-
-def main(argv):
-    flags, unknown = dict(FLAGS), []
-    for arg in argv[1:]:
-        key, _, value = arg[2:].partition("=")
-        if arg.startswith("--") and key in flags:
-            flags[key] = value or "true"
-        else:
-            unknown.append(arg)
-    if flags["help"] == "true":
-        err("usage: %s <flags>\nFlags:\n%s" % (argv[0], "\n".join("\t--%s=%s" % kv for kv in FLAGS.items())))
-        err("Benchmarking failed.")
-        return 1
-    threads, warmup_runs, num_runs = int(flags["num_threads"]), int(flags["warmup_runs"]), int(flags["num_runs"])
-    min_secs, warmup_min_secs, max_secs = (float(flags[k]) for k in ("min_secs", "warmup_min_secs", "max_secs"))
-    gpu, graph = flags["use_gpu"] == "true", flags["graph"]
-    say("STARTING!")
-    say("Log parameter values verbosely: [0]")
-    say("Min num runs: [%d]" % num_runs)
-    say("Num threads: [%d]" % threads)
-    say("Graph: [%s]" % shown(graph))
-    say("Signature to run: []")
-    say("#threads used for CPU inference: [%d]" % threads)
-    if gpu:
-        say("Use gpu: [1]")
-    if unknown:
-        print("WARNING: Unconsumed cmdline flags: " + " ".join(unknown), flush=True)
-    if not graph:
-        err("Please specify the name of your TF Lite input file with --graph")
-        err("Benchmarking failed.")
-        return 1
-    try:
-        with open(graph, "rb") as f:
-            data = f.read()
-    except OSError:
-        err("Could not open '%s'." % shown(graph))
-        err("Failed to mmap model %s" % shown(graph))
-        err("Benchmarking failed.")
-        return 1
-    if data[4:8] != b"TFL3":
-        err("Model provided has model identifier '%s', should be 'TFL3'" % data[4:8].decode("latin-1"))
-        err("Failed to mmap model %s" % shown(graph))
-        err("Benchmarking failed.")
-        return 1
-    say("Loaded model %s" % shown(graph))
-    say("Initialized TensorFlow Lite runtime.")
-    say("Created TensorFlow Lite delegate for GPU." if gpu else "Created TensorFlow Lite XNNPACK delegate for CPU.")
-    say("The input model file size (MB): %g" % (len(data) / 1e6))
-    if data[8:8 + len(PLACEHOLDER_TAG)] == PLACEHOLDER_TAG:
-        rng = random.Random(hashlib.sha256(data).digest())
-        base = (400 + len(data) / 64) / max(1, min(threads, 4)) ** 0.8 / (3 if gpu else 1)
-        init_us = 900 + len(data) // 500
-        warm_fn = lambda n: [int(base * (1.5 if i == 0 else 1 + 0.08 * rng.random())) for i in range(max(n, 0))]
-        timed_fn = lambda n: [int(base * (1 + 0.05 * rng.random())) for _ in range(max(n, 0))]
-    else:
-        model = real_model(data, threads, flags["use_xnnpack"] == "true")
-        if model is None:
-            return 1
-        invoke, init_us = model
-        warm_fn = lambda n: timed_runs(invoke, n, warmup_min_secs, max_secs)
-        timed_fn = lambda n: timed_runs(invoke, n, min_secs, max_secs)
-    say("Initialized session in %.3fms." % (init_us / 1000))
-    say("Running benchmark for at least %d iterations and at least %s seconds but terminate if exceeding %s "
-        "seconds." % (warmup_runs, flags["warmup_min_secs"], flags["max_secs"]))
-    warm = warm_fn(warmup_runs)
-    say(stat_line(warm))
-    print(flush=True)
-    time.sleep(float(os.environ.get("FAKE_BENCHMARK_SLEEP_S", "0")))
-    say("Running benchmark for at least %d iterations and at least %s seconds but terminate if exceeding %s "
-        "seconds." % (num_runs, flags["min_secs"], flags["max_secs"]))
-    if os.environ.get("FAKE_BENCHMARK_CRASH"):
-        os.kill(os.getpid(), signal.SIGSEGV)  # dies like a native crash: the shell reports status 139
-    timed = timed_fn(num_runs)
-    say(stat_line(timed))
-    print(flush=True)
-    if timed:
-        say("Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %.6g, Inference (avg): %.6g" % (
-            init_us, (warm or timed)[0], sum(warm) / len(warm) if warm else 0, sum(timed) / len(timed)))
-    say("Memory footprint delta from the start of the tool (MB): init=%.6g overall=%.6g" % (
-        len(data) / 1e6 + 2.5, len(data) / 1e6 + 6.1))
-    return 0
-
-
-def delegated(argv):
-    """The exit status of this run done by the zygote, or None when there is none to ask."""
-    path = os.environ.get("FAKE_BENCHMARK_ZYGOTE")
-    if not path:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        conn.connect(path)
-    except OSError:
-        return None
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-    socket.send_fds(conn, [request], [1, 2])  # the run writes straight to our stdout and stderr
-    reply = conn.recv(4096)  # if we are killed (timeout), the closed socket makes the zygote kill the run
-    if not reply:
-        err("the fake benchmark_model's zygote went away")
-        return 1
-    status = json.loads(reply)
-    if "signal" in status:
-        signal.signal(status["signal"], signal.SIG_DFL)
-        os.kill(os.getpid(), status["signal"])  # die the same way, so the shell reports 128 + signal
-    return status.get("exit", 1)
-
-
-if __name__ == "__main__":
-    code = delegated(sys.argv)
-    sys.exit(main(sys.argv) if code is None else code)
-'''
-
-# The fake benchmark_model's fork server: imports LiteRT once, then forks a child per run. Single-threaded on
-# purpose (forking a threaded process is unsafe). Each request is served by a handler fork that runs the model in
-# a second fork, reports its exit status, and kills it when the requesting fake binary dies (e.g. on a timeout).
-_ZYGOTE = r'''
-import json, os, select, signal, socket, sys, traceback
-
-sock_path, source, parent = sys.argv[1], sys.argv[2], int(sys.argv[3])
-fake = {"__name__": "fake_benchmark_model"}
-exec(compile(open(source).read(), source, "exec"), fake)
-fake["preload"]()
-
-
-def serve(conn):
-    message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
-    request = json.loads(message)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            conn.close()
-            os.dup2(fds[0], 1)
-            os.dup2(fds[1], 2)
-            os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
-            code = fake["main"](request["argv"])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code or 0)
-    for fd in fds:
-        os.close(fd)
-    # pidfd (Linux 5.3+) wakes select when the run ends; without it, poll.
-    child = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-    while True:
-        ready, _, _ = select.select([conn] + ([child] if child is not None else []), [], [],
-                                    None if child is not None else 0.005)
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            reply = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)})
-            conn.send(json.dumps(reply).encode())
-            return
-        if conn in ready and not conn.recv(16):  # the fake binary is gone: its run goes too
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return
-
-
-server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-server.bind(sock_path + ".tmp")
-server.listen(16)
-os.rename(sock_path + ".tmp", sock_path)  # appears only once it accepts
-while os.getppid() == parent:  # ends with the test process at the latest
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
-        except ChildProcessError:
-            break
-    if not select.select([server], [], [], 0.2)[0]:
-        continue
-    conn, _ = server.accept()
-    if os.fork() == 0:
-        server.close()
-        try:
-            serve(conn)
-        finally:
-            os._exit(0)
-    conn.close()
-'''

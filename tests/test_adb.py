@@ -20,8 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from adb_daemon import (CNXN, VERSION_MIN, VERSION_SKIP_CHECKSUM, AdbDaemon,  # noqa: E402
-                        write_fake_benchmark_model, write_fake_tflite)
+from adb_daemon import CNXN, VERSION_MIN, VERSION_SKIP_CHECKSUM, AdbDaemon  # noqa: E402
+from fake_phone import write_fake_benchmark_model, write_fake_tflite  # noqa: E402
 
 from natdeploy.errors import NatDeployError  # noqa: E402
 from natdeploy.latency.backends.adb import (AdbAuthError, AdbBenchmarkCrashError, AdbBenchmarkError,  # noqa: E402

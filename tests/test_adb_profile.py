@@ -22,7 +22,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from adb_daemon import AdbDaemon, write_fake_benchmark_model  # noqa: E402
+from adb_daemon import AdbDaemon  # noqa: E402
+from fake_phone import write_fake_benchmark_model  # noqa: E402
 
 from natdeploy.cli import main  # noqa: E402
 from natdeploy.latency import LatencyTable, space_ops  # noqa: E402

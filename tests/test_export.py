@@ -34,7 +34,7 @@ DEVICES = ["cpu", "cpu-litert", "pixel4"]
 
 
 def _fast(name: str):
-    return load_device(name).with_overrides(e2e_warmup=1, e2e_runs=5)
+    return load_device(name).with_overrides(e2e_warmup=1, e2e_runs=5, min_span_s=0)
 
 
 @pytest.fixture(scope="module")

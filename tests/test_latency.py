@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from natdeploy.devices import load_device
 from natdeploy.errors import ConfigError
 from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig, TableError, arch_ops, space_ops
 from natdeploy.latency.backends import get_backend
+from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
 from natdeploy.latency.profiler import profile_device
 from natdeploy.space import SearchSpace
@@ -16,7 +18,7 @@ SMALL = SearchSpace.preset("small")
 
 
 def fast(name: str):
-    return load_device(name).with_overrides(warmup=1, runs=3, e2e_warmup=1, e2e_runs=3)
+    return load_device(name).with_overrides(warmup=1, runs=3, e2e_warmup=1, e2e_runs=3, rounds=1, min_span_s=0)
 
 
 def test_op_keys_render_like_ofa_and_parse_back():
@@ -113,6 +115,55 @@ def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
     with pytest.raises(TableError, match="threads: table has 1, now 2"):
         profile_device(spec.with_overrides(threads=2), SMALL, resolutions=[32], e2e_samples=6, n_classes=10,
                        out=out, quiet=True)
+
+
+def test_time_interleaved_runs_round_robin_over_the_span():
+    calls = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    t0 = time.perf_counter()
+    ms = time_interleaved(fns, warmup=2, runs=7, rounds=3, min_span_s=0.3)
+    elapsed = time.perf_counter() - t0
+    assert "".join(calls) == "aabb" + "aaabbb" + "aabb" + "aabb"  # warm-up, then rounds of 3, 2 and 2 runs
+    assert [m.count for m in ms] == [7, 7] and all(m.warmup == 2 for m in ms)
+    assert elapsed >= 0.3 * 2 / 3  # slept until the last round's start; sleep never returns early
+    assert time_interleaved(fns, warmup=0, runs=2, rounds=5)[0].count == 2  # more rounds than runs: one per run
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        time_interleaved(fns, warmup=0, runs=3, rounds=0)
+
+
+def test_profile_with_interleaved_batches(tmp_path):
+    spec = fast("cpu").with_overrides(rounds=3, runs=6, e2e_runs=6, anchor=True)
+    backend = get_backend(spec)
+    assert backend.interleaves and backend.op_batch_size > 1
+    archs = SMALL.sample(np.random.default_rng(3), 3)
+    ms = backend.measure_archs(archs, 10)
+    assert len(ms) == 3 and all(m.count == 6 and m.p10_ms > 0 for m in ms)
+    assert len({m.anchor_ms for m in ms}) == 1 and ms[0].anchor_ms > 0  # one anchor per batch
+    res = profile_device(spec, SMALL, resolutions=[32], e2e_samples=5, n_classes=10, out=tmp_path / "t.json",
+                         quiet=True)
+    table = LatencyTable.load(res.table_path)
+    assert len(table.ops) == len(space_ops(SMALL, 10, [32])) and len(table.e2e) == 5
+    assert all(m.count == 6 and m.anchor_ms > 0 for m in table.ops.values()) and table.provenance["rounds"] == 3
+    assert LatencyTable.load(res.table_path).anchor_nominal_ms == pytest.approx(table.anchor_nominal_ms)
+    with pytest.raises(ConfigError, match="rounds must be a positive integer"):
+        spec.with_overrides(rounds=0)
+
+
+def test_anchor_normalisation_cancels_machine_speed_between_batches():
+    def m(p10, anchor):
+        return Measurement(median_ms=p10, mean_ms=p10, std_ms=0.0, count=5, warmup=1, p10_ms=p10, min_ms=p10,
+                           anchor_ms=anchor)
+
+    ops = space_ops(SMALL, 10, [32])[:3]
+    table = LatencyTable(device="cpu", n_classes=10)
+    table.add_op(ops[0], m(1.0, 2.0))  # measured at nominal speed
+    table.add_op(ops[1], m(1.5, 3.0))  # the same op in a batch where the machine ran 1.5x slower
+    table.add_op(ops[2], m(0.8, 2.0))
+    assert table.anchor_nominal_ms == 2.0
+    assert table.op_ms(ops[0].key) == pytest.approx(1.0) and table.op_ms(ops[1].key) == pytest.approx(1.0)
+    assert table.normalized_ms(m(0.5, 1.0)) == pytest.approx(1.0)  # an outside measurement, at twice the speed
+    assert table.normalized_ms(m(0.7, None)) == pytest.approx(0.7)  # no anchor: as measured
+    assert LatencyTable(device="cpu").anchor_nominal_ms is None
 
 
 @pytest.mark.parametrize("device", ["cpu-litert", "cpu-torch"])

@@ -128,6 +128,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for device, d in meta["latency"].items():
         meas = (f"not measured ({d['not_measured']})" if d.get("not_measured")
                 else f"measured {_fmt_ms(d['measured_ms'])}")
+        if d.get("measured_at_table_speed_ms") is not None:
+            meas += f" ({_fmt_ms(d['measured_at_table_speed_ms'])} at the table's machine speed)"
         pred = f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None else d["not_predicted"]
         budget = f", budget {d['budget_ms']:g} ms" if d.get("budget_ms") is not None else ""
         notes = "".join(f"; note: {n}" for n in d.get("notes") or [])

@@ -131,6 +131,8 @@ def _latency_lines(meta: dict[str, Any]) -> list[str]:
         pred = f"{d['predicted_ms']:.3f} ms" if d.get("predicted_ms") is not None else "-"
         meas = (f"{d['measured_ms']:.3f} ms" if isinstance(d.get("measured_ms"), (int, float))
                 else str(d.get("measured_ms") or "-"))
+        if d.get("measured_at_table_speed_ms") is not None:
+            meas += f" ({d['measured_at_table_speed_ms']:.3f} ms at the table's machine speed)"
         budget = f"{d['budget_ms']:g} ms" if d.get("budget_ms") is not None else "-"
         rows.append(f"| {device} | {pred} | {meas} | {budget} |")
     if not rows:

@@ -6,7 +6,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Measurement:
     warmup: int
     p10_ms: float | None = None
     min_ms: float | None = None
+    # p10 of the backend's fixed anchor workload timed in the same interleaved batch (Backend.measure_archs), so
+    # that measurements taken at different machine speeds can be brought to one speed (LatencyTable.normalized_ms).
+    anchor_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # A statistic the runtime did not report is NaN in memory and null in JSON (strict JSON has no NaN).
@@ -31,7 +34,7 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
-        opt = {k: (None if d.get(k) is None else float(d[k])) for k in ("p10_ms", "min_ms")}
+        opt = {k: (None if d.get(k) is None else float(d[k])) for k in ("p10_ms", "min_ms", "anchor_ms")}
         return cls(median_ms=math.nan if d.get("median_ms") is None else float(d["median_ms"]), mean_ms=float(d["mean_ms"]), std_ms=float(d["std_ms"]),
                    count=int(d["count"]), warmup=int(d["warmup"]), **opt)
 
@@ -60,13 +63,45 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def time_callable(fn: Callable[[], Any], warmup: int, runs: int) -> Measurement:
-    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed; wall-clock milliseconds per call."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return Measurement.from_samples(samples, warmup)
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_callable(fn: Callable[[], Any], warmup: int, runs: int, rounds: int = 1,
+                  min_span_s: float = 0.0) -> Measurement:
+    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed; wall-clock milliseconds per call. With
+    ``rounds`` > 1 the timed runs are spread over at least ``min_span_s`` seconds (see :func:`time_interleaved`)."""
+    return time_interleaved([fn], warmup, runs, rounds, min_span_s)[0]
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, rounds: int = 1,
+                     min_span_s: float = 0.0) -> list[Measurement]:
+    """Time several callables in ``rounds`` round-robin rounds (each callable runs ``runs / rounds`` times per
+    round; at most one round per run), sleeping between rounds so that they span at least ``min_span_s`` seconds.
+
+    Why: on this project's shared 2-core cloud VMs the CPU's speed wanders by up to ~2x within a second (thread
+    CPU time slows exactly as much as wall time, so it is not steal), with short fast periods every second or so.
+    A 100-run window of a 1 ms model can fall entirely into a slow stretch: the p10 of back-to-back windows of one
+    session varied from 0.79 to 1.5 ms. Sampling every item at many moments spread over seconds gives each item the
+    same mix of fast and slow moments, and their low percentile then repeats much better (measured: from +-25% to
+    +-2..10% on the same three subnets).
+    """
+    if rounds < 1 or runs < 1:
+        raise ValueError(f"need rounds >= 1 and runs >= 1, got rounds={rounds}, runs={runs}")
+    rounds = min(rounds, runs)
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    per_round = [runs // rounds + (1 if k < runs % rounds else 0) for k in range(rounds)]
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    for k, n in enumerate(per_round):
+        for i, fn in enumerate(fns):
+            samples[i].extend(_timed(fn) for _ in range(n))
+        if min_span_s > 0 and k + 1 < rounds:
+            wait = start + min_span_s * (k + 1) / rounds - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+    return [Measurement.from_samples(s, warmup) for s in samples]

@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from natdeploy.devices import DeviceSpec, tables_dir
-from natdeploy.latency.backends import Backend, BackendError, get_backend
+from natdeploy.latency.backends import E2E_BATCH, Backend, BackendError, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.latency.table import LatencyTable, TableError
-from natdeploy.space import SearchSpace
+from natdeploy.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 REFERENCE_EVERY = 50  # re-measure a reference op this often to detect drift (thermal, other load)
@@ -119,11 +119,15 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
                 since_reference = 0
         if todo:
             _measure_reference(backend, table, reference, out)
-        for arch in e2e_todo:
-            bar.set_postfix_str(f"subnet {arch}")
-            table.add_e2e(arch, _with_retries(lambda: backend.measure_arch(arch, n_classes), f"subnet {arch}"))
-            table.save(out)
-            bar.update()
+        e2e_batch = E2E_BATCH if backend.interleaves else 1
+        for start in range(0, len(e2e_todo), e2e_batch):
+            batch_archs = e2e_todo[start:start + e2e_batch]
+            more = f" +{len(batch_archs) - 1}" if len(batch_archs) > 1 else ""
+            bar.set_postfix_str(f"subnet {batch_archs[0]}{more}")
+            for arch, m in _measured_archs(backend, batch_archs, n_classes):
+                table.add_e2e(arch, m)
+                table.save(out)
+                bar.update()
     finally:
         bar.close()
     final_provenance: Callable[[], dict[str, Any]] | None = getattr(backend, "final_provenance", None)
@@ -158,6 +162,16 @@ def _measured_ops(backend: Backend, ops: Sequence[OpSig]) -> Iterator[tuple[OpSi
     for op in ops:
         if op.key not in done:
             yield op, _with_retries(lambda: backend.measure_op(op), op.key)
+
+
+def _measured_archs(backend: Backend, archs: Sequence[Arch], n_classes: int) -> list[tuple[Arch, Measurement]]:
+    """Whole subnets with their measurements: as one interleaved batch, else (or after a failure) one at a time."""
+    if len(archs) > 1:
+        try:
+            return list(zip(archs, backend.measure_archs(archs, n_classes)))
+        except (BackendError, RuntimeError, OSError, ValueError) as exc:
+            log.warning("a batch of %d subnets failed (%s); measuring them one at a time", len(archs), exc)
+    return [(a, _with_retries(lambda: backend.measure_arch(a, n_classes), f"subnet {a}")) for a in archs]
 
 
 def _retryable(exc: BaseException) -> bool:

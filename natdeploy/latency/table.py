@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,37 @@ class LatencyTable:
     reference: list[float] = field(default_factory=list)  # repeated reference-op measurements, for drift
     statistic: str = "p10"  # which Measurement statistic predictions use
 
+    _nominal: float | None = field(default=None, init=False, repr=False, compare=False)
+
     def op_ms(self, key: str) -> float:
-        return self.ops[key].value(self.statistic)
+        return self.normalized_ms(self.ops[key])
 
     def e2e_ms(self, arch: Arch) -> float:
-        return self.e2e[arch.to_string()].value(self.statistic)
+        return self.normalized_ms(self.e2e[arch.to_string()])
 
     def add_op(self, op: OpSig, m: Measurement) -> None:
         self.ops[op.key] = m
+        self._nominal = None
 
     def add_e2e(self, arch: Arch, m: Measurement) -> None:
         self.e2e[arch.to_string()] = m
+        self._nominal = None
+
+    @property
+    def anchor_nominal_ms(self) -> float | None:
+        """The median anchor latency over the table's measurements (None when none carries an anchor): the machine
+        speed that the table's values are brought to."""
+        if self._nominal is None:
+            values = [m.anchor_ms for m in (*self.ops.values(), *self.e2e.values()) if m.anchor_ms]
+            self._nominal = statistics.median(values) if values else 0.0
+        return self._nominal or None
+
+    def normalized_ms(self, m: Measurement) -> float:
+        """A measurement's statistic at the table's nominal machine speed: scaled by nominal / the anchor of its
+        batch when both exist (machine-speed drift between batches cancels), else as measured."""
+        value = m.value(self.statistic)
+        nominal = self.anchor_nominal_ms
+        return value * nominal / m.anchor_ms if nominal and m.anchor_ms else value
 
     @property
     def drift(self) -> float:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import socket
+from dataclasses import replace
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from natdeploy import __version__
 from natdeploy.devices import DeviceSpec
 from natdeploy.errors import NatDeployError
-from natdeploy.latency.measure import Measurement
+from natdeploy.latency.measure import Measurement, time_interleaved
 from natdeploy.latency.ops import OpSig
 from natdeploy.space import Arch
 
@@ -34,13 +35,32 @@ def host_cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+# The anchor workload timed in every interleaved batch where the spec asks (``anchor: true``): a mid-sized subnet.
+ANCHOR_ARCH = "w1.0-r48-545454-545454-545454-545454-545454"
+# Batch sizes of round-robin timing on local CPUs: ops are tiny, whole subnets hold more memory each.
+OP_BATCH = 50
+E2E_BATCH = 20
+
+
 class Backend(ABC):
     """Convert (module -> artifact), profile (artifact -> Measurement), describe (provenance)."""
 
     runtime: str = ""
+    op_batch_size: int = 1  # ops per measure_ops call in the profiler
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
+        if self.interleaves:
+            self.op_batch_size = OP_BATCH
+    def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
+        """A callable that runs the artifact once on a fixed input (backends that run in this process)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run artifacts in this process")
+
+    @property
+    def interleaves(self) -> bool:
+        """Whether batches are timed round-robin in this process (local CPU specs with ``rounds`` > 1)."""
+        return self.spec.transport == "local" and self.spec.rounds > 1
+
 
     @abstractmethod
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
@@ -63,6 +83,7 @@ class Backend(ABC):
         return {"device": s.name, "runtime": self.runtime, "runtime_version": self.runtime_version(),
                 "threads": s.threads, "cpu_mask": s.cpu_mask, "precision": s.precision, "batch_size": s.batch_size,
                 "gpu_delegate": s.gpu_delegate, "xnnpack": s.xnnpack if self.runtime == "litert" else None,
+                "rounds": s.rounds, "min_span_s": s.min_span_s,
                 "host": self.host(), "hostname": socket.gethostname(), "platform": platform.platform(),
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "natdeploy_version": __version__}
@@ -78,11 +99,65 @@ class Backend(ABC):
         return self.measure(self.build(build_op_module(layer, seed), shape), shape, self.spec.warmup, self.spec.runs)
 
     def measure_arch(self, arch: Arch, n_classes: int) -> Measurement:
-        from natdeploy.supernet import MobileNetV3Subnet
-
         shape = self._shape((1, 3, arch.r, arch.r))
-        module = MobileNetV3Subnet(arch, n_classes).eval()
-        return self.measure(self.build(module, shape), shape, self.spec.e2e_warmup, self.spec.e2e_runs)
+        return self.measure(self.build(_subnet(arch, n_classes), shape), shape, self.spec.e2e_warmup,
+                            self.spec.e2e_runs)
+
+    def _anchor_runner(self) -> Callable[[], Any]:
+        if getattr(self, "_anchor", None) is None:
+            arch = Arch.parse(ANCHOR_ARCH)
+            shape = self._shape((1, 3, arch.r, arch.r))
+            self._anchor = self.runner(self.build(_subnet(arch, 10), shape), shape)
+        return self._anchor
+
+    def measure_batch(self, built: Sequence[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
+        """Measure built artifacts ``(artifact, input_shape)``: round-robin with the anchor where the spec
+        interleaves, else one by one."""
+        if not self.interleaves:
+            return [self.measure(artifact, shape, warmup, runs) for artifact, shape in built]
+        return self._interleaved(list(built), warmup, runs)
+
+    def _interleaved(self, built: list[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
+        try:
+            fns = [self.runner(artifact, shape) for artifact, shape in built]
+            if self.spec.anchor:
+                fns.append(self._anchor_runner())
+            ms = time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s)
+        except Exception as exc:  # runtimes raise their own exception types
+            raise BackendError(f"{self.runtime} run failed: {exc}") from exc
+        if self.spec.anchor:
+            anchor = ms.pop()
+            ms = [replace(m, anchor_ms=anchor.p10_ms) for m in ms]
+        return ms
+
+    def measure_ops(self, ops: Sequence[OpSig]) -> list[tuple[OpSig, Measurement]]:
+        """Measure a batch of ops: round-robin in this process where the spec interleaves, else one by one."""
+        if not self.interleaves:
+            return [(op, self.measure_op(op)) for op in ops]
+        from natdeploy.convert.ops import build_op_module, op_input_shape
+
+        built = []
+        for op in ops:
+            layer = op.to_layer()
+            shape = self._shape(op_input_shape(layer))
+            built.append((self.build(build_op_module(layer, 0), shape), shape))
+        return list(zip(ops, self._interleaved(built, self.spec.warmup, self.spec.runs)))
+
+    def measure_archs(self, archs: Sequence[Arch], n_classes: int) -> list[Measurement]:
+        """Measure a batch of whole subnets, round-robin where the spec interleaves, else one by one."""
+        if not self.interleaves:
+            return [self.measure_arch(a, n_classes) for a in archs]
+        built = []
+        for arch in archs:
+            shape = self._shape((1, 3, arch.r, arch.r))
+            built.append((self.build(_subnet(arch, n_classes), shape), shape))
+        return self._interleaved(built, self.spec.e2e_warmup, self.spec.e2e_runs)
+
+
+def _subnet(arch: Arch, n_classes: int) -> nn.Module:
+    from natdeploy.supernet import MobileNetV3Subnet
+
+    return MobileNetV3Subnet(arch, n_classes).eval()
 
 
 def get_backend(spec: DeviceSpec) -> Backend:

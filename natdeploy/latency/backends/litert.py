@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -34,14 +34,18 @@ class LiteRTBackend(Backend):
         interp.allocate_tensors()
         return interp
 
+    def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
+        interp = self.interpreter(artifact)
+        inp = interp.get_input_details()[0]
+        x = np.random.default_rng(0).standard_normal(tuple(inp["shape"]), dtype=np.float32)
+        if inp["dtype"] != np.float32:
+            x = x.astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        return interp.invoke
+
     def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         try:
-            interp = self.interpreter(artifact)
-            inp = interp.get_input_details()[0]
-            x = np.random.default_rng(0).standard_normal(tuple(inp["shape"]), dtype=np.float32)
-            if inp["dtype"] != np.float32:
-                x = x.astype(inp["dtype"])
-            interp.set_tensor(inp["index"], x)
-            return time_callable(interp.invoke, warmup, runs)
+            return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
+                                 self.spec.min_span_s)
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"LiteRT run failed: {exc}") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -38,10 +38,14 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return self._ort.InferenceSession(onnx_bytes(module, input_shape), opts, providers=[self.provider])
 
-    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+    def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
-        name = artifact.get_inputs()[0].name
+        feed = {artifact.get_inputs()[0].name: x}
+        return lambda: artifact.run(None, feed)
+
+    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         try:
-            return time_callable(lambda: artifact.run(None, {name: x}), warmup, runs)
+            return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
+                                 self.spec.min_span_s)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime run failed: {exc}") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,15 +30,20 @@ class TorchBackend(Backend):
         device = "cuda" if self.cuda else "cpu"
         return module.eval().to(device=device, memory_format=torch.channels_last)
 
-    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+    def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         device = "cuda" if self.cuda else "cpu"
         x = torch.randn(input_shape, device=device).contiguous(memory_format=torch.channels_last)
+        return lambda: artifact(x)
+
+    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         threads = torch.get_num_threads()
         torch.set_num_threads(self.spec.threads)
         try:
             with torch.inference_mode():
                 if not self.cuda:
-                    return time_callable(lambda: artifact(x), warmup, runs)
+                    return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
+                                 self.spec.min_span_s)
+                x = torch.randn(input_shape, device="cuda").contiguous(memory_format=torch.channels_last)
                 return self._cuda_events(artifact, x, warmup, runs)
         except RuntimeError as exc:
             raise BackendError(f"torch run failed: {exc}") from exc
