@@ -145,6 +145,7 @@ def test_profile_with_interleaved_batches(tmp_path):
     assert len(table.ops) == len(space_ops(SMALL, 10, [32])) and len(table.e2e) == 5
     assert all(m.count == 6 and m.anchor_ms > 0 for m in table.ops.values()) and table.provenance["rounds"] == 3
     assert LatencyTable.load(res.table_path).anchor_nominal_ms == pytest.approx(table.anchor_nominal_ms)
+    assert len(table.reference_anchor) == len(table.reference) >= 2  # drift is judged relative to the anchor
     with pytest.raises(ConfigError, match="rounds must be a positive integer"):
         spec.with_overrides(rounds=0)
 

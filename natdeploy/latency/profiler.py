@@ -135,8 +135,10 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
         table.provenance.update(final_provenance())
         table.save(out)
     if table.drift > DRIFT_LIMIT:
-        log.warning("reference op %s drifted by %.1f%% during profiling (limit %.0f%%): the machine was busy or "
-                    "throttled; consider re-profiling", reference.key, 100 * table.drift, 100 * DRIFT_LIMIT)
+        log.warning("reference op %s drifted by %.1f%% during profiling%s (limit %.0f%%): the machine was busy or "
+                    "throttled; consider re-profiling", reference.key, 100 * table.drift,
+                    " relative to the anchor" if len(table.reference_anchor) == len(table.reference) else "",
+                    100 * DRIFT_LIMIT)
     predictor = LatencyPredictor.fit(table, seed=seed)
     model_path = predictor.save(out.with_suffix(".xgb.json"))
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
@@ -196,7 +198,13 @@ def _with_retries(measure: Callable[[], Measurement], what: str, attempts: int =
 
 
 def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Path) -> None:
-    table.reference.append(_with_retries(lambda: backend.measure_op(op), op.key).value(table.statistic))
+    if backend.interleaves and backend.spec.anchor:  # with the anchor beside it, as the table's ops are timed
+        m = _with_retries(lambda: backend.measure_ops([op])[0][1], op.key)
+        if len(table.reference_anchor) == len(table.reference):
+            table.reference_anchor.append(m.anchor_ms)
+    else:
+        m = _with_retries(lambda: backend.measure_op(op), op.key)
+    table.reference.append(m.value(table.statistic))
     table.save(out)
 
 

@@ -35,6 +35,7 @@ class LatencyTable:
     e2e: dict[str, Measurement] = field(default_factory=dict)  # Arch string -> measurement
     n_classes: int = 1000
     reference: list[float] = field(default_factory=list)  # repeated reference-op measurements, for drift
+    reference_anchor: list[float] = field(default_factory=list)  # the anchor beside each, where the spec has one
     statistic: str = "p10"  # which Measurement statistic predictions use
 
     _nominal: float | None = field(default=None, init=False, repr=False, compare=False)
@@ -71,14 +72,19 @@ class LatencyTable:
 
     @property
     def drift(self) -> float:
-        """Relative spread (max-min)/min of the repeated reference measurements; 0 with fewer than two."""
-        if len(self.reference) < 2:
+        """Relative spread (max-min)/min of the repeated reference measurements, each over the anchor timed beside
+        it where every one has an anchor (the drift that anchor normalisation leaves); 0 with fewer than two."""
+        values = self.reference
+        if len(self.reference_anchor) == len(values):
+            values = [v / a for v, a in zip(values, self.reference_anchor)]
+        if len(values) < 2:
             return 0.0
-        return (max(self.reference) - min(self.reference)) / min(self.reference)
+        return (max(values) - min(values)) / min(values)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
-                "statistic": self.statistic, "provenance": self.provenance, "reference_ms": self.reference, "drift": round(self.drift, 4),
+                "statistic": self.statistic, "provenance": self.provenance, "reference_ms": self.reference,
+                "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
                 "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
                 "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
 
@@ -105,6 +111,7 @@ class LatencyTable:
             e2e = {k: Measurement.from_dict(v) for k, v in raw.get("e2e", {}).items()}
             return cls(device=raw["device"], provenance=raw.get("provenance", {}), ops=ops, e2e=e2e,
                        n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])),
+                       reference_anchor=list(raw.get("reference_anchor_ms", [])),
                        statistic=raw.get("statistic", "p10"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TableError(f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
