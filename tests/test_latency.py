@@ -176,6 +176,9 @@ def test_other_cpu_backends_measure_ops_and_subnets(device):
         assert m.median_ms > 0 and m.count == 3
     assert backend.measure_arch(SMALL.smallest(), 10).median_ms > 0
     assert backend.describe()["runtime"] == device.split("-")[1]
+    batched = get_backend(fast(device).with_overrides(rounds=3, anchor=True)).measure_archs(SMALL.sample(
+        np.random.default_rng(1), 2), 10)
+    assert [m.count for m in batched] == [3, 3] and all(m.anchor_ms > 0 for m in batched)
 
 
 def test_cuda_device_skips_cleanly_without_gpu():

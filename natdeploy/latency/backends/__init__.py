@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import socket
-from dataclasses import replace
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,15 +53,19 @@ class Backend(ABC):
         self.spec = spec
         if self.interleaves:
             self.op_batch_size = OP_BATCH
+
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         """A callable that runs the artifact once on a fixed input (backends that run in this process)."""
         raise NotImplementedError(f"{type(self).__name__} does not run artifacts in this process")
+
+    def timing_context(self) -> AbstractContextManager:
+        """What runners need around them while timed (torch: thread count and inference mode)."""
+        return nullcontext()
 
     @property
     def interleaves(self) -> bool:
         """Whether batches are timed round-robin in this process (local CPU specs with ``rounds`` > 1)."""
         return self.spec.transport == "local" and self.spec.rounds > 1
-
 
     @abstractmethod
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
@@ -122,7 +127,8 @@ class Backend(ABC):
             fns = [self.runner(artifact, shape) for artifact, shape in built]
             if self.spec.anchor:
                 fns.append(self._anchor_runner())
-            ms = time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s)
+            with self.timing_context():
+                ms = time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s)
         except Exception as exc:  # runtimes raise their own exception types
             raise BackendError(f"{self.runtime} run failed: {exc}") from exc
         if self.spec.anchor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,20 +36,26 @@ class TorchBackend(Backend):
         x = torch.randn(input_shape, device=device).contiguous(memory_format=torch.channels_last)
         return lambda: artifact(x)
 
-    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+    @contextmanager
+    def timing_context(self) -> Iterator[None]:
         threads = torch.get_num_threads()
         torch.set_num_threads(self.spec.threads)
         try:
             with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+    def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+        try:
+            with self.timing_context():
                 if not self.cuda:
                     return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
-                                 self.spec.min_span_s)
+                                         self.spec.min_span_s)
                 x = torch.randn(input_shape, device="cuda").contiguous(memory_format=torch.channels_last)
                 return self._cuda_events(artifact, x, warmup, runs)
         except RuntimeError as exc:
             raise BackendError(f"torch run failed: {exc}") from exc
-        finally:
-            torch.set_num_threads(threads)
 
     @staticmethod
     def _cuda_events(module: nn.Module, x: torch.Tensor, warmup: int, runs: int) -> Measurement:
