@@ -123,10 +123,13 @@ def main() -> None:
         predictor.predict(one)
     single_ms = (time.perf_counter() - t1) / 200 * 1e3
     nominal = table.anchor_nominal_ms or float("nan")
+    root = Path(__file__).resolve().parents[1]
+    shown = Path(table_path).resolve()
+    shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
     body = f"""
 Machine: {machine_line(spec.threads)}.
 Command: `python benchmarks/latency_predictor.py --device {args.device} --n {args.n} --repeat {args.repeat} --space {args.space}`
-Table `{table_path}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
+Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
 ({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
 per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.
 {len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}),

@@ -13,6 +13,8 @@ exported by `export_bundle` with 200 CIFAR-10 calibration images. It uses a seed
 printed); the full 50,000-image epoch takes ~13.5 minutes on this machine.
 
     python benchmarks/nat_cifar10.py [--train 2500 --val 500 --warmup 2 --iterations 2 --epochs-per-iter 1]
+
+The run recorded in RESULTS.md: --train 2500 --val 1000 --warmup 3 --iterations 3 --initial 16 --per-iter 8.
 """
 
 from __future__ import annotations
@@ -33,16 +35,7 @@ from natdeploy.export import export_bundle
 from natdeploy.latency.profiler import predictor_for
 from natdeploy.search import NATConfig, run_search
 from natdeploy.search.report import latency_range
-from natdeploy.space import (
-    DEPTHS,
-    EXPANDS,
-    KERNELS,
-    N_BLOCKS,
-    N_STAGES,
-    Arch,
-    SearchSpace,
-    madds,
-)
+from natdeploy.space import DEPTHS, EXPANDS, KERNELS, N_BLOCKS, N_STAGES, Arch, SearchSpace, madds
 from natdeploy.supernet import load_supernet
 from natdeploy.train import evaluate, evaluate_arch, make_optimizer, train_epochs
 
