@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,11 @@ def test_unsupported_module_is_a_clear_error(tmp_path):
     with pytest.raises(ConversionError, match="no Keras conversion for torch module Sigmoid"):
         to_tflite(module, (1, 3, 8, 8), tmp_path / "m.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_after_tensorflow_is_loaded_does_not_crash():
+    # torch's first optimizer imports Triton; after TensorFlow was loaded that import used to segfault.
+    code = ("import torch\nfrom natdeploy.convert.tflite import _import_tf\n_import_tf()\n"
+            "torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)\nprint('trained')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]

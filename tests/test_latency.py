@@ -280,3 +280,17 @@ def test_failed_measurement_is_retried_then_reported_never_stored(tmp_path):
     assert failures["n"] == 3
     table = LatencyTable.load(out)
     assert bad_key not in table.ops and len(table.ops) == 3
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_numpy_tree_walk_matches_xgboost(smooth):
+    from natdeploy.latency.predictor import _fit, _TreeArrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    x[:, 2] = rng.integers(0, 5, 300)  # integer-valued features split at midpoints, like depth or resolution
+    y = np.sin(x[:, 0]) + 0.3 * x[:, 2] - x[:, 1] * x[:, 3]
+    booster = _fit(x, y, seed=0, smooth=smooth)
+    test = rng.normal(size=(500, 6)).astype(np.float32)
+    test[:, 2] = rng.integers(-1, 6, 500)
+    np.testing.assert_allclose(_TreeArrays(booster).predict(test), booster.inplace_predict(test), atol=1e-5)

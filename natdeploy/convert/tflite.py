@@ -34,6 +34,10 @@ def _import_tf() -> tuple[Any, Any]:
     """tensorflow and keras, imported quietly; raises when Keras runs on another backend."""
     # Before the first import only: TF's C++ logging level is read once, at load time.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torch imports Triton lazily (through torch._dynamo) on the first optimizer it builds; in a process that has
+    # loaded TensorFlow by then, that import segfaults (seen with torch 2.14.1 + tensorflow-cpu 2.21). Loading it
+    # first makes training after a TFLite conversion safe.
+    import torch._dynamo  # noqa: F401
     import tensorflow as tf
     import keras
 
