@@ -72,7 +72,7 @@ class _TreeArrays:
     """
 
     def __init__(self, booster: Any) -> None:
-        model = json.loads(bytes(booster.save_raw(raw_format="json")).decode())
+        model = _booster_to_json(booster)
         trees = model["learner"]["gradient_booster"]["model"]["trees"]
         n_nodes = max(len(t["left_children"]) for t in trees)
         shape = (len(trees), n_nodes)
@@ -203,6 +203,7 @@ class LatencyPredictor:
         # extrapolate, and an unclipped sum of trees can overshoot on Archs unlike the training subnets.
         self.residual_range = residual_range
         self._op_cache: dict[str, float] = {}
+        self._trees: _TreeArrays | None = None  # the residual model for small batches, built on first use
         self._compiled: dict[tuple, _Compiled] = {}
 
     # ----- fitting ------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class LatencyPredictor:
         if self.residual is None or not len(lut):
             return lut
         if len(feats) <= SMALL_BATCH:
-            if getattr(self, "_trees", None) is None:
+            if self._trees is None:
                 self._trees = _TreeArrays(self.residual)
             log_factor = self._trees.predict(feats)
         else:

@@ -16,7 +16,7 @@ from torch import nn
 from natdeploy import __version__
 from natdeploy.devices import DeviceSpec
 from natdeploy.errors import NatDeployError
-from natdeploy.latency.measure import Measurement, time_interleaved
+from natdeploy.latency.measure import Measurement, time_callable, time_interleaved
 from natdeploy.latency.ops import OpSig
 from natdeploy.space import Arch
 
@@ -51,6 +51,7 @@ class Backend(ABC):
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
+        self._anchor: Callable[[], Any] | None = None  # the anchor subnet's runner, built on first use
         if self.interleaves:
             self.op_batch_size = OP_BATCH
 
@@ -96,23 +97,34 @@ class Backend(ABC):
     def _shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.spec.batch_size, *shape[1:])
 
-    def measure_op(self, op: OpSig, seed: int = 0) -> Measurement:
+    def _built_op(self, op: OpSig, seed: int = 0) -> tuple[Any, tuple[int, ...]]:
+        """(artifact, input shape) of one op."""
         from natdeploy.convert.ops import build_op_module, op_input_shape
 
         layer = op.to_layer()
         shape = self._shape(op_input_shape(layer))
-        return self.measure(self.build(build_op_module(layer, seed), shape), shape, self.spec.warmup, self.spec.runs)
+        return self.build(build_op_module(layer, seed), shape), shape
+
+    def _built_arch(self, arch: Arch, n_classes: int) -> tuple[Any, tuple[int, ...]]:
+        """(artifact, input shape) of one whole subnet."""
+        from natdeploy.supernet import MobileNetV3Subnet
+
+        shape = self._shape((1, 3, arch.r, arch.r))
+        return self.build(MobileNetV3Subnet(arch, n_classes).eval(), shape), shape
+
+    def _time_runner(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
+        """Time one artifact in this process, with the spec's rounds and span (for the backends' ``measure``)."""
+        return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds, self.spec.min_span_s)
+
+    def measure_op(self, op: OpSig, seed: int = 0) -> Measurement:
+        return self.measure(*self._built_op(op, seed), self.spec.warmup, self.spec.runs)
 
     def measure_arch(self, arch: Arch, n_classes: int) -> Measurement:
-        shape = self._shape((1, 3, arch.r, arch.r))
-        return self.measure(self.build(_subnet(arch, n_classes), shape), shape, self.spec.e2e_warmup,
-                            self.spec.e2e_runs)
+        return self.measure(*self._built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
 
     def _anchor_runner(self) -> Callable[[], Any]:
-        if getattr(self, "_anchor", None) is None:
-            arch = Arch.parse(ANCHOR_ARCH)
-            shape = self._shape((1, 3, arch.r, arch.r))
-            self._anchor = self.runner(self.build(_subnet(arch, 10), shape), shape)
+        if self._anchor is None:
+            self._anchor = self.runner(*self._built_arch(Arch.parse(ANCHOR_ARCH), 10))
         return self._anchor
 
     def measure_batch(self, built: Sequence[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
@@ -140,30 +152,15 @@ class Backend(ABC):
         """Measure a batch of ops: round-robin in this process where the spec interleaves, else one by one."""
         if not self.interleaves:
             return [(op, self.measure_op(op)) for op in ops]
-        from natdeploy.convert.ops import build_op_module, op_input_shape
-
-        built = []
-        for op in ops:
-            layer = op.to_layer()
-            shape = self._shape(op_input_shape(layer))
-            built.append((self.build(build_op_module(layer, 0), shape), shape))
+        built = [self._built_op(op) for op in ops]
         return list(zip(ops, self._interleaved(built, self.spec.warmup, self.spec.runs)))
 
     def measure_archs(self, archs: Sequence[Arch], n_classes: int) -> list[Measurement]:
         """Measure a batch of whole subnets, round-robin where the spec interleaves, else one by one."""
         if not self.interleaves:
             return [self.measure_arch(a, n_classes) for a in archs]
-        built = []
-        for arch in archs:
-            shape = self._shape((1, 3, arch.r, arch.r))
-            built.append((self.build(_subnet(arch, n_classes), shape), shape))
+        built = [self._built_arch(a, n_classes) for a in archs]
         return self._interleaved(built, self.spec.e2e_warmup, self.spec.e2e_runs)
-
-
-def _subnet(arch: Arch, n_classes: int) -> nn.Module:
-    from natdeploy.supernet import MobileNetV3Subnet
-
-    return MobileNetV3Subnet(arch, n_classes).eval()
 
 
 def get_backend(spec: DeviceSpec) -> Backend:

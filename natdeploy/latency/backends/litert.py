@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from natdeploy.latency.backends import Backend, BackendError
-from natdeploy.latency.measure import Measurement, time_callable
+from natdeploy.latency.measure import Measurement
 
 
 class LiteRTBackend(Backend):
@@ -45,7 +45,6 @@ class LiteRTBackend(Backend):
 
     def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         try:
-            return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
-                                 self.spec.min_span_s)
+            return self._time_runner(artifact, input_shape, warmup, runs)
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"LiteRT run failed: {exc}") from exc

@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from natdeploy.latency.backends import Backend, BackendError
-from natdeploy.latency.measure import Measurement, time_callable
+from natdeploy.latency.measure import Measurement
 
 
 class OnnxRuntimeBackend(Backend):
@@ -45,7 +45,6 @@ class OnnxRuntimeBackend(Backend):
 
     def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         try:
-            return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
-                                 self.spec.min_span_s)
+            return self._time_runner(artifact, input_shape, warmup, runs)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime run failed: {exc}") from exc

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from natdeploy.latency.backends import Backend, BackendError
-from natdeploy.latency.measure import Measurement, time_callable
+from natdeploy.latency.measure import Measurement
 
 
 class TorchBackend(Backend):
@@ -50,8 +50,7 @@ class TorchBackend(Backend):
         try:
             with self.timing_context():
                 if not self.cuda:
-                    return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds,
-                                         self.spec.min_span_s)
+                    return self._time_runner(artifact, input_shape, warmup, runs)
                 x = torch.randn(input_shape, device="cuda").contiguous(memory_format=torch.channels_last)
                 return self._cuda_events(artifact, x, warmup, runs)
         except RuntimeError as exc:
