@@ -10,6 +10,7 @@ The held-out measurements are saved to ``--save`` (JSON); ``--measurements FILE`
 the current table and predictor without measuring again (the output says so, with the file's date).
 
     python benchmarks/latency_predictor.py --device cpu [--n 300] [--repeat 50] [--space small]
+    python benchmarks/latency_predictor.py --device cpu --threads 2 --table T   (T from `natdeploy profile --threads 2 --out T`)
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--table", help="default latency_tables/<device>.json")
+    ap.add_argument("--threads", type=int, help="override the spec's thread count (give the --table profiled so)")
     ap.add_argument("--space", default="small")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=50, help="subnets measured twice for the noise floor")
@@ -67,7 +69,7 @@ def main() -> None:
     table_path = args.table or tables_dir() / f"{args.device}.json"
     predictor = LatencyPredictor.load(table_path)
     table = predictor.table
-    spec = load_device(args.device)
+    spec = load_device(args.device).with_overrides(threads=args.threads)
     backend = get_backend(spec)
     space = SearchSpace.preset(args.space, widths=[1.0])
     profiled = sorted(set(table.provenance.get("resolutions", [])) & set(space.resolutions))
@@ -97,6 +99,8 @@ def main() -> None:
              "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs),
              "(c) LUT + XGBoost": predictor.predict(archs)}
     views = {"as measured": lambda m: m.value(table.statistic)}
+    if table.provenance.get("threads") not in (None, spec.threads):
+        raise SystemExit(f"{table_path} was profiled with {table.provenance['threads']} thread(s), not {spec.threads}")
     if table.anchor_nominal_ms and all(m.anchor_ms for m in first + second):
         views["anchor-normalised"] = table.normalized_ms
     sections = []
@@ -126,9 +130,10 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     shown = Path(table_path).resolve()
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
+    threads_flag = f" --threads {args.threads} --table {shown}" if args.threads else ""
     body = f"""
 Machine: {machine_line(spec.threads)}.
-Command: `python benchmarks/latency_predictor.py --device {args.device} --n {args.n} --repeat {args.repeat} --space {args.space}`
+Command: `python benchmarks/latency_predictor.py --device {args.device}{threads_flag} --n {args.n} --repeat {args.repeat} --space {args.space}`
 Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
 ({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
 per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.
@@ -143,7 +148,7 @@ Batched prediction: {per_s:,.0f} Archs/s (100,000 genomes); single Arch: {single
 """
     print(body)
     if not args.no_record:
-        record(f"latency_predictor --device {args.device}", body)
+        record(f"latency_predictor --device {args.device}{f' --threads {args.threads}' if args.threads else ''}", body)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tarfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +31,11 @@ import torch
 from natdeploy.data import load_image_folder
 from natdeploy.export import export_bundle
 from natdeploy.latency.profiler import predictor_for
-from natdeploy.search import NATConfig, run_search
+from natdeploy.search import NATConfig, initial_supernet, run_search
 from natdeploy.search.report import latency_range
 from natdeploy.space import DEPTHS, EXPANDS, KERNELS, N_BLOCKS, N_STAGES, Arch, SearchSpace, madds
-from natdeploy.supernet import load_supernet
+from natdeploy.supernet import load_supernet, save_supernet
+from natdeploy.supernet.checkpoint import checkpoint_extra
 from natdeploy.train import evaluate, evaluate_arch, make_optimizer, train_epochs
 
 try:
@@ -60,6 +59,33 @@ def cifar(n_train: int, n_val: int, seed: int):
     test = next(p for p in CACHE.rglob("test") if p.is_dir())
     return load_image_folder(train, val=test, size=32, seed=seed, limit_per_class=n_train // 10,
                              val_limit_per_class=n_val // 10)
+
+
+def warm_supernet(path: Path, data, space: SearchSpace, epochs: int, seed: int, t_start: float) -> dict:
+    """Warm a supernet up from scratch with the sandwich rule and save it at ``path``; a checkpoint already there
+    from the same data size, epochs and seed is reused (the warm-up is the longest part of the benchmark)."""
+    key = {"train_images": len(data.train_y), "warmup_epochs": epochs, "seed": seed}
+    if path.exists() and checkpoint_extra(path).get("warmup") == key:
+        print(f"reusing the warmed-up supernet {path} ({key})", flush=True)
+        return checkpoint_extra(path)
+    net = initial_supernet("scratch", data.n_classes, 1.0, seed)
+    t0 = time.perf_counter()
+
+    def progress(step: int, total: int) -> None:
+        if step % 100 == 0 or step == total:
+            el = time.perf_counter() - t0
+            print(f"[{time.perf_counter() - t_start:.0f} s] warm-up step {step}/{total}, "
+                  f"ETA {el / step * (total - step):.0f} s", flush=True)
+
+    train_epochs(net, data, space, epochs, lambda rng, n: space.sample(rng, n), 4, seed=seed, include_smallest=True,
+                 batch_size=64, progress=progress)
+    seconds = time.perf_counter() - t0
+    accs = {name: evaluate_arch(net, getattr(space, name)(), data, 2) for name in ("smallest", "largest")}
+    extra = {"warmup": key, "seconds": round(seconds, 1), "top1": accs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_supernet(net, path, extra=extra)
+    print(f"warm-up done in {seconds:.0f} s: {accs}", flush=True)
+    return extra
 
 
 def hypervolume(points: list[tuple[float, float]], ref_latency: float) -> float:
@@ -87,6 +113,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/natdeploy-bench")
+    ap.add_argument("--warm", help="warmed-up supernet checkpoint: reused when it matches (data size, epochs, seed), "
+                    "else trained and saved there (default: under --out)")
+    ap.add_argument("--only-warmup", action="store_true", help="stop after the warm-up")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,10 +140,11 @@ def main() -> None:
 
     # The shared starting point: a supernet warmed up from scratch with the sandwich rule (it stands in for the
     # ImageNet-trained supernet that no offline machine has). Then every method gets the same adaptation epochs.
-    run_search(run, data, preds, budget_map, space, replace(cfg, iterations=0), on_event=show)
-    warm = run / "warm-supernet.pt"
-    shutil.copy(run / "supernet.pt", warm)
-    result = run_search(run, data, preds, budget_map, space, cfg, resume=True, extend=True, on_event=show)
+    warm = Path(args.warm) if args.warm else Path(args.out) / f"warm-{args.train}-{args.warmup}-{args.seed}.pt"
+    warm_info = warm_supernet(warm, data, space, args.warmup, args.seed, t_start)
+    if args.only_warmup:
+        return
+    result = run_search(run, data, preds, budget_map, space, cfg, supernet=str(warm), on_event=show)
     taus = result["kendall_tau"]
     archive = [json.loads(x) for x in (run / "archive.jsonl").read_text().splitlines()]
     nat_pts = [(e["latency_ms"]["cpu"], e["accuracy"]) for e in archive]
@@ -170,7 +200,8 @@ Machine: {machine_line(args.threads)}.
 Command: `python benchmarks/nat_cifar10.py --train {args.train} --val {args.val} --warmup {args.warmup} --iterations {args.iterations} --epochs-per-iter {args.epochs_per_iter} --initial {args.initial} --per-iter {args.per_iter}`
 CIFAR-10 seeded subset: {len(data.train_y)} training images, {len(data.val_y)} test images, 32 px, from scratch
 (no ImageNet weights offline): a shared warm-up of {args.warmup} sandwich-rule epochs from scratch stands in for the
-pre-trained supernet, then each method gets {adapt_epochs} adaptation epochs and {n_eval} evaluated subnets. Budgets on `cpu`
+pre-trained supernet (warm-up {warm_info.get('seconds', '?')} s; top-1 after it: smallest {100 * warm_info['top1']['smallest']:.1f}%, largest {100 * warm_info['top1']['largest']:.1f}%), then each method
+gets {adapt_epochs} adaptation epochs and {n_eval} evaluated subnets. Budgets on `cpu`
 (predicted, table statistic {predictor.table.statistic}): {', '.join(f'{b:.3f}' for b in budgets)} ms.
 Total time {time.perf_counter() - t_start:.0f} s.
 

@@ -131,6 +131,43 @@ def test_time_interleaved_runs_round_robin_over_the_span():
         time_interleaved(fns, warmup=0, runs=3, rounds=0)
 
 
+class _SimulatedMachine:
+    """A clock for natdeploy.latency.measure whose CPU speed changes while items run: work of ``cost`` takes
+    ``cost * slowdown(now)``. It stands in for the shared VM, whose speed changes within seconds."""
+
+    def __init__(self, slowdown):
+        self.now, self.slowdown, self.calls = 0.0, slowdown, []
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += s
+
+    def work(self, name, cost):
+        def run():
+            self.calls.append(name)
+            self.now += cost * self.slowdown(self.now)
+        return run
+
+
+def test_anchor_ratio_cancels_speed_changes_within_a_batch(monkeypatch):
+    import natdeploy.latency.measure as measure
+
+    # the machine runs 3x slower for 0.05 s out of every 0.1 s, and 1.5x slower during the second half of the batch
+    machine = _SimulatedMachine(lambda t: (3.0 if (t % 0.1) < 0.05 else 1.0) * (1.5 if t > 1.0 else 1.0))
+    monkeypatch.setattr(measure, "time", machine)
+    fns = [machine.work("a", 0.002), machine.work("b", 0.004), machine.work("c", 0.001)]
+    ms = time_interleaved(fns, warmup=1, runs=20, rounds=10, min_span_s=2.0, anchor=machine.work("A", 0.002),
+                          anchor_every_s=0.0)
+    # anchor first in every round and after every item (anchor_every_s=0); each visit runs as often as an item
+    assert machine.calls[:4] == ["a", "b", "c", "A"]  # warm-up
+    assert "".join(machine.calls[4:4 + 14]) == "AA" + "aa" + "AA" + "bb" + "AA" + "cc" + "AA"
+    assert [m.anchor_ratio for m in ms] == pytest.approx([1.0, 2.0, 0.5], rel=0.02)
+    assert all(m.anchor_ms and m.count == 20 for m in ms)
+    assert time_interleaved(fns, warmup=0, runs=2, rounds=1)[0].anchor_ratio is None  # no anchor, no ratio
+
+
 def test_profile_with_interleaved_batches(tmp_path):
     spec = fast("cpu").with_overrides(rounds=3, runs=6, e2e_runs=6, anchor=True)
     backend = get_backend(spec)
@@ -164,6 +201,11 @@ def test_anchor_normalisation_cancels_machine_speed_between_batches():
     assert table.op_ms(ops[0].key) == pytest.approx(1.0) and table.op_ms(ops[1].key) == pytest.approx(1.0)
     assert table.normalized_ms(m(0.5, 1.0)) == pytest.approx(1.0)  # an outside measurement, at twice the speed
     assert table.normalized_ms(m(0.7, None)) == pytest.approx(0.7)  # no anchor: as measured
+    # with the per-round ratio to the anchor, the value is that ratio at the table's nominal anchor latency
+    timed = Measurement(median_ms=9.0, mean_ms=9.0, std_ms=0.0, count=5, warmup=1, p10_ms=9.0, min_ms=9.0,
+                        anchor_ms=4.0, anchor_ratio=0.25)
+    assert table.normalized_ms(timed) == pytest.approx(0.5)
+    assert Measurement.from_dict(timed.to_dict()) == timed
     assert LatencyTable(device="cpu").anchor_nominal_ms is None
 
 

@@ -201,7 +201,9 @@ def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Pa
     if backend.interleaves and backend.spec.anchor:  # with the anchor beside it, as the table's ops are timed
         m = _with_retries(lambda: backend.measure_ops([op])[0][1], op.key)
         if len(table.reference_anchor) == len(table.reference):
-            table.reference_anchor.append(m.anchor_ms)
+            # the anchor latency that makes value / anchor its ratio to the anchor timed around it in every round
+            table.reference_anchor.append(m.value(table.statistic) / m.anchor_ratio if m.anchor_ratio
+                                          else m.anchor_ms)
     else:
         m = _with_retries(lambda: backend.measure_op(op), op.key)
     table.reference.append(m.value(table.statistic))

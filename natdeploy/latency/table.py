@@ -64,10 +64,13 @@ class LatencyTable:
         return self._nominal or None
 
     def normalized_ms(self, m: Measurement) -> float:
-        """A measurement's statistic at the table's nominal machine speed: scaled by nominal / the anchor of its
-        batch when both exist (machine-speed drift between batches cancels), else as measured."""
-        value = m.value(self.statistic)
+        """A measurement at the table's nominal machine speed: its ratio to the anchor timed around it in every
+        round (``anchor_ratio``) times the nominal anchor latency; for measurements without that ratio, the
+        statistic scaled by nominal / the anchor of its batch; as measured where there is no anchor."""
         nominal = self.anchor_nominal_ms
+        if nominal and m.anchor_ratio:
+            return m.anchor_ratio * nominal
+        value = m.value(self.statistic)
         return value * nominal / m.anchor_ms if nominal and m.anchor_ms else value
 
     @property

@@ -7,7 +7,6 @@ import platform
 import socket
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -137,16 +136,11 @@ class Backend(ABC):
     def _interleaved(self, built: list[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
         try:
             fns = [self.runner(artifact, shape) for artifact, shape in built]
-            if self.spec.anchor:
-                fns.append(self._anchor_runner())
+            anchor = self._anchor_runner() if self.spec.anchor else None
             with self.timing_context():
-                ms = time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s)
+                return time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s, anchor)
         except Exception as exc:  # runtimes raise their own exception types
             raise BackendError(f"{self.runtime} run failed: {exc}") from exc
-        if self.spec.anchor:
-            anchor = ms.pop()
-            ms = [replace(m, anchor_ms=anchor.p10_ms) for m in ms]
-        return ms
 
     def measure_ops(self, ops: Sequence[OpSig]) -> list[tuple[OpSig, Measurement]]:
         """Measure a batch of ops: round-robin in this process where the spec interleaves, else one by one."""
