@@ -10,7 +10,8 @@ The held-out measurements are saved to ``--save`` (JSON); ``--measurements FILE`
 the current table and predictor without measuring again (the output says so, with the file's date).
 
     python benchmarks/latency_predictor.py --device cpu [--n 300] [--repeat 50] [--space small]
-    python benchmarks/latency_predictor.py --device cpu --threads 2 --table T   (T from `natdeploy profile --threads 2 --out T`)
+    python benchmarks/latency_predictor.py --device cpu --threads 2 --table T
+        (T from `natdeploy profile --device cpu --threads 2 --out T`)
 """
 
 from __future__ import annotations
