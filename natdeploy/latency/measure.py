@@ -98,9 +98,9 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
     again whenever ``anchor_every_s`` has passed since its last visit, and at the end of the round. Each item's
     fastest run in a round is divided by the mean of the anchor's fastest runs in the visits just before and
     after it; the median of these ratios over the rounds is ``anchor_ratio``, and the anchor's own p10 over the
-    batch is ``anchor_ms``. On 20 subnets timed three times while a 2-thread training job shared the 2 cores,
-    this ratio agreed within +-10% for 90-100% of the subnets between repetitions, against 70-95% for p10 over
-    the batch's anchor p10 and 65-80% for the raw p10.
+    batch is ``anchor_ms``. Measured on the `cpu` spec, with 20 subnets timed three times while a 2-thread training
+    job shared the 2 cores: between repetitions, this ratio agreed within +-10% for 100% of the subnets (+-5%:
+    85-95%), p10 over the batch's anchor p10 for 85-100% (+-5%: 60-65%) and the raw p10 for 0-60%.
     """
     if rounds < 1 or runs < 1:
         raise ValueError(f"need rounds >= 1 and runs >= 1, got rounds={rounds}, runs={runs}")
