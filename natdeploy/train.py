@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -57,19 +58,28 @@ def make_optimizer(supernet: nn.Module, lr: float, weight_decay: float = 3e-5) -
 def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: SearchSpace, epochs: int,
                  sample_archs: Callable[[np.random.Generator, int], Sequence[Arch]], n_sampled: int, seed: int,
                  lr: float = 0.05, batch_size: int = 64, kd_alpha: float = 1.0, include_smallest: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None,
+                 schedule: tuple[int, int] | None = None) -> dict:
     """Train the supernet for ``epochs`` epochs.
 
     Each step trains the largest subnet on the labels, then ``n_sampled`` subnets drawn by ``sample_archs``
     (and the smallest, under the sandwich rule) distilled from the largest's outputs; gradients add up before one
     optimizer step. Randomness comes from ``seed`` only: the global torch RNG is forked and restored.
+
+    The learning rate follows a cosine from ``lr`` to 0 over these epochs, or, with ``schedule=(done, total)``,
+    the stretch of one cosine over ``total`` epochs that starts after ``done`` of them (NAT's adaptation spreads
+    one schedule over all its iterations instead of restarting it at ``lr`` every iteration).
     """
     largest = space.largest(w=supernet.width)
     smallest = space.smallest(w=supernet.width)
     rng = np.random.default_rng(seed)
     opt = make_optimizer(supernet, lr)
     n_batches = (len(data.train_y) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * n_batches))
+    done, total = schedule or (0, epochs)
+    if not (0 <= done and done + epochs <= total):
+        raise ValueError(f"schedule {schedule} does not hold {epochs} more epochs")
+    offset, span = done * n_batches, max(1, total * n_batches)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * (offset + s) / span)))
     # channels_last: 1.5-2.5x faster CPU training; the default layout spends most of its time in 7x7 depthwise
     # convolutions on tiny maps (measured here).
     supernet.to(memory_format=torch.channels_last).train()

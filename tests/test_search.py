@@ -68,12 +68,51 @@ def test_search_outputs_budget_and_exact_resume(tmp_path, data, predictor):
     assert state["completed_iteration"] == 2 and len(state["tau_history"]) == 2
     assert all(t["search_overhead_s"] >= 0 for t in state["timings"] if "iteration" in t)
 
-    # One iteration, then resume to two: the same archive as the straight run, to the last digit.
-    run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY))
+    # Killed after its first iteration, then resumed: the same archive as the straight run, to the last digit.
+    def killed_after_first(kind, info):
+        if kind == "iteration" and info["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
+                   NATConfig(**{**TINY, "iterations": 2}), on_event=killed_after_first)
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["completed_iteration"] == 1
     run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
-               NATConfig(**{**TINY, "iterations": 2}), resume=True, extend=True)
+               NATConfig(**{**TINY, "iterations": 2}), resume=True)
     resumed = [json.loads(line) for line in (tmp_path / "b" / "archive.jsonl").read_text().splitlines()]
     assert resumed == archive
+    # A finished run extended to more iterations goes on (the adaptation schedule is spread over the new total).
+    run_search(tmp_path / "b", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
+               NATConfig(**{**TINY, "iterations": 3}), resume=True, extend=True)
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["completed_iteration"] == 3
 
     with pytest.raises(SearchError, match="already holds a search"):
         run_search(tmp_path / "a", data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY))
+
+
+def test_adaptation_continues_one_cosine_schedule_over_the_iterations(data, monkeypatch):
+    import math
+
+    import torch
+
+    from natdeploy.supernet import OFAMobileNetV3Supernet
+    from natdeploy.train import train_epochs
+
+    lrs = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    net = OFAMobileNetV3Supernet(n_classes=10)
+    sample = lambda rng, n: SPACE.sample(rng, n)  # noqa: E731
+    # 64 training images in batches of 32: 2 steps an epoch; the second epoch of 2 is steps 2 and 3 of 4
+    train_epochs(net, data, SPACE, 1, sample, 1, seed=0, lr=0.1, batch_size=32, schedule=(1, 2))
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * s / 4)) for s in (2, 3)])
+    lrs.clear()
+    train_epochs(net, data, SPACE, 1, sample, 1, seed=0, lr=0.1, batch_size=32)  # alone: a whole cosine
+    assert lrs == pytest.approx([0.1, 0.05])
+    with pytest.raises(ValueError, match="does not hold 2 more epochs"):
+        train_epochs(net, data, SPACE, 2, sample, 1, seed=0, schedule=(1, 2))
