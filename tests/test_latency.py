@@ -11,6 +11,7 @@ from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig
 from natdeploy.latency.backends import get_backend
 from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
+from natdeploy.latency.predictor import op_features
 from natdeploy.latency.profiler import profile_device
 from natdeploy.space import SearchSpace
 
@@ -336,3 +337,39 @@ def test_numpy_tree_walk_matches_xgboost(smooth):
     test = rng.normal(size=(500, 6)).astype(np.float32)
     test[:, 2] = rng.integers(-1, 6, 500)
     np.testing.assert_allclose(_TreeArrays(booster).predict(test), booster.inplace_predict(test), atol=1e-5)
+
+
+def _synthetic_table(n_e2e: int, factor: float) -> LatencyTable:
+    """A table of made-up but consistent values: each op's latency grows with its MAdds; whole subnets take
+    ``factor`` times their ops' sum, plus a per-resolution overhead."""
+    from natdeploy.space import madds
+
+    table = LatencyTable(device="synthetic", n_classes=10, provenance={"threads": 1})
+    space = SearchSpace(resolutions=(32, 40), widths=(1.0,))
+    for op in space_ops(space, 10):
+        ms = 0.01 + 1e-7 * sum(op_features(op)[:3])
+        table.add_op(op, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
+    for arch in space.sample(np.random.default_rng(0), n_e2e):
+        ms = factor * sum(table.op_ms(op.key) for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.01 * arch.r
+        table.add_e2e(arch, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
+    return table
+
+
+def test_models_fitted_to_another_version_of_the_table_are_refitted(tmp_path, caplog):
+    table = _synthetic_table(40, 1.2)
+    table.save(tmp_path / "t.json")
+    LatencyPredictor.fit(table).save(tmp_path / "t.xgb.json")
+    arch = SearchSpace(resolutions=(32,)).sample(np.random.default_rng(5))
+    before = LatencyPredictor.load(tmp_path / "t.json").predict(arch)[0]
+    assert "refitting" not in caplog.text  # the models match their table: loaded as they are
+    # The table is re-profiled (the machine got 1.5x faster end to end) but the old models stay beside it
+    _synthetic_table(40, 0.8).save(tmp_path / "t.json")
+    after = LatencyPredictor.load(tmp_path / "t.json")
+    assert "do not match" in caplog.text and "refitting" in caplog.text
+    assert after.predict(arch)[0] < 0.8 * before
+    saved = json.loads((tmp_path / "t.xgb.json").read_text())  # the refitted models replaced the stale ones
+    assert saved["table_fingerprint"] == after.table.fingerprint() and saved["residual_linear"]["coef"]
+    caplog.clear()
+    again = LatencyPredictor.load(tmp_path / "t.json")  # the saved models, linear part included, load as fitted
+    assert "refitting" not in caplog.text and again.linear is not None
+    assert again.predict(arch)[0] == pytest.approx(after.predict(arch)[0], rel=1e-6)

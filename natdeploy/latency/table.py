@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -83,6 +84,11 @@ class LatencyTable:
         if len(values) < 2:
             return 0.0
         return (max(values) - min(values)) / min(values)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the table's content: fitted models record it, so a re-profiled table is never predicted with
+        models fitted to its previous version."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
