@@ -87,7 +87,8 @@ def main() -> None:
     else:
         first = measure(backend, archs, n_classes, t0)
         second = measure(backend, archs[:args.repeat], n_classes, t0)
-        save = Path(args.save or f"/tmp/natdeploy-bench/latency_predictor-{args.device}.json")
+        threads = f"-{args.threads}t" if args.threads else ""
+        save = Path(args.save or f"/tmp/natdeploy-bench/latency_predictor-{args.device}{threads}.json")
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text(json.dumps({"device": args.device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                     "archs": [str(a) for a in archs], "first": [m.to_dict() for m in first],
@@ -139,9 +140,9 @@ Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subn
 ({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
 per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.
 {len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}),
-measured end to end with the same backend and statistic, {source}. "Anchor-normalised" scales each measurement
-by the table's median anchor latency ({nominal:.4f} ms) over the anchor subnet's latency in its own batch, which
-cancels machine-speed drift between the table's batches and this run's.
+measured end to end with the same backend and statistic, {source}. "Anchor-normalised" is each subnet's
+per-round ratio to the anchor subnet timed around it (median over the rounds), times the table's median anchor
+latency ({nominal:.4f} ms): the table's values are brought to that speed the same way.
 
 """ + "\n\n".join(sections) + f"""
 
