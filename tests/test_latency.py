@@ -350,7 +350,7 @@ def _synthetic_table(n_e2e: int, factor: float) -> LatencyTable:
         ms = 0.01 + 1e-7 * sum(op_features(op)[:3])
         table.add_op(op, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
     for arch in space.sample(np.random.default_rng(0), n_e2e):
-        ms = factor * sum(table.op_ms(op.key) for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.01 * arch.r
+        ms = factor * sum(table.op_ms(op.key) for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.001 * arch.r
         table.add_e2e(arch, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
     return table
 
