@@ -71,6 +71,8 @@ def main() -> None:
     predictor = LatencyPredictor.load(table_path)
     table = predictor.table
     spec = load_device(args.device).with_overrides(threads=args.threads)
+    if table.provenance.get("threads") not in (None, spec.threads):
+        raise SystemExit(f"{table_path} was profiled with {table.provenance['threads']} thread(s), not {spec.threads}")
     backend = get_backend(spec)
     space = SearchSpace.preset(args.space, widths=[1.0])
     profiled = sorted(set(table.provenance.get("resolutions", [])) & set(space.resolutions))
@@ -101,8 +103,6 @@ def main() -> None:
              "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs),
              "(c) LUT + XGBoost": predictor.predict(archs)}
     views = {"as measured": lambda m: m.value(table.statistic)}
-    if table.provenance.get("threads") not in (None, spec.threads):
-        raise SystemExit(f"{table_path} was profiled with {table.provenance['threads']} thread(s), not {spec.threads}")
     if table.anchor_nominal_ms and all(m.anchor_ms for m in first + second):
         views["anchor-normalised"] = table.normalized_ms
     sections = []

@@ -66,9 +66,10 @@ def warm_supernet(path: Path, data, space: SearchSpace, epochs: int, seed: int, 
     """Warm a supernet up from scratch with the sandwich rule and save it at ``path``; a checkpoint already there
     from the same data size, epochs and seed is reused (the warm-up is the longest part of the benchmark)."""
     key = {"train_images": len(data.train_y), "warmup_epochs": epochs, "seed": seed}
-    if path.exists() and checkpoint_extra(path).get("warmup") == key:
+    saved = checkpoint_extra(path) if path.exists() else {}
+    if saved.get("warmup") == key:
         print(f"reusing the warmed-up supernet {path} ({key})", flush=True)
-        return checkpoint_extra(path)
+        return saved
     net = initial_supernet("scratch", data.n_classes, 1.0, seed)
     t0 = time.perf_counter()
 

@@ -121,22 +121,20 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
 
     start = time.perf_counter()
     for k, n in enumerate(per_round):
-        if anchor is None:
-            for i, fn in enumerate(fns):
-                samples[i].extend(_timed(fn) for _ in range(n))
-        else:
-            visits = [visit_anchor(n)]
-            last_visit = time.perf_counter()
-            fastest: list[tuple[int, float, int]] = []  # (item, fastest run, index of the anchor visit before it)
-            for i, fn in enumerate(fns):
-                times = [_timed(fn) for _ in range(n)]
-                samples[i].extend(times)
-                fastest.append((i, min(times), len(visits) - 1))
-                if i == len(fns) - 1 or time.perf_counter() - last_visit >= anchor_every_s:
-                    visits.append(visit_anchor(n))
-                    last_visit = time.perf_counter()
-            for i, t, before in fastest:
-                ratios[i].append(t / ((visits[before] + visits[before + 1]) / 2))
+        visits = [visit_anchor(n)] if anchor else []  # the anchor's fastest run at each of its visits
+        last_visit = time.perf_counter()
+        fastest: list[tuple[int, float, int]] = []  # (item, fastest run, index of the anchor visit before it)
+        for i, fn in enumerate(fns):
+            times = [_timed(fn) for _ in range(n)]
+            samples[i].extend(times)
+            if anchor is None:
+                continue
+            fastest.append((i, min(times), len(visits) - 1))
+            if i == len(fns) - 1 or time.perf_counter() - last_visit >= anchor_every_s:
+                visits.append(visit_anchor(n))
+                last_visit = time.perf_counter()
+        for i, t, before in fastest:
+            ratios[i].append(t / ((visits[before] + visits[before + 1]) / 2))
         if min_span_s > 0 and k + 1 < rounds:
             wait = start + min_span_s * (k + 1) / rounds - time.perf_counter()
             if wait > 0:
