@@ -79,8 +79,9 @@ def warm_supernet(path: Path, data, space: SearchSpace, epochs: int, seed: int, 
             print(f"[{time.perf_counter() - t_start:.0f} s] warm-up step {step}/{total}, "
                   f"ETA {el / step * (total - step):.0f} s", flush=True)
 
+    # kd_alpha=1.0: the recipe the recorded warm-up checkpoints were trained with (the key does not hold it)
     train_epochs(net, data, space, epochs, lambda rng, n: space.sample(rng, n), 4, seed=seed, include_smallest=True,
-                 batch_size=64, progress=progress)
+                 batch_size=64, kd_alpha=1.0, progress=progress)
     seconds = time.perf_counter() - t0
     accs = {name: evaluate_arch(net, getattr(space, name)(), data, 2) for name in ("smallest", "largest")}
     extra = {"warmup": key, "seconds": round(seconds, 1), "top1": accs}
@@ -132,7 +133,7 @@ def main() -> None:
     n_eval = args.initial + args.iterations * args.per_iter
     cfg = NATConfig(iterations=args.iterations, initial_archs=args.initial, population=100, generations=20,
                     candidates_per_iter=args.per_iter, top_archs=50, subnets_per_step=4,
-                    epochs_per_iter=args.epochs_per_iter, warmup_epochs=args.warmup, batch_size=64, bn_batches=2,
+                    epochs_per_iter=args.epochs_per_iter, warmup_epochs=args.warmup, batch_size=64, bn_batches=4,
                     surrogate=args.surrogate, seed=args.seed)
     run = Path(args.out) / f"nat-{int(time.time())}"
     preds, budget_map = {"cpu": predictor}, {"cpu": budgets[-1]}
@@ -156,10 +157,10 @@ def main() -> None:
     # (a) random search over the same supernet adapted for the same epochs with uniform subnets, no surrogate
     net = load_supernet(warm)
     train_epochs(net, data, space, adapt_epochs, lambda rng, n: space.sample(rng, n), 4, seed=args.seed,
-                 include_smallest=True, batch_size=64)
+                 include_smallest=True, batch_size=64, kd_alpha=cfg.kd_alpha)
     rng = np.random.default_rng(args.seed + 1)
     rand = space.sample(rng, n_eval)
-    rand_pts = [(float(predictor.predict(a)[0]), evaluate_arch(net, a, data, 2)) for a in rand]
+    rand_pts = [(float(predictor.predict(a)[0]), evaluate_arch(net, a, data, cfg.bn_batches)) for a in rand]
     print(f"random done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     # (b) conventional transfer: the largest uniform subnet that fits each budget, trained alone

@@ -58,6 +58,10 @@ class DeviceSpec:
     # With rounds > 1: also time a fixed anchor subnet in every batch, so that tables and checks can cancel
     # machine-speed drift between batches (LatencyTable.normalized_ms).
     anchor: bool = False
+    # Where batches interleave: measure each whole subnet in this many independent batches (a fresh session each
+    # time, the batch in another order) and keep the median (Measurement.combine). One batch's value moves by a few
+    # percent with its session and its neighbours; the median of 3 is what tables and benchmarks compare.
+    e2e_repeats: int = 1
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,7 +70,7 @@ class DeviceSpec:
                                      ("precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise ConfigError(f"device {self.name!r}: {name}={value!r} is not allowed; allowed: {list(allowed)}")
-        for name in ("threads", "batch_size", "runs", "e2e_runs"):
+        for name in ("threads", "batch_size", "runs", "e2e_runs", "e2e_repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"device {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.rounds, int) or self.rounds < 1:

@@ -19,7 +19,8 @@ SMALL = SearchSpace.preset("small")
 
 
 def fast(name: str):
-    return load_device(name).with_overrides(warmup=1, runs=3, e2e_warmup=1, e2e_runs=3, rounds=1, min_span_s=0)
+    return load_device(name).with_overrides(warmup=1, runs=3, e2e_warmup=1, e2e_runs=3, rounds=1, min_span_s=0,
+                                            e2e_repeats=1)
 
 
 def test_op_keys_render_like_ofa_and_parse_back():
@@ -373,3 +374,25 @@ def test_models_fitted_to_another_version_of_the_table_are_refitted(tmp_path, ca
     again = LatencyPredictor.load(tmp_path / "t.json")  # the saved models, linear part included, load as fitted
     assert "refitting" not in caplog.text and again.linear is not None
     assert again.predict(arch)[0] == pytest.approx(after.predict(arch)[0], rel=1e-6)
+
+
+def test_repeated_subnet_batches_keep_the_median_of_fresh_sessions():
+    parts = [Measurement(median_ms=v, mean_ms=v, std_ms=0.1, count=4, warmup=1, p10_ms=v, min_ms=v - 0.1,
+                         anchor_ms=2.0 * v, anchor_ratio=v / 2) for v in (1.0, 3.0, 1.2)]
+    both = Measurement.combine(parts)
+    assert (both.p10_ms, both.anchor_ratio, both.min_ms, both.count) == (1.2, 0.6, pytest.approx(0.9), 12)
+    assert both.std_ms > 0.1  # the spread between the parts is pooled in
+    assert Measurement.combine(parts[:1]) is parts[0]
+    spec = fast("cpu").with_overrides(rounds=2, e2e_runs=4, anchor=True, e2e_repeats=3)
+    backend = get_backend(spec)
+    assert backend.describe()["e2e_repeats"] == 3
+    small, large = SMALL.smallest().replace(r=32), SMALL.largest().replace(r=64)
+    opened = []
+    runner = backend.runner
+    backend.runner = lambda art, shape: opened.append(art) or runner(art, shape)
+    ms = backend.measure_archs([large, small], 10)
+    assert [m.count for m in ms] == [12, 12]
+    assert ms[0].anchor_ratio > ms[1].anchor_ratio  # each subnet keeps its own measurements through the shuffles
+    assert len(opened) == 2 * 3 + 1  # a fresh session per subnet and batch (plus the anchor's, once)
+    with pytest.raises(ConfigError, match="e2e_repeats must be a positive integer"):
+        spec.with_overrides(e2e_repeats=0)

@@ -51,6 +51,27 @@ class Measurement:
         return v
 
     @classmethod
+    def combine(cls, parts: Sequence["Measurement"]) -> "Measurement":
+        """One measurement from independent measurements of the same model (other batches, fresh sessions):
+        the median of each statistic (the minimum of minima), counts added, the spread pooled."""
+        if not parts:
+            raise ValueError("nothing to combine")
+        if len(parts) == 1:
+            return parts[0]
+
+        def med(name: str) -> float | None:
+            vals = [getattr(m, name) for m in parts]
+            return None if any(v is None for v in vals) else statistics.median(vals)
+
+        means = [m.mean_ms for m in parts]
+        var = statistics.fmean(m.std_ms ** 2 for m in parts) + statistics.pvariance(means)
+        mins = [m.min_ms for m in parts]
+        return cls(median_ms=statistics.median(m.median_ms for m in parts), mean_ms=statistics.fmean(means),
+                   std_ms=math.sqrt(var), count=sum(m.count for m in parts), warmup=parts[0].warmup,
+                   p10_ms=med("p10_ms"), min_ms=None if None in mins else min(mins), anchor_ms=med("anchor_ms"),
+                   anchor_ratio=med("anchor_ratio"))
+
+    @classmethod
     def from_samples(cls, samples_ms: list[float], warmup: int) -> "Measurement":
         if not samples_ms:
             raise ValueError("a measurement needs at least one timed run")

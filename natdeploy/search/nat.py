@@ -50,6 +50,9 @@ class NATConfig:
     surrogate: str = "rbf"
     objectives: tuple[str, ...] = ("error", "latency")
     lr: float = 0.05
+    # subnets other than the largest learn from alpha * KD(largest) + (1 - alpha) * CE(labels); 0.5 is OFA's CE + KD
+    # (halved). Pure KD (1.0) caps them at a teacher that is itself still learning the new task.
+    kd_alpha: float = 0.5
     batch_size: int = 64
     bn_batches: int = 4
     val_limit: int | None = None
@@ -171,7 +174,7 @@ class NATSearch:
                 t0 = time.perf_counter()
                 train_epochs(self.supernet, self.data, self.space, cfg.warmup_epochs,
                              lambda rng, n: self.space.sample(rng, n), cfg.subnets_per_step, seed=cfg.seed,
-                             lr=cfg.lr, batch_size=cfg.batch_size, include_smallest=True,
+                             lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha, include_smallest=True,
                              progress=lambda s, t: emit("step", {"step": s, "total": t}))
                 self.state.timings.append({"phase": "warmup", "seconds": round(time.perf_counter() - t0, 1)})
                 self.state.warmed_up = True
@@ -213,7 +216,7 @@ class NATSearch:
         # one cosine schedule over all iterations' adaptation; restarting it at cfg.lr every iteration, the archive's
         # top-1 fell from 33-34% to 30-32% over 3 one-epoch iterations (benchmarks/nat_cifar10.py, 2026-11-30)
         train_epochs(self.supernet, self.data, self.space, cfg.epochs_per_iter, sampler, cfg.subnets_per_step,
-                     seed=cfg.seed * 1000 + it, lr=cfg.lr, batch_size=cfg.batch_size,
+                     seed=cfg.seed * 1000 + it, lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha,
                      schedule=((it - 1) * cfg.epochs_per_iter, cfg.iterations * cfg.epochs_per_iter),
                      progress=lambda s, t: emit("step", {"step": s, "total": t}))
         t_train = time.perf_counter() - t1

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from torch import nn
 
 from natdeploy import __version__
@@ -88,7 +89,7 @@ class Backend(ABC):
         return {"device": s.name, "runtime": self.runtime, "runtime_version": self.runtime_version(),
                 "threads": s.threads, "cpu_mask": s.cpu_mask, "precision": s.precision, "batch_size": s.batch_size,
                 "gpu_delegate": s.gpu_delegate, "xnnpack": s.xnnpack if self.runtime == "litert" else None,
-                "rounds": s.rounds, "min_span_s": s.min_span_s,
+                "rounds": s.rounds, "min_span_s": s.min_span_s, "e2e_repeats": s.e2e_repeats,
                 "host": self.host(), "hostname": socket.gethostname(), "platform": platform.platform(),
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "natdeploy_version": __version__}
@@ -150,11 +151,22 @@ class Backend(ABC):
         return list(zip(ops, self._interleaved(built, self.spec.warmup, self.spec.runs)))
 
     def measure_archs(self, archs: Sequence[Arch], n_classes: int) -> list[Measurement]:
-        """Measure a batch of whole subnets, round-robin where the spec interleaves, else one by one."""
+        """Measure a batch of whole subnets, round-robin where the spec interleaves, else one by one. With the
+        spec's ``e2e_repeats`` > 1 the batch is timed that many times, each time in a new order and with fresh
+        sessions (``runner`` builds them), and each subnet keeps the median (:meth:`Measurement.combine`)."""
         if not self.interleaves:
             return [self.measure_arch(a, n_classes) for a in archs]
         built = [self._built_arch(a, n_classes) for a in archs]
-        return self._interleaved(built, self.spec.e2e_warmup, self.spec.e2e_runs)
+        parts: list[list[Measurement]] = [[] for _ in built]
+        order = np.arange(len(built))
+        shuffle = np.random.default_rng(len(built))
+        for rep in range(self.spec.e2e_repeats):
+            if rep:
+                order = shuffle.permutation(len(built))
+            for i, m in zip(order, self._interleaved([built[i] for i in order], self.spec.e2e_warmup,
+                                                      self.spec.e2e_runs)):
+                parts[i].append(m)
+        return [Measurement.combine(p) for p in parts]
 
 
 def get_backend(spec: DeviceSpec) -> Backend:

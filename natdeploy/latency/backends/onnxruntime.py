@@ -29,19 +29,24 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime {self._ort.__version__} ({self.provider})"
 
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
+        """The ONNX bytes; ``runner`` opens a session on them (a fresh one per call, as LiteRT's interpreters)."""
         from natdeploy.convert.onnx_export import onnx_bytes
 
+        return onnx_bytes(module, input_shape)
+
+    def session(self, model: bytes) -> Any:
         opts = self._ort.SessionOptions()
         opts.intra_op_num_threads = self.spec.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return self._ort.InferenceSession(onnx_bytes(module, input_shape), opts, providers=[self.provider])
+        return self._ort.InferenceSession(model, opts, providers=[self.provider])
 
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
+        sess = self.session(artifact)
         x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
-        feed = {artifact.get_inputs()[0].name: x}
-        return lambda: artifact.run(None, feed)
+        feed = {sess.get_inputs()[0].name: x}
+        return lambda: sess.run(None, feed)
 
     def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
         try:
