@@ -153,7 +153,8 @@ class _Progress:
         elif kind == "iteration" and not self.quiet:
             self.close()
             print(f"[natdeploy] iteration {info['iteration']} done: archive {info['archive']}, surrogate Kendall "
-                  f"tau on unseen {info['kendall_tau_unseen']}", file=sys.stderr, flush=True)
+                  f"tau on the new candidates {info['kendall_tau_unseen']}, cross-validated on the archive "
+                  f"{info.get('kendall_tau_cv')}", file=sys.stderr, flush=True)
         elif kind in ("step", "evaluated") and self.enabled:
             total = info["total"]
             if self.bar is None or self.kind != kind or self.bar.total != total:

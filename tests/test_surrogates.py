@@ -6,8 +6,8 @@ from scipy import stats
 
 from natdeploy.errors import NatDeployError
 from natdeploy.search.surrogates import (CART, MLP, N_FEATURES, SURROGATE_NAMES, AdaptiveSwitching, GaussianProcess,
-                                         NotFittedError, RandomForest, RBFEnsemble, Surrogate, genome_features,
-                                         kendall_tau, make_surrogate)
+                                         NotFittedError, RandomForest, RBFEnsemble, Surrogate, cross_validated_tau,
+                                         genome_features, kendall_tau, make_surrogate)
 from natdeploy.space import GENOME_LENGTH, SearchSpace, madds
 
 SPACE = SearchSpace.preset("nat")
@@ -214,6 +214,15 @@ def test_any_columns_with_genome_encoding():
     for name in MODELS:
         pred = make_surrogate(name, seed=0, encoding="genome").fit(X[:60], y[:60]).predict(X[60:])
         assert kendall_tau(y[60:], pred) > 0.5, name
+
+
+def test_cross_validated_tau_ranks_held_out_folds(train):
+    X, y = train
+    good = cross_validated_tau(lambda: make_surrogate("rbf", seed=0), X, y, 5, seed=0)
+    rng = np.random.default_rng(0)
+    noise = cross_validated_tau(lambda: make_surrogate("rbf", seed=0), X, rng.permutation(y), 5, seed=0)
+    assert good > 0.6 and abs(noise) < 0.3 and good > noise + 0.4
+    assert np.isnan(cross_validated_tau(lambda: make_surrogate("rbf", seed=0), X[:3], y[:3]))
 
 
 def test_gaussian_rbf_kernel(train, test_set):

@@ -431,6 +431,25 @@ _CLASSES: dict[str, type[_ScaledSurrogate]] = {
 _CV_OPTIONS: dict[str, dict[str, Any]] = {"rbf": {"n_members": 25}, "rf": {"n_estimators": 100}}
 
 
+def cross_validated_tau(make: Callable[[], Surrogate], X: np.ndarray, y: np.ndarray, n_folds: int = 5,
+                        seed: int = 0) -> float:
+    """Mean Kendall tau of fresh models from ``make`` on ``n_folds`` held-out folds of (``X``, ``y``): how well
+    a surrogate ranks archive members it has not seen. Each fold needs >= 2 points, so small archives get fewer
+    folds (NaN below 4 points); a fold whose truth is constant tells nothing and is skipped; a model that predicts
+    a constant on a fold ranks nothing there and scores 0."""
+    k = min(n_folds, len(X) // 2)
+    if k < 2:
+        return float("nan")
+    taus = []
+    for test in np.array_split(np.random.default_rng(seed).permutation(len(X)), k):
+        if np.ptp(y[test]) == 0:
+            continue
+        train = np.setdiff1d(np.arange(len(X)), test)
+        tau = kendall_tau(y[test], make().fit(X[train], y[train]).predict(X[test]))
+        taus.append(0.0 if math.isnan(tau) else tau)
+    return float(np.mean(taus)) if taus else float("nan")
+
+
 class AdaptiveSwitching:
     """NAT's adaptive switching: k-fold cross-validate each candidate, keep the one with the best mean Kendall tau
     on the held-out folds, refit it on all data.
@@ -466,31 +485,14 @@ class AdaptiveSwitching:
     def is_fitted(self) -> bool:
         return self.model is not None
 
-    def _folds(self, n: int) -> list[np.ndarray]:
-        # Each held-out fold needs >= 2 points for a tau, so small archives get fewer folds.
-        k = min(self.n_folds, n // 2)
-        if k < 2:
-            return []
-        perm = np.random.default_rng(self.seed).permutation(n)
-        return np.array_split(perm, k)
-
     def fit(self, X: np.ndarray, y: np.ndarray) -> Self:
         """Cross-validate every candidate, then refit the best on all of ``X``, ``y``; returns self."""
         X, y = _check_Xy(X, y)
         if self.encoding == "features":
             genome_features(X[:1])  # reject non-genomes before spending time on cross-validation
-        folds = self._folds(len(X))
-        scores: dict[str, float] = {}
-        for name in self.candidates:
-            taus = []
-            for test in folds:
-                if np.ptp(y[test]) == 0:
-                    continue
-                train = np.setdiff1d(np.arange(len(X)), test)
-                model = _CLASSES[name](seed=self.seed, encoding=self.encoding, **self.cv_options.get(name, {}))
-                tau = kendall_tau(y[test], model.fit(X[train], y[train]).predict(X[test]))
-                taus.append(0.0 if math.isnan(tau) else tau)
-            scores[name] = float(np.mean(taus)) if taus else float("nan")
+        scores = {name: cross_validated_tau(
+            lambda: _CLASSES[name](seed=self.seed, encoding=self.encoding, **self.cv_options.get(name, {})),
+            X, y, self.n_folds, self.seed) for name in self.candidates}
         ranked = [c for c in self.candidates if not math.isnan(scores[c])]
         chosen = max(ranked, key=lambda c: scores[c]) if ranked else self.candidates[0]
         log.debug("adaptive switching: %s -> %s", scores, chosen)
