@@ -8,7 +8,7 @@ from natdeploy.cli import main, parse_latency_ms
 from natdeploy.devices import load_device
 from natdeploy.errors import ConfigError
 from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig, TableError, arch_ops, space_ops
-from natdeploy.latency.backends import get_backend
+from natdeploy.latency.backends import ANCHOR_SESSIONS, get_backend
 from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
 from natdeploy.latency.predictor import op_features
@@ -168,6 +168,20 @@ def test_anchor_ratio_cancels_speed_changes_within_a_batch(monkeypatch):
     assert [m.anchor_ratio for m in ms] == pytest.approx([1.0, 2.0, 0.5], rel=0.02)
     assert all(m.anchor_ms and m.count == 20 for m in ms)
     assert time_interleaved(fns, warmup=0, runs=2, rounds=1)[0].anchor_ratio is None  # no anchor, no ratio
+
+
+def test_anchor_sessions_take_turns_and_ratios_are_to_their_average(monkeypatch):
+    import natdeploy.latency.measure as measure
+
+    machine = _SimulatedMachine(lambda t: 2.0 if t > 0.5 else 1.0)
+    monkeypatch.setattr(measure, "time", machine)
+    # two sessions of one anchor model, one 20% slower than the other (fresh sessions differ like that)
+    sessions = [machine.work("A", 0.002), machine.work("B", 0.0024)]
+    ms = time_interleaved([machine.work("a", 0.0044)], warmup=1, runs=10, rounds=5, min_span_s=1.0,
+                          anchor=sessions, anchor_every_s=0.0)
+    assert machine.calls[:3] == ["a", "A", "B"]  # every session is warmed up
+    assert "".join(machine.calls[3:3 + 12]) == "AA" + "aa" + "BB" + "BB" + "aa" + "AA"  # visit by visit, in turn
+    assert ms[0].anchor_ratio == pytest.approx(2.0, rel=1e-6)  # 4.4 ms over the sessions' mean of 2.2 ms
 
 
 def test_profile_with_interleaved_batches(tmp_path):
@@ -393,6 +407,6 @@ def test_repeated_subnet_batches_keep_the_median_of_fresh_sessions():
     ms = backend.measure_archs([large, small], 10)
     assert [m.count for m in ms] == [12, 12]
     assert ms[0].anchor_ratio > ms[1].anchor_ratio  # each subnet keeps its own measurements through the shuffles
-    assert len(opened) == 2 * 3 + 1  # a fresh session per subnet and batch (plus the anchor's, once)
+    assert len(opened) == 2 * 3 + ANCHOR_SESSIONS  # a fresh session per subnet and batch (+ the anchor's, once)
     with pytest.raises(ConfigError, match="e2e_repeats must be a positive integer"):
         spec.with_overrides(e2e_repeats=0)

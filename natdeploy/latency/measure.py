@@ -103,7 +103,7 @@ def time_callable(fn: Callable[[], Any], warmup: int, runs: int, rounds: int = 1
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, rounds: int = 1,
-                     min_span_s: float = 0.0, anchor: Callable[[], Any] | None = None,
+                     min_span_s: float = 0.0, anchor: Callable[[], Any] | Sequence[Callable[[], Any]] | None = None,
                      anchor_every_s: float = 0.02) -> list[Measurement]:
     """Time several callables in ``rounds`` round-robin rounds (each callable runs ``runs / rounds`` times per
     round; at most one round per run), sleeping between rounds so that they span at least ``min_span_s`` seconds.
@@ -122,11 +122,17 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
     batch is ``anchor_ms``. Measured on the `cpu` spec, with 20 subnets timed three times while a 2-thread training
     job shared the 2 cores: between repetitions, this ratio agreed within +-10% for 100% of the subnets (+-5%:
     85-95%), p10 over the batch's anchor p10 for 85-100% (+-5%: 60-65%) and the raw p10 for 0-60%.
+
+    ``anchor`` may be several sessions of the same anchor model: each visit then times the next one in turn, so
+    that the ratios are to their average. Fresh sessions of one model differ by a few percent, and with a single
+    anchor session that offset would shift every ratio taken in the process (a table and a later check would
+    disagree by it).
     """
     if rounds < 1 or runs < 1:
         raise ValueError(f"need rounds >= 1 and runs >= 1, got rounds={rounds}, runs={runs}")
     rounds = min(rounds, runs)
-    for fn in (*fns, *([anchor] if anchor else [])):
+    anchors = ([] if anchor is None else [anchor] if callable(anchor) else list(anchor))
+    for fn in (*fns, *anchors):
         for _ in range(warmup):
             fn()
     per_round = [runs // rounds + (1 if k < runs % rounds else 0) for k in range(rounds)]
@@ -134,25 +140,29 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
     anchor_samples: list[float] = []
     ratios: list[list[float]] = [[] for _ in fns]
 
-    def visit_anchor(n: int) -> float:
-        assert anchor is not None
-        times = [_timed(anchor) for _ in range(n)]
+    def visit_anchor(n: int, k: int, visits: list[float]) -> None:
+        # The sessions take turns visit by visit, and each round starts one further along, so that over the rounds
+        # every item sits between every pair of neighbouring sessions whatever the number of visits per round.
+        session = anchors[(len(visits) + k) % len(anchors)]
+        times = [_timed(session) for _ in range(n)]
         anchor_samples.extend(times)
-        return min(times)
+        visits.append(min(times))
 
     start = time.perf_counter()
     for k, n in enumerate(per_round):
-        visits = [visit_anchor(n)] if anchor else []  # the anchor's fastest run at each of its visits
+        visits: list[float] = []  # the anchor's fastest run at each of its visits
+        if anchors:
+            visit_anchor(n, k, visits)
         last_visit = time.perf_counter()
         fastest: list[tuple[int, float, int]] = []  # (item, fastest run, index of the anchor visit before it)
         for i, fn in enumerate(fns):
             times = [_timed(fn) for _ in range(n)]
             samples[i].extend(times)
-            if anchor is None:
+            if not anchors:
                 continue
             fastest.append((i, min(times), len(visits) - 1))
             if i == len(fns) - 1 or time.perf_counter() - last_visit >= anchor_every_s:
-                visits.append(visit_anchor(n))
+                visit_anchor(n, k, visits)
                 last_visit = time.perf_counter()
         for i, t, before in fastest:
             ratios[i].append(t / ((visits[before] + visits[before + 1]) / 2))
@@ -161,7 +171,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
             if wait > 0:
                 time.sleep(wait)
     out = [Measurement.from_samples(s, warmup) for s in samples]
-    if anchor is None:
+    if not anchors:
         return out
     anchor_p10 = percentile(sorted(anchor_samples), 10)
     return [replace(m, anchor_ms=anchor_p10, anchor_ratio=statistics.median(r)) for m, r in zip(out, ratios)]

@@ -38,6 +38,9 @@ def host_cpu() -> str:
 
 # The anchor workload timed in every interleaved batch where the spec asks (``anchor: true``): a mid-sized subnet.
 ANCHOR_ARCH = "w1.0-r48-545454-545454-545454-545454-545454"
+# Sessions of the anchor that take turns (time_interleaved): fresh sessions of one model differ by a few percent,
+# and the anchor's offset would otherwise shift every value measured in a process against the table's.
+ANCHOR_SESSIONS = 8
 # Batch sizes of round-robin timing on local CPUs: ops are tiny, whole subnets hold more memory each.
 OP_BATCH = 50
 E2E_BATCH = 20
@@ -51,7 +54,7 @@ class Backend(ABC):
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
-        self._anchor: Callable[[], Any] | None = None  # the anchor subnet's runner, built on first use
+        self._anchor: list[Callable[[], Any]] = []  # runners of the anchor subnet's sessions, built on first use
         if self.interleaves:
             self.op_batch_size = OP_BATCH
 
@@ -122,9 +125,10 @@ class Backend(ABC):
     def measure_arch(self, arch: Arch, n_classes: int) -> Measurement:
         return self.measure(*self._built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
 
-    def _anchor_runner(self) -> Callable[[], Any]:
-        if self._anchor is None:
-            self._anchor = self.runner(*self._built_arch(Arch.parse(ANCHOR_ARCH), 10))
+    def _anchor_runners(self) -> list[Callable[[], Any]]:
+        if not self._anchor:
+            built = self._built_arch(Arch.parse(ANCHOR_ARCH), 10)
+            self._anchor = [self.runner(*built) for _ in range(ANCHOR_SESSIONS)]
         return self._anchor
 
     def measure_batch(self, built: Sequence[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
@@ -137,7 +141,7 @@ class Backend(ABC):
     def _interleaved(self, built: list[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
         try:
             fns = [self.runner(artifact, shape) for artifact, shape in built]
-            anchor = self._anchor_runner() if self.spec.anchor else None
+            anchor = self._anchor_runners() if self.spec.anchor else None
             with self.timing_context():
                 return time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s, anchor)
         except Exception as exc:  # runtimes raise their own exception types
