@@ -93,13 +93,12 @@ def _artifact(spec: DeviceSpec, files: Mapping[str, bytes]) -> tuple[str | None,
 
 def _measure(spec: DeviceSpec, fmt: str, model: bytes, arch: Arch, out: DeviceLatency,
              predictor: LatencyPredictor | None) -> None:
-    from natdeploy.export.verify import onnx_session
     from natdeploy.latency.backends import get_backend
 
     try:
         backend = get_backend(spec)
-        artifact = onnx_session(model, spec.threads) if fmt == "onnx" else model
-        m = backend.measure_batch([(artifact, (1, 3, arch.r, arch.r))], spec.e2e_warmup, spec.e2e_runs)[0]
+        # both backends take the file's bytes as their artifact and open their own session or interpreter on it
+        m = backend.measure_batch([(model, (1, 3, arch.r, arch.r))], spec.e2e_warmup, spec.e2e_runs)[0]
     except NatDeployError as exc:
         out.not_measured = f"the {spec.runtime} backend cannot run here: {exc}"
         return
