@@ -108,8 +108,9 @@ def check_onnx(model_bytes: bytes, resolution: int, dynamic_batch: bool) -> dict
             "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items()))}
 
 
-def onnx_session(model_bytes: bytes, threads: int = 1) -> Any:
-    """A CPU onnxruntime session set up as the onnxruntime latency backend sets up its own."""
+def onnx_session(model_bytes: bytes, threads: int = 1, provider: str = "CPUExecutionProvider") -> Any:
+    """An onnxruntime session as natdeploy runs them everywhere (the onnxruntime latency backend included):
+    ``threads`` intra-op threads, sequential execution, all graph optimisations."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -117,7 +118,7 @@ def onnx_session(model_bytes: bytes, threads: int = 1) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, opts, providers=[provider])
 
 
 def run_onnx(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

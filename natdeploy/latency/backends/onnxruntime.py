@@ -35,12 +35,9 @@ class OnnxRuntimeBackend(Backend):
         return onnx_bytes(module, input_shape)
 
     def session(self, model: bytes) -> Any:
-        opts = self._ort.SessionOptions()
-        opts.intra_op_num_threads = self.spec.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return self._ort.InferenceSession(model, opts, providers=[self.provider])
+        from natdeploy.export.verify import onnx_session
+
+        return onnx_session(model, self.spec.threads, self.provider)
 
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         sess = self.session(artifact)
