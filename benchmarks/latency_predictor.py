@@ -142,7 +142,8 @@ per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {p
 {len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}),
 measured end to end with the same backend and statistic, {source}. "Anchor-normalised" is each subnet's
 per-round ratio to the anchor subnet timed around it (median over the rounds), times the table's median anchor
-latency ({nominal:.4f} ms): the table's values are brought to that speed the same way.
+latency ({nominal:.4f} ms), with the table's speed elasticity ({table.speed_elasticity:+.2f}; see
+`LatencyTable.normalized_ms`): the table's values are brought to that speed the same way.
 
 """ + "\n\n".join(sections) + f"""
 

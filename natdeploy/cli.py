@@ -112,6 +112,28 @@ def cmd_tables_import_ofa(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tables_refit(args: argparse.Namespace) -> int:
+    from natdeploy.devices import known_devices, load_device, tables_dir
+    from natdeploy.latency.predictor import fit_table
+    from natdeploy.latency.table import LatencyTable
+
+    path = Path(args.table) if args.table else tables_dir() / f"{args.device}.json"
+    table = LatencyTable.load(path)
+    elasticity = args.elasticity
+    if elasticity is None:  # the device spec's setting, where the table's device has one
+        elasticity = (load_device(table.device).speed_elasticity if table.device in known_devices()
+                      else "auto")
+    elif elasticity != "auto":
+        try:
+            elasticity = float(elasticity)
+        except ValueError:
+            raise ConfigError(f"--elasticity must be 'auto' or a number, got {elasticity!r}") from None
+    fit_table(table, path, args.seed, elasticity)
+    print(f"{path}: speed elasticity {table.speed_elasticity:+.2f}; models refitted in "
+          f"{path.with_suffix('.xgb.json')}")
+    return 0
+
+
 def _budgets(devices: list[str], values: list[str] | None) -> dict[str, float]:
     """``--max-latency 30ms`` (every device), one value per device in order, or ``DEVICE=30ms``."""
     if not values:
@@ -316,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="table path (default latency_tables/<device>.json)")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=cmd_tables_import_ofa)
+    q = _parser("refit", tsub, "Re-calibrate a table's speed elasticity and refit its XGBoost models (what "
+                "`natdeploy profile` does at the end), e.g. after editing or merging a table by hand.",
+                _examples("natdeploy tables refit --device cpu",
+                          "natdeploy tables refit --table latency_tables/cpu-2t.json"))
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--device", help="the table latency_tables/<device>.json")
+    which.add_argument("--table", help="a table path")
+    q.add_argument("--elasticity", help="'auto' (fit it) or a number; default: the device spec's speed_elasticity "
+                   "(auto for a table of no known device)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_tables_refit)
     return ap
 
 

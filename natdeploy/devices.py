@@ -62,6 +62,10 @@ class DeviceSpec:
     # time, the batch in another order) and keep the median (Measurement.combine). One batch's value moves by a few
     # percent with its session and its neighbours; the median of 3 is what tables and benchmarks compare.
     e2e_repeats: int = 1
+    # Where tables carry anchor ratios: how a ratio changes with the machine's speed (LatencyTable.normalized_ms).
+    # "auto" fits it on the table's end-to-end measurements at the end of `natdeploy profile`
+    # (calibrate_speed_elasticity); a number fixes it; 0 = ratios taken as speed-independent.
+    speed_elasticity: str | float = 0.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +81,10 @@ class DeviceSpec:
             raise ConfigError(f"device {self.name!r}: rounds must be a positive integer, got {self.rounds!r}")
         if not isinstance(self.min_span_s, (int, float)) or not 0 <= self.min_span_s <= 60:
             raise ConfigError(f"device {self.name!r}: min_span_s must be 0 to 60 seconds, got {self.min_span_s!r}")
+        e = self.speed_elasticity
+        if e != "auto" and (isinstance(e, bool) or not isinstance(e, (int, float)) or not -2 <= e <= 2):
+            raise ConfigError(f"device {self.name!r}: speed_elasticity must be 'auto' or a number from -2 to 2, "
+                              f"got {e!r}")
         if self.transport == "adb" and self.runtime != "litert":
             raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))

@@ -1,5 +1,6 @@
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig
 from natdeploy.latency.backends import ANCHOR_SESSIONS, get_backend
 from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
-from natdeploy.latency.predictor import op_features
+from natdeploy.latency.predictor import calibrate_speed_elasticity, op_features
 from natdeploy.latency.profiler import profile_device
 from natdeploy.space import SearchSpace
 
@@ -259,6 +260,10 @@ def test_device_specs_and_errors(tmp_path):
     bad.write_text("transport: local\nruntime: tensorrt\ndescription: x\n")
     with pytest.raises(ConfigError, match="runtime='tensorrt' is not allowed"):
         load_device(str(bad))
+    assert load_device("cpu").speed_elasticity == "auto" and load_device("cpu-litert").speed_elasticity == 0
+    bad.write_text("transport: local\nruntime: onnxruntime\ndescription: x\nspeed_elasticity: steep\n")
+    with pytest.raises(ConfigError, match="speed_elasticity must be 'auto' or a number"):
+        load_device(str(bad))
 
 
 @pytest.mark.parametrize("text, ms", [("30ms", 30), ("0.03s", 30), ("30000us", 30), ("30", 30), ("2.5", 2.5)])
@@ -368,6 +373,48 @@ def _synthetic_table(n_e2e: int, factor: float) -> LatencyTable:
         ms = factor * sum(table.op_ms(op.key) for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.001 * arch.r
         table.add_e2e(arch, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
     return table
+
+
+def _table_at_varying_speed(elasticity: float, spread: float) -> LatencyTable:
+    """The synthetic table timed beside an anchor of 2 ms: ops at that speed, whole subnets in batches where the
+    machine ran at speeds spread over +-``spread`` (log), with ratios distorted as ``elasticity`` says."""
+    base = _synthetic_table(80, 1.2)
+    table = LatencyTable(device="synthetic", n_classes=10, provenance={"threads": 1})
+    for key, m in base.ops.items():
+        table.ops[key] = replace(m, anchor_ms=2.0, anchor_ratio=m.p10_ms / 2.0)
+    rng = np.random.default_rng(3)
+    for k, (arch, m) in enumerate(base.e2e.items()):
+        s = spread * (2 * (k % 8) / 7 - 1)  # batches of 8 at one speed each
+        ratio = np.exp(np.log(m.p10_ms / 2.0) * (1 + elasticity * s) + rng.normal(0, 0.005))
+        table.e2e[arch] = replace(m, p10_ms=2.0 * np.exp(s) * ratio, anchor_ms=2.0 * np.exp(s),
+                                  anchor_ratio=float(ratio))
+    return table
+
+
+def test_speed_elasticity_is_calibrated_from_the_tables_own_measurements(tmp_path):
+    table = _table_at_varying_speed(-0.6, 0.3)
+    assert table.anchor_nominal_ms == 2.0
+    c, scores = calibrate_speed_elasticity(table, grid=(-1.0, -0.6, -0.2, 0.0, 0.4))
+    assert c == -0.6 and scores[-0.6] < scores[0.0] / 2 and table.speed_elasticity == 0.0  # left as it was
+    # a measurement at nominal speed is left alone; one taken 30% slower has its ratio brought back
+    table.speed_elasticity = c
+    arch, m = next(iter(table.e2e.items()))  # the first batch ran at speed -0.3
+    truth = _synthetic_table(80, 1.2).e2e[arch].p10_ms
+    assert table.normalized_ms(m) == pytest.approx(truth, rel=0.02)
+    assert table.normalized_ms(m) != pytest.approx(m.anchor_ratio * 2.0, rel=0.02)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").speed_elasticity == -0.6
+    # measurements all taken at one speed cannot tell elasticities apart: no correction
+    assert calibrate_speed_elasticity(_table_at_varying_speed(-0.6, 0.0)) == (0.0, {})
+    # `natdeploy tables refit` calibrates, saves the table and its models
+    LatencyTable.save(_table_at_varying_speed(-0.6, 0.3), tmp_path / "u.json")
+    assert main(["tables", "refit", "--table", str(tmp_path / "u.json")]) == 0
+    refit = LatencyPredictor.load(tmp_path / "u.json")
+    assert refit.table.speed_elasticity == pytest.approx(-0.6, abs=0.15)
+    assert json.loads((tmp_path / "u.xgb.json").read_text())["table_fingerprint"] == refit.table.fingerprint()
+    assert main(["tables", "refit", "--table", str(tmp_path / "u.json"), "--elasticity", "0"]) == 0
+    assert LatencyTable.load(tmp_path / "u.json").speed_elasticity == 0.0
+    assert main(["tables", "refit", "--table", str(tmp_path / "u.json"), "--elasticity", "steep"]) == 2
 
 
 def test_models_fitted_to_another_version_of_the_table_are_refitted(tmp_path, caplog):

@@ -387,3 +387,68 @@ class LatencyPredictor:
             return pred
         return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])), linear)
 
+
+# Candidate speed elasticities (LatencyTable.normalized_ms), and the least the table's end-to-end measurements must
+# offer to fit one: enough subnets, measured at machine speeds that differ by enough to tell elasticities apart.
+ELASTICITY_GRID = tuple(round(c, 2) for c in np.arange(-1.2, 0.61, 0.1))
+MIN_E2E_FOR_ELASTICITY = 50
+MIN_SPEED_SPREAD = 0.1  # log(p90 / p10) of the batches' anchor latencies
+
+
+def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 0,
+                               grid: Sequence[float] = ELASTICITY_GRID) -> tuple[float, dict[float, float]]:
+    """The speed elasticity that best explains the table's end-to-end measurements, by ``folds``-fold
+    cross-validation of the whole predictor, and the score of every candidate.
+
+    The score is scale-free: the squared error of log(predicted / measured) on the held-out folds over the
+    variance of log(measured) (1 - R^2), because an elasticity also compresses or spreads the values it is scored
+    on. Returns 0 (no correction) when the measurements are too few or were all taken at nearly one speed; leaves
+    ``table.speed_elasticity`` as it was."""
+    anchored = [m for m in table.e2e.values() if m.anchor_ratio and m.anchor_ms]
+    if len(anchored) < MIN_E2E_FOR_ELASTICITY or len(anchored) < len(table.e2e) or not table.anchor_nominal_ms:
+        return 0.0, {}
+    speeds = np.log([m.anchor_ms for m in anchored])
+    if np.percentile(speeds, 90) - np.percentile(speeds, 10) < MIN_SPEED_SPREAD:
+        return 0.0, {}
+    keys = list(table.e2e)
+    fold = np.random.default_rng(seed).permutation(len(keys)) % folds
+    archs = [Arch.from_string(k) for k in keys]
+    before = table.speed_elasticity
+    scores: dict[float, float] = {}
+    try:
+        for c in grid:
+            table.speed_elasticity = float(c)
+            y = np.log([table.e2e_ms(a) for a in archs])
+            pred = np.empty_like(y)
+            for k in range(folds):
+                part = LatencyTable(table.device, table.provenance, table.ops,
+                                    {key: table.e2e[key] for key, f in zip(keys, fold) if f != k},
+                                    table.n_classes, statistic=table.statistic, speed_elasticity=float(c))
+                part._nominal = table.anchor_nominal_ms  # the whole table's speed, not the part's
+                held = np.flatnonzero(fold == k)
+                pred[held] = np.log(LatencyPredictor.fit(part, seed).predict([archs[i] for i in held]))
+            scores[float(c)] = float(((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    finally:
+        table.speed_elasticity = before
+    best = min(scores, key=scores.get)
+    return best, scores
+
+
+def fit_table(table: LatencyTable, table_path: str | os.PathLike, seed: int = 0,
+              elasticity: str | float = "auto") -> LatencyPredictor:
+    """Set the table's speed elasticity (``"auto"``: calibrate it; a number: that), save the table, fit its
+    predictor and save it beside the table (``<table stem>.xgb.json``): what ``natdeploy profile`` and
+    ``natdeploy tables refit`` end with."""
+    table_path = Path(table_path)
+    if elasticity == "auto":
+        c, scores = calibrate_speed_elasticity(table, seed=seed)
+        if scores:
+            log.info("speed elasticity %+.2f (cross-validated 1 - R^2 %.4f; %.4f without correction)", c, scores[c],
+                     scores.get(0.0, float("nan")))
+        table.speed_elasticity = c
+    else:
+        table.speed_elasticity = float(elasticity)
+    table.save(table_path)
+    predictor = LatencyPredictor.fit(table, seed=seed)
+    predictor.save(table_path.with_suffix(".xgb.json"))
+    return predictor

@@ -15,7 +15,7 @@ from natdeploy.devices import DeviceSpec, tables_dir
 from natdeploy.latency.backends import E2E_BATCH, Backend, BackendError, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
-from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.predictor import LatencyPredictor, fit_table
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import Arch, SearchSpace
 
@@ -139,8 +139,8 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
                     "throttled; consider re-profiling", reference.key, 100 * table.drift,
                     " relative to the anchor" if len(table.reference_anchor) == len(table.reference) else "",
                     100 * DRIFT_LIMIT)
-    predictor = LatencyPredictor.fit(table, seed=seed)
-    model_path = predictor.save(out.with_suffix(".xgb.json"))
+    fit_table(table, out, seed, spec.speed_elasticity)
+    model_path = out.with_suffix(".xgb.json")
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
 
 

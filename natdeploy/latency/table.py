@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class LatencyTable:
     reference: list[float] = field(default_factory=list)  # repeated reference-op measurements, for drift
     reference_anchor: list[float] = field(default_factory=list)  # the anchor beside each, where the spec has one
     statistic: str = "p10"  # which Measurement statistic predictions use
+    # How an anchor ratio changes with the machine's speed (normalized_ms); fitted by
+    # natdeploy.latency.predictor.calibrate_speed_elasticity, 0 = ratios do not change.
+    speed_elasticity: float = 0.0
 
     _nominal: float | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -67,9 +71,19 @@ class LatencyTable:
     def normalized_ms(self, m: Measurement) -> float:
         """A measurement at the table's nominal machine speed: its ratio to the anchor timed around it in every
         round (``anchor_ratio``) times the nominal anchor latency; for measurements without that ratio, the
-        statistic scaled by nominal / the anchor of its batch; as measured where there is no anchor."""
+        statistic scaled by nominal / the anchor of its batch; as measured where there is no anchor.
+
+        The ratio itself depends on the machine's speed: on this project's shared VMs, when the whole machine runs
+        slower, models smaller than the anchor slow down more than the anchor and larger ones less, so that the
+        ratios crowd towards 1 (and spread when it runs faster). With ``s = log(anchor_ms / nominal)``, the ratio
+        at nominal speed is taken as ``log r0 = log r / (1 + speed_elasticity * s)`` (that divisor kept within
+        [0.5, 2]); the elasticity is fitted on the table's own end-to-end measurements
+        (natdeploy.latency.predictor.calibrate_speed_elasticity)."""
         nominal = self.anchor_nominal_ms
         if nominal and m.anchor_ratio:
+            if self.speed_elasticity and m.anchor_ms:
+                factor = 1.0 + self.speed_elasticity * math.log(m.anchor_ms / nominal)
+                return nominal * math.exp(math.log(m.anchor_ratio) / min(2.0, max(0.5, factor)))
             return m.anchor_ratio * nominal
         value = m.value(self.statistic)
         return value * nominal / m.anchor_ms if nominal and m.anchor_ms else value
@@ -92,8 +106,8 @@ class LatencyTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
-                "statistic": self.statistic, "provenance": self.provenance, "reference_ms": self.reference,
-                "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
+                "statistic": self.statistic, "speed_elasticity": self.speed_elasticity,
+                "provenance": self.provenance, "reference_ms": self.reference, "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
                 "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
                 "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
 
@@ -121,7 +135,8 @@ class LatencyTable:
             return cls(device=raw["device"], provenance=raw.get("provenance", {}), ops=ops, e2e=e2e,
                        n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])),
                        reference_anchor=list(raw.get("reference_anchor_ms", [])),
-                       statistic=raw.get("statistic", "p10"))
+                       statistic=raw.get("statistic", "p10"),
+                       speed_elasticity=float(raw.get("speed_elasticity", 0.0)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TableError(f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
                              "delete it and profile again, or restore it from version control") from None
