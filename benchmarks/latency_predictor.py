@@ -11,6 +11,8 @@ the current table and predictor without measuring again (the output says so, wit
 
     python benchmarks/latency_predictor.py --device cpu [--n 300] [--repeat 50] [--space small]
     python benchmarks/latency_predictor.py --device cpu --threads 2 --table T
+    python benchmarks/latency_predictor.py --device cpu --measurements FILE --elasticity 0 --no-record
+        (the saved held-out set re-scored without the table's speed elasticity)
         (T from `natdeploy profile --device cpu --threads 2 --out T`)
 """
 
@@ -65,11 +67,16 @@ def main() -> None:
     ap.add_argument("--save", help="where to save the measurements (default /tmp/natdeploy-bench/"
                                    "latency_predictor-<device>.json)")
     ap.add_argument("--measurements", help="re-score a saved measurement file instead of measuring")
+    ap.add_argument("--elasticity", type=float, help="score with this speed elasticity instead of the table's "
+                    "(models refitted in memory; a same-run baseline with --measurements and --no-record)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     table_path = args.table or tables_dir() / f"{args.device}.json"
     predictor = LatencyPredictor.load(table_path)
     table = predictor.table
+    if args.elasticity is not None:
+        table.speed_elasticity = args.elasticity
+        predictor = LatencyPredictor.fit(table)
     spec = load_device(args.device).with_overrides(threads=args.threads)
     if table.provenance.get("threads") not in (None, spec.threads):
         raise SystemExit(f"{table_path} was profiled with {table.provenance['threads']} thread(s), not {spec.threads}")
