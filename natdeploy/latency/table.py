@@ -107,7 +107,8 @@ class LatencyTable:
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device": self.device, "n_classes": self.n_classes,
                 "statistic": self.statistic, "speed_elasticity": self.speed_elasticity,
-                "provenance": self.provenance, "reference_ms": self.reference, "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
+                "provenance": self.provenance, "reference_ms": self.reference,
+                "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
                 "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
                 "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
 
