@@ -11,9 +11,9 @@ the current table and predictor without measuring again (the output says so, wit
 
     python benchmarks/latency_predictor.py --device cpu [--n 300] [--repeat 50] [--space small]
     python benchmarks/latency_predictor.py --device cpu --threads 2 --table T
+        (T from `natdeploy profile --device cpu --threads 2 --out T`)
     python benchmarks/latency_predictor.py --device cpu --measurements FILE --elasticity 0 --no-record
         (the saved held-out set re-scored without the table's speed elasticity)
-        (T from `natdeploy profile --device cpu --threads 2 --out T`)
 """
 
 from __future__ import annotations
