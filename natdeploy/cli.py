@@ -128,9 +128,8 @@ def cmd_tables_refit(args: argparse.Namespace) -> int:
             elasticity = float(elasticity)
         except ValueError:
             raise ConfigError(f"--elasticity must be 'auto' or a number, got {elasticity!r}") from None
-    fit_table(table, path, args.seed, elasticity)
-    print(f"{path}: speed elasticity {table.speed_elasticity:+.2f}; models refitted in "
-          f"{path.with_suffix('.xgb.json')}")
+    models = fit_table(table, path, args.seed, elasticity)
+    print(f"{path}: speed elasticity {table.speed_elasticity:+.2f}; models refitted in {models}")
     return 0
 
 

@@ -438,10 +438,10 @@ def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 
 
 
 def fit_table(table: LatencyTable, table_path: str | os.PathLike, seed: int = 0,
-              elasticity: str | float = "auto") -> LatencyPredictor:
+              elasticity: str | float = "auto") -> Path:
     """Set the table's speed elasticity (``"auto"``: calibrate it; a number: that), save the table, fit its
-    predictor and save it beside the table (``<table stem>.xgb.json``): what ``natdeploy profile`` and
-    ``natdeploy tables refit`` end with."""
+    predictor and save it beside the table: what ``natdeploy profile`` and ``natdeploy tables refit`` end with.
+    Returns the models' path (``<table stem>.xgb.json``)."""
     table_path = Path(table_path)
     if elasticity == "auto":
         c, scores = calibrate_speed_elasticity(table, seed=seed)
@@ -452,6 +452,4 @@ def fit_table(table: LatencyTable, table_path: str | os.PathLike, seed: int = 0,
     else:
         table.speed_elasticity = float(elasticity)
     table.save(table_path)
-    predictor = LatencyPredictor.fit(table, seed=seed)
-    predictor.save(table_path.with_suffix(".xgb.json"))
-    return predictor
+    return LatencyPredictor.fit(table, seed=seed).save(table_path.with_suffix(".xgb.json"))

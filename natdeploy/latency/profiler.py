@@ -139,8 +139,7 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
                     "throttled; consider re-profiling", reference.key, 100 * table.drift,
                     " relative to the anchor" if len(table.reference_anchor) == len(table.reference) else "",
                     100 * DRIFT_LIMIT)
-    fit_table(table, out, seed, spec.speed_elasticity)
-    model_path = out.with_suffix(".xgb.json")
+    model_path = fit_table(table, out, seed, spec.speed_elasticity)
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
 
 
