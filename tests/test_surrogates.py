@@ -103,7 +103,7 @@ def test_adaptive_switching_picks_what_ranks_unseen_subnets_best():
     X, y = synthetic(200, seed=12, peaked=True)
     Xt, yt = synthetic(1000, seed=13, peaked=True)
     model = AdaptiveSwitching(seed=0).fit(X, y)
-    assert set(model.scores) == set(MODELS)
+    assert set(model.scores) == set(MODELS) - {"cart"}
     assert all(-1.0 <= s <= 1.0 for s in model.scores.values())
     assert model.chosen == max(model.scores, key=model.scores.get)
     # The refit winner is exactly the named model fitted on all the data.
@@ -239,3 +239,14 @@ def test_kendall_tau():
     assert np.isnan(kendall_tau(a, np.ones(5))) and np.isnan(kendall_tau([1.0], [2.0]))
     with pytest.raises(ValueError, match="equal lengths"):
         kendall_tau(a, b[:4])
+
+
+def test_default_adaptive_switching_leaves_out_the_piecewise_constant_tree():
+    # A single tree predicts a few values, and NSGA-II crowds onto the cheapest subnet of each plateau (see
+    # AdaptiveSwitching); the default switch must hand the search a surrogate that tells candidates apart.
+    X, y = synthetic(40, seed=3)
+    probe, _ = synthetic(200, seed=4)
+    assert len(np.unique(make_surrogate("cart", seed=0).fit(X, y).predict(probe))) < 20
+    model = AdaptiveSwitching(seed=0).fit(X, y)
+    assert "cart" not in model.scores and len(np.unique(model.predict(probe))) > 190
+    assert AdaptiveSwitching(seed=0, candidates=("cart", "rbf")).fit(X, y).scores.keys() == {"cart", "rbf"}
