@@ -108,7 +108,7 @@ class Backend(ABC):
         shape = self._shape(op_input_shape(layer))
         return self.build(build_op_module(layer, seed), shape), shape
 
-    def _built_arch(self, arch: Arch, n_classes: int) -> tuple[Any, tuple[int, ...]]:
+    def built_arch(self, arch: Arch, n_classes: int) -> tuple[Any, tuple[int, ...]]:
         """(artifact, input shape) of one whole subnet."""
         from natdeploy.supernet import MobileNetV3Subnet
 
@@ -123,11 +123,12 @@ class Backend(ABC):
         return self.measure(*self._built_op(op, seed), self.spec.warmup, self.spec.runs)
 
     def measure_arch(self, arch: Arch, n_classes: int) -> Measurement:
-        return self.measure(*self._built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
+        return self.measure(*self.built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
 
-    def _anchor_runners(self) -> list[Callable[[], Any]]:
+    def anchor_runners(self) -> list[Callable[[], Any]]:
+        """Runners of the anchor subnet's ``ANCHOR_SESSIONS`` sessions, built once per backend."""
         if not self._anchor:
-            built = self._built_arch(Arch.parse(ANCHOR_ARCH), 10)
+            built = self.built_arch(Arch.parse(ANCHOR_ARCH), 10)
             self._anchor = [self.runner(*built) for _ in range(ANCHOR_SESSIONS)]
         return self._anchor
 
@@ -141,7 +142,7 @@ class Backend(ABC):
     def _interleaved(self, built: list[tuple[Any, tuple[int, ...]]], warmup: int, runs: int) -> list[Measurement]:
         try:
             fns = [self.runner(artifact, shape) for artifact, shape in built]
-            anchor = self._anchor_runners() if self.spec.anchor else None
+            anchor = self.anchor_runners() if self.spec.anchor else None
             with self.timing_context():
                 return time_interleaved(fns, warmup, runs, self.spec.rounds, self.spec.min_span_s, anchor)
         except Exception as exc:  # runtimes raise their own exception types
@@ -160,7 +161,7 @@ class Backend(ABC):
         sessions (``runner`` builds them), and each subnet keeps the median (:meth:`Measurement.combine`)."""
         if not self.interleaves:
             return [self.measure_arch(a, n_classes) for a in archs]
-        built = [self._built_arch(a, n_classes) for a in archs]
+        built = [self.built_arch(a, n_classes) for a in archs]
         parts: list[list[Measurement]] = [[] for _ in built]
         order = np.arange(len(built))
         shuffle = np.random.default_rng(len(built))
