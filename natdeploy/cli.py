@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", type=int, nargs="+", help="resolutions to profile (default: spec's, else space's)")
     p.add_argument("--e2e-samples", type=int, default=30, help="random whole subnets to measure (default 30)")
     p.add_argument("--threads", type=int, help="override the spec's thread count")
-    p.add_argument("--cpu-mask", help="override the spec's CPU affinity mask (hex)")
+    p.add_argument("--cpu-mask", help="override the spec's CPU affinity mask (hex): taskset on a phone, this "
+                   "process's affinity on a local CPU spec")
     p.add_argument("--serial", help="phones: ADB serial, host:port for Wi-Fi debugging or a USB serial (default: "
                                     "the spec's, else the only USB device)")
     p.add_argument("--benchmark-binary", help="phones: path to TFLite's benchmark_model built for the phone "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ def tables_dir() -> Path:
     """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder."""
     env = os.environ.get("NATDEPLOY_TABLES")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "latency_tables"
+
+
+def mask_cpus(mask: str) -> list[int]:
+    """The CPU numbers of a hex affinity mask (``"70"`` or ``"0x70"``: cpu4-6); a clear error for a bad one."""
+    digits = mask.lower().removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-f]+", digits) or int(digits, 16) == 0:
+        raise ValueError(f"cpu_mask must be a non-zero hex mask such as '70' or 'f0', got {mask!r}")
+    value = int(digits, 16)
+    return [i for i in range(value.bit_length()) if value >> i & 1]
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,12 @@ class DeviceSpec:
         if e != "auto" and (isinstance(e, bool) or not isinstance(e, (int, float)) or not -2 <= e <= 2):
             raise ConfigError(f"device {self.name!r}: speed_elasticity must be 'auto' or a number from -2 to 2, "
                               f"got {e!r}")
+        if self.cpu_mask is not None:
+            try:
+                mask_cpus(str(self.cpu_mask))
+            except ValueError as exc:
+                raise ConfigError(f"device {self.name!r}: {exc}") from None
+            object.__setattr__(self, "cpu_mask", str(self.cpu_mask))
         if self.transport == "adb" and self.runtime != "litert":
             raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))

@@ -7,7 +7,7 @@ import pytest
 
 from natdeploy.cli import main, parse_latency_ms
 from natdeploy.devices import load_device
-from natdeploy.errors import ConfigError
+from natdeploy.errors import ConfigError, NatDeployError
 from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig, TableError, arch_ops, space_ops
 from natdeploy.latency.backends import ANCHOR_SESSIONS, get_backend
 from natdeploy.latency.measure import time_interleaved
@@ -264,6 +264,24 @@ def test_device_specs_and_errors(tmp_path):
     bad.write_text("transport: local\nruntime: onnxruntime\ndescription: x\nspeed_elasticity: steep\n")
     with pytest.raises(ConfigError, match="speed_elasticity must be 'auto' or a number"):
         load_device(str(bad))
+
+
+def test_cpu_mask_pins_local_backends_and_bad_masks_are_refused():
+    import os
+
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    try:
+        get_backend(load_device("cpu").with_overrides(cpu_mask=format(1 << cpu, "x")))
+        assert os.sched_getaffinity(0) == {cpu}
+    finally:
+        os.sched_setaffinity(0, before)
+    with pytest.raises(ConfigError, match="cpu_mask must be a non-zero hex mask"):
+        load_device("cpu").with_overrides(cpu_mask="cpu0")
+    absent = max(before) + 1
+    with pytest.raises(NatDeployError, match=f"names CPUs \\[{absent}\\], but this process may run only on"):
+        get_backend(load_device("cpu").with_overrides(cpu_mask=format(1 << absent, "x")))
+    assert os.sched_getaffinity(0) == before
 
 
 @pytest.mark.parametrize("text, ms", [("30ms", 30), ("0.03s", 30), ("30000us", 30), ("30", 30), ("2.5", 2.5)])

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from natdeploy import __version__
-from natdeploy.devices import DeviceSpec
+from natdeploy.devices import DeviceSpec, mask_cpus
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.measure import Measurement, time_callable, time_interleaved
 from natdeploy.latency.ops import OpSig
@@ -34,6 +34,19 @@ def host_cpu() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def pin_to_mask(mask: str) -> None:
+    """Pin this process's calling thread, and the runtimes' threads started after it, to the CPUs of a hex
+    affinity mask (a local spec's ``cpu_mask``): so that a table says which cores it measured and means it."""
+    import os
+
+    wanted = set(mask_cpus(mask))
+    have = os.sched_getaffinity(0)
+    if not wanted <= have:
+        raise BackendError(f"cpu_mask {mask!r} names CPUs {sorted(wanted)}, but this process may run only on "
+                           f"{sorted(have)}; pick a mask from those")
+    os.sched_setaffinity(0, wanted)
 
 
 # The anchor workload timed in every interleaved batch where the spec asks (``anchor: true``): a mid-sized subnet.
@@ -57,6 +70,8 @@ class Backend(ABC):
         self._anchor: list[Callable[[], Any]] = []  # runners of the anchor subnet's sessions, built on first use
         if self.interleaves:
             self.op_batch_size = OP_BATCH
+        if spec.cpu_mask and spec.transport == "local":
+            pin_to_mask(spec.cpu_mask)
 
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         """A callable that runs the artifact once on a fixed input (backends that run in this process)."""

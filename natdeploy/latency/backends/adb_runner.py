@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from natdeploy.devices import mask_cpus
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.backends.adb import (CPU_ZONES, THERMAL_SNAPSHOT, AdbBenchmarkCrashError,
                                             AdbBenchmarkError, AdbBinaryError, AdbError, AdbThermalError,
@@ -56,11 +57,6 @@ def _version_in(text: str) -> str | None:
     # Only TFLite's own version: delegates print versions of other things (OpenCL, drivers).
     m = re.search(r"(?i)\b(?:tensorflow lite|tflite|litert)\b[^\n]*?\bversion\b[ :=]*v?(\d+\.\d+[\w.+-]*)", text)
     return m.group(1) if m else None
-
-
-def _mask_cpus(mask: str) -> list[int]:
-    value = int(mask, 16)
-    return [i for i in range(value.bit_length()) if value >> i & 1]
 
 
 def _remote_name(model: Path, digest: str) -> str:
@@ -118,9 +114,8 @@ class AdbBenchmarkRunner:
             raise ValueError(f"need threads >= 1, warmup_runs >= 0, num_runs >= 1; got {threads}, {warmup_runs}, "
                              f"{num_runs}")
         if cpu_mask is not None:
+            mask_cpus(cpu_mask)
             cpu_mask = cpu_mask.lower().removeprefix("0x")
-            if not re.fullmatch(r"[0-9a-f]+", cpu_mask) or int(cpu_mask, 16) == 0:
-                raise ValueError(f"cpu_mask must be a non-zero hex mask such as '70' or 'f0', got {cpu_mask!r}")
         self.threads, self.cpu_mask, self.warmup_runs, self.num_runs = threads, cpu_mask, warmup_runs, num_runs
         self.use_gpu, self.use_xnnpack, self.extra_args = use_gpu, use_xnnpack, tuple(extra_args)
         self.remote_dir, self.timeout_s, self.keep_remote = remote_dir.rstrip("/") or "/", timeout_s, keep_remote
@@ -212,7 +207,7 @@ class AdbBenchmarkRunner:
         dozens of thermal zones, and some sensors take milliseconds to read. Same output as THERMAL_SNAPSHOT.
         """
         zones = [k for k in temps if re.search(CPU_ZONES, k.partition(":")[2], re.I)] or list(temps)
-        cpus = _mask_cpus(self.cpu_mask) if self.cpu_mask else sorted(self._baseline)
+        cpus = mask_cpus(self.cpu_mask) if self.cpu_mask else sorted(self._baseline)
         parts = []
         for zone in zones:
             name = zone.partition(":")[0]
@@ -288,7 +283,7 @@ class AdbBenchmarkRunner:
         temp = hottest_c(temps)
         if temp is not None and temp > self.max_temp_c:
             reasons.append(f"CPU at {temp:.1f} °C > {self.max_temp_c:g} °C")
-        cpus = _mask_cpus(self.cpu_mask) if self.cpu_mask else list(freqs)
+        cpus = mask_cpus(self.cpu_mask) if self.cpu_mask else list(freqs)
         for cpu in cpus:
             before, now = self._baseline.get(cpu), freqs.get(cpu)
             if before and now and before.max_khz and now.max_khz and \
