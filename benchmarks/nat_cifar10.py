@@ -6,7 +6,8 @@ supernet, which no offline machine has) and get the same adaptation epochs and t
   random   the same adaptation epochs with uniformly sampled subnets, then as many uniformly random subnets
            evaluated as NAT evaluated, no surrogate;
   transfer conventional practice: for each budget, the largest uniform subnet (one k, e, d everywhere) that fits,
-           extracted and fine-tuned alone for the same epochs.
+           extracted and fine-tuned alone for the same epochs. Reported two ways: each budget's own subnet (the
+           issue's definition), and the best of the fine-tuned subnets within the budget (a smaller one can win).
 Reports top-1 at 3 latency budgets and the hypervolume of each accuracy-latency front, the surrogate's Kendall tau
 on the subnets it had not seen per iteration, and (issue 6) the int8 TFLite top-1 drop of NAT's pick at each budget,
 exported by `export_bundle` with 200 CIFAR-10 calibration images. It uses a seeded subset of CIFAR-10 (sizes
@@ -196,9 +197,13 @@ def main() -> None:
 
     ref = slowest
     rows = []
-    for name, pts in (("NAT", nat_pts), ("random search", rand_pts), ("conventional transfer", conv_pts)):
+    for name, pts in (("NAT", nat_pts), ("random search", rand_pts),
+                      ("conventional transfer, best fine-tuned subnet within the budget", conv_pts)):
         accs = [best_at(pts, b) for b in budgets]
         rows.append(f"| {name} | " + " | ".join(f"{100 * a:.2f}" for a in accs) + f" | {hypervolume(pts, ref):.4f} |")
+    # the issue's definition: at each budget, that budget's own subnet (the largest uniform one that fits)
+    rows.append("| conventional transfer, each budget's own subnet | "
+                + " | ".join(f"{100 * acc:.2f}" for _, acc in conv_pts) + " | |")
     body = f"""
 Machine: {machine_line(args.threads)}.
 Command: `python benchmarks/nat_cifar10.py --train {args.train} --val {args.val} --warmup {args.warmup} --iterations {args.iterations} --epochs-per-iter {args.epochs_per_iter} --initial {args.initial} --per-iter {args.per_iter} --surrogate {args.surrogate}`

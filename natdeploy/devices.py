@@ -96,11 +96,13 @@ class DeviceSpec:
             raise ConfigError(f"device {self.name!r}: speed_elasticity must be 'auto' or a number from -2 to 2, "
                               f"got {e!r}")
         if self.cpu_mask is not None:
+            if not isinstance(self.cpu_mask, str):  # YAML reads 70 as seventy and 0x70 as 112
+                raise ConfigError(f"device {self.name!r}: cpu_mask must be a quoted hex string such as \"70\", "
+                                  f"got {self.cpu_mask!r}")
             try:
-                mask_cpus(str(self.cpu_mask))
+                mask_cpus(self.cpu_mask)
             except ValueError as exc:
                 raise ConfigError(f"device {self.name!r}: {exc}") from None
-            object.__setattr__(self, "cpu_mask", str(self.cpu_mask))
         if self.transport == "adb" and self.runtime != "litert":
             raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))

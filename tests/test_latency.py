@@ -278,6 +278,8 @@ def test_cpu_mask_pins_local_backends_and_bad_masks_are_refused():
         os.sched_setaffinity(0, before)
     with pytest.raises(ConfigError, match="cpu_mask must be a non-zero hex mask"):
         load_device("cpu").with_overrides(cpu_mask="cpu0")
+    with pytest.raises(ConfigError, match="cpu_mask must be a quoted hex string"):
+        load_device("cpu").with_overrides(cpu_mask=0x70)
     absent = max(before) + 1
     with pytest.raises(NatDeployError, match=f"names CPUs \\[{absent}\\], but this process may run only on"):
         get_backend(load_device("cpu").with_overrides(cpu_mask=format(1 << absent, "x")))
