@@ -96,8 +96,7 @@ def main() -> None:
     batch, rest = split(fresh)
     per_session = kept.mean(0)
     between_sessions = per_session - per_session.mean(1, keepdims=True)
-    kept_batch = (kept - per_session).mean((1, 2))
-    within_session = kept - per_session - kept_batch[:, None, None]
+    kept_batch, within_session = split(kept.reshape(args.batches, -1))  # each (subnet, session) its own column
     agree = halves_agreement(fresh)
     half = args.batches // 2
     pct = lambda x: f"{100 * float(np.std(x)):.2f}%"  # noqa: E731
