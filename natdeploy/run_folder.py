@@ -208,9 +208,9 @@ def _json_kind(value: Any) -> str:
 def _checked_fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
     """``raw`` as keyword arguments of dataclass ``cls``: a JSON object with no unknown keys, every required key,
     and values of the annotated JSON types."""
-    what = "natdeploy search state" if cls is SearchState else "archive entry"
+    what = "a natdeploy search state" if cls is SearchState else "an archive entry"
     if not isinstance(raw, dict):
-        raise RunFolderError(f"{where} holds {_json_kind(raw)}, not a {what}; the run folder is damaged")
+        raise RunFolderError(f"{where} holds {_json_kind(raw)}, not {what}; the run folder is damaged")
     hints = get_type_hints(cls)
     required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     unknown = sorted(set(raw) - set(hints))
@@ -218,7 +218,7 @@ def _checked_fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
     if unknown or missing:
         problem = "; ".join(filter(None, [f"unknown key(s) {unknown}" if unknown else "",
                                           f"missing key(s) {missing}" if missing else ""]))
-        raise RunFolderError(f"{where}: {problem}; it is not a {what} of this natdeploy (edited by hand, or "
+        raise RunFolderError(f"{where}: {problem}; it is not {what} of this natdeploy (edited by hand, or "
                              "written by another version)")
     for key, value in raw.items():
         allowed = _json_types(hints[key])
