@@ -83,6 +83,9 @@ class SearchState:
         for key in ("resolutions", "widths"):
             if not isinstance(values["space"].get(key), list):
                 raise RunFolderError(f"{where}: space.{key} must be a list; the run folder is damaged")
+        lacking = [k for k in ("source", "classes", "n_train") if k not in values["data"]]
+        if lacking:
+            raise RunFolderError(f"{where}: the data description lacks {lacking}; the run folder is damaged")
         if not all(isinstance(d, str) for d in values["devices"]):
             raise RunFolderError(f"{where}: devices must be a list of names; the run folder is damaged")
         if not all(_is_number(v) for v in values["budgets"].values()):

@@ -154,6 +154,7 @@ def _good_raw() -> dict:
     (json.dumps({**_good_raw(), "warmed_up": 1}), r"warmed_up is a number \(1\), expected bool"),
     (json.dumps({**_good_raw(), "budgets": {"cpu": "fast"}}), r"budgets must map devices to milliseconds"),
     (json.dumps({**_good_raw(), "space": {"name": "x"}}), r"space.resolutions must be a list"),
+    (json.dumps({**_good_raw(), "data": {"source": "x"}}), r"data description lacks \['classes', 'n_train'\]"),
     (json.dumps({**_good_raw(), "archive": [{"arch": "x"}]}), r"state.json archive\[0\]: missing key\(s\)"),
     (json.dumps({**_good_raw(), "archive": [1]}), r"archive\[0\] holds a number, not an archive entry"),
 ])
