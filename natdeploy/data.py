@@ -40,16 +40,20 @@ class ImageData:
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     hflip: bool = True  # horizontal flips in augmentation (off for data such as digits, where a flip changes the class)
+    # the loader's arguments (source as an absolute path, val, limit_per_class, val_limit_per_class, val_fraction,
+    # seed), so that describe() records how to load the same images into the same split; empty when built by hand
+    loaded_with: dict = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
 
     def describe(self) -> dict:
-        """What a run records about its data."""
+        """What a run records about its data: its shape and statistics, and how :func:`load_described` reloads it."""
         return {"source": self.source, "classes": self.classes, "n_train": len(self.train_y),
                 "n_val": len(self.val_y), "storage_size": int(self.train_x.shape[-1]), "mean": list(self.mean),
-                "std": list(self.std), "skipped_images": self.skipped, "color_order": "RGB", "scale": "0..1"}
+                "std": list(self.std), "skipped_images": self.skipped, "color_order": "RGB", "scale": "0..1",
+                **self.loaded_with}
 
     def batches(self, split: str, batch_size: int, resolution: int, rng: np.random.Generator | None = None,
                 augment: bool = False, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -120,7 +124,8 @@ def load_digits_data(size: int = 32, val_fraction: float = 0.2, seed: int = 0) -
     tx, ty, vx, vy = _split(x, y, val_fraction, seed)
     mean, std = _stats(tx)
     return ImageData(tx, ty, vx, vy, [str(i) for i in range(10)], "sklearn digits (embedded default)", mean, std,
-                     notes=["no --data given: using scikit-learn's bundled 8x8 digits, upsampled"], hflip=False)
+                     notes=["no --data given: using scikit-learn's bundled 8x8 digits, upsampled"], hflip=False,
+                     loaded_with={"val_fraction": val_fraction, "seed": seed})
 
 
 def _read_folder(root: Path, size: int, classes: list[str] | None = None,
@@ -182,13 +187,18 @@ def load_image_folder(root: str | Path, val: str | Path | None = None, size: int
     else:
         tx, ty, vx, vy = _split(x, y, val_fraction, seed)
     mean, std = _stats(tx)
-    return ImageData(tx, ty, vx, vy, classes, str(root), mean, std, skipped=skipped)
+    return ImageData(tx, ty, vx, vy, classes, str(root), mean, std, skipped=skipped,
+                     loaded_with={"source": str(root.resolve()), "val": None if val is None else str(Path(val).resolve()),
+                                  "limit_per_class": limit_per_class, "val_limit_per_class": val_limit_per_class,
+                                  "val_fraction": val_fraction, "seed": seed})
 
 
 def load_described(desc: dict, seed: int = 0) -> ImageData:
-    """Reload the data a run recorded with :meth:`ImageData.describe` (scikit-learn digits, or an ImageFolder).
+    """Reload the data a run recorded with :meth:`ImageData.describe` (scikit-learn digits, or an ImageFolder),
+    replaying the recorded loader arguments so that the same images fall into the same split.
 
-    The recorded normalisation statistics replace the recomputed ones, because the run's weights were trained
+    Descriptions from older runs lack those arguments; they load with the loader's defaults and ``seed``. The
+    recorded normalisation statistics replace the recomputed ones, because the run's weights were trained
     with those exact values.
     """
     source = str(desc.get("source", ""))
@@ -196,10 +206,14 @@ def load_described(desc: dict, seed: int = 0) -> ImageData:
         raise DataError(f"the data description of {source or 'this run'} records no storage_size; "
                         "pass the data explicitly")
     size = int(desc["storage_size"])
+    kw = {"seed": int(desc["seed"]) if desc.get("seed") is not None else seed}
+    if desc.get("val_fraction") is not None:
+        kw["val_fraction"] = float(desc["val_fraction"])
     if source.startswith("sklearn digits"):
-        data = load_digits_data(size=size, seed=seed)
+        data = load_digits_data(size=size, **kw)
     else:
-        data = load_image_folder(source, size=size, seed=seed)
+        kw.update({k: desc[k] for k in ("val", "limit_per_class", "val_limit_per_class") if desc.get(k) is not None})
+        data = load_image_folder(source, size=size, **kw)
     if desc.get("mean") and desc.get("std"):
         data.mean = tuple(float(v) for v in desc["mean"])  # type: ignore[assignment]
         data.std = tuple(float(v) for v in desc["std"])  # type: ignore[assignment]

@@ -302,5 +302,5 @@ def build_metadata(src: Source, fmts: list[str], files: Mapping[str, bytes], io:
         "source": {"run": str(src.run.run_dir) if src.run else None,
                    "supernet": str(src.supernet_path) if src.supernet_path else None,
                    "archive_entry": src.archive_entry,
-                   "data": src.run.state.get("data") if src.run else (src.data.describe() if src.data else None)},
+                   "data": src.run.state.data if src.run else (src.data.describe() if src.data else None)},
     }

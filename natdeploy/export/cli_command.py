@@ -89,7 +89,7 @@ def _data(args: argparse.Namespace) -> Any:
     size = args.data_size
     if size is None:
         if Path(args.source).is_dir():
-            size = int(read_run(args.source).state["data"].get("storage_size", 0)) or None
+            size = int(read_run(args.source).state.data.get("storage_size", 0)) or None
         if size is None:
             size = Arch.parse(args.arch or args.source).r
     if args.data == "digits":

@@ -3,58 +3,59 @@ Arch with a supernet checkpoint. Picks the Arch and reloads what it needs, refus
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from natdeploy.data import DataError, ImageData, load_described
 from natdeploy.errors import CheckpointError
 from natdeploy.export.errors import ExportError
+from natdeploy.run_folder import ArchiveEntry, RunFolder, RunFolderError, SearchState, best_within
+from natdeploy.search.nat import NATConfig, SearchError
 from natdeploy.space import Arch
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
-from natdeploy.supernet.checkpoint import checkpoint_extra
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunInfo:
-    """What an export reads from a run folder's state.json."""
+    """What an export reads from a run folder: its state, the search settings, and the matching supernet."""
 
     run_dir: Path
-    state: dict[str, Any]
+    state: SearchState
     supernet_path: Path
+    config: NATConfig = field(default_factory=NATConfig)
 
     @property
     def devices(self) -> list[str]:
-        return list(self.state.get("devices") or [])
+        return list(self.state.devices)
 
     @property
     def budgets(self) -> dict[str, float]:
-        return {d: float(v) for d, v in (self.state.get("budgets") or {}).items()}
+        return {d: float(v) for d, v in self.state.budgets.items()}
 
     @property
-    def archive(self) -> list[dict[str, Any]]:
-        return list(self.state.get("archive") or [])
+    def archive(self) -> list[ArchiveEntry]:
+        return list(self.state.archive)
 
     @property
     def n_classes(self) -> int:
-        return int(self.state["n_classes"])
+        return self.state.n_classes
 
     @property
     def seed(self) -> int:
-        return int((self.state.get("config") or {}).get("seed", 0))
+        return self.config.seed
 
     @property
     def bn_batches(self) -> int:
-        return int((self.state.get("config") or {}).get("bn_batches", 4))
+        return self.config.bn_batches
 
     def entry_for(self, arch: Arch) -> dict[str, Any] | None:
-        """The archive entry of ``arch``, when the search evaluated it."""
-        return next((e for e in self.archive if e.get("arch") == arch.to_string()), None)
+        """The archive entry of ``arch`` (as recorded), when the search evaluated it."""
+        return next((asdict(e) for e in self.state.archive if e.arch == arch.to_string()), None)
 
 
 @dataclass
@@ -77,44 +78,27 @@ class Source:
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
-    """Read a run folder's state.json and pick the supernet checkpoint that matches it; refuse unfinished runs."""
-    run_dir = Path(run_dir)
-    path = run_dir / "state.json"
-    if not path.is_file():
-        raise ExportError(f"{run_dir} is not a natdeploy run folder (no state.json); give the folder that "
+    """Read a run folder's state and pick the supernet checkpoint that matches it; refuse unfinished runs."""
+    folder = RunFolder(run_dir)
+    if not folder.has_state():
+        raise ExportError(f"{folder.path} is not a natdeploy run folder (no {folder.STATE}); give the folder that "
                           "`natdeploy search` wrote, or an Arch string with --supernet")
     try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path} could not be read as JSON ({exc}); the run folder is damaged") from None
-    missing = [k for k in ("archive", "n_classes", "data", "devices") if k not in state]
-    if missing:
-        raise ExportError(f"{path} lacks {missing}; it is not a natdeploy search state")
-    done = int(state.get("completed_iteration", -1))
+        state = folder.read_state()
+        config = NATConfig.from_record(state.config, str(folder.state_path))
+    except (RunFolderError, SearchError) as exc:
+        raise ExportError(str(exc)) from None
+    done = state.completed_iteration
     if done < 1:
-        raise ExportError(f"{run_dir} has no finished NAT iteration (completed_iteration={done}); let the search "
-                          "finish at least one iteration (rerun it with --resume), then export")
-    if not state["archive"]:
-        raise ExportError(f"{run_dir} has an empty archive; there is no Arch to export")
-    return RunInfo(run_dir, state, _matching_supernet(run_dir, state))
-
-
-def _matching_supernet(run_dir: Path, state: dict[str, Any]) -> Path:
-    # The search writes supernet.pt before state.json; a kill between the two leaves the matching one as .prev.
-    want = {"iteration": state.get("completed_iteration"), "warmed_up": state.get("warmed_up", False)}
-    candidates = [run_dir / n for n in ("supernet.pt", "supernet.prev.pt") if (run_dir / n).is_file()]
-    if not candidates:
-        raise ExportError(f"{run_dir} holds no supernet.pt; the run folder is incomplete")
-    for path in candidates:
-        try:
-            extra = checkpoint_extra(path)
-        except CheckpointError as exc:
-            raise ExportError(f"{path}: {exc}") from None
-        if extra.get("iteration") == want["iteration"]:
-            return path
-    log.warning("no supernet checkpoint in %s records iteration %s; using %s", run_dir, want["iteration"],
-                candidates[0].name)
-    return candidates[0]
+        raise ExportError(f"{folder.path} has no finished NAT iteration (completed_iteration={done}); let the "
+                          "search finish at least one iteration (rerun it with --resume), then export")
+    if not state.archive:
+        raise ExportError(f"{folder.path} has an empty archive; there is no Arch to export")
+    try:
+        supernet_path = folder.supernet_path(state)
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from None
+    return RunInfo(folder.path, state, supernet_path, config)
 
 
 def resolve_budgets(budget: float | Mapping[str, float] | None, devices: Sequence[str],
@@ -139,10 +123,7 @@ def resolve_budgets(budget: float | Mapping[str, float] | None, devices: Sequenc
 
 def select_entry(run: RunInfo, budgets: Mapping[str, float]) -> dict[str, Any]:
     """The most accurate archive entry whose predicted latency meets every budget (the search's own rule)."""
-    from natdeploy.search.nat import ArchiveEntry
-    from natdeploy.search.report import best_within
-
-    entries = [ArchiveEntry(**e) for e in run.archive]
+    entries = run.archive
     lacking = sorted({d for e in entries for d in budgets if d not in e.latency_ms})
     if lacking:
         raise ExportError(f"the archive of {run.run_dir} holds no predicted latency for {lacking}; budget only "
@@ -155,12 +136,12 @@ def select_entry(run: RunInfo, budgets: Mapping[str, float]) -> dict[str, Any]:
         raise ExportError(f"no Arch in {run.run_dir} meets the budget ({want}); the closest is the fastest archive "
                           f"entry {fastest.arch} at {got} (accuracy {100 * fastest.accuracy:.2f}%). Raise the "
                           "budget, or pick an Arch with --arch")
-    return run.archive[entries.index(best)]
+    return asdict(best)
 
 
 def load_run_data(run: RunInfo) -> ImageData:
     """Reload the run's dataset from its recorded description, checking that the classes still match."""
-    desc = run.state["data"]
+    desc = run.state.data
     try:
         data = load_described(desc, seed=run.seed)
     except DataError as exc:

@@ -6,28 +6,25 @@ because every random stream is derived from (seed, iteration, phase) rather than
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from natdeploy.data import ImageData
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.fileio import atomic_write_text
+from natdeploy.run_folder import STATE_VERSION, ArchiveEntry, RunFolder, RunFolderError, SearchState
 from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
 from natdeploy.space import SearchSpace
-from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet
-from natdeploy.supernet.checkpoint import checkpoint_extra
+from natdeploy.supernet import OFAMobileNetV3Supernet
 from natdeploy.train import evaluate_arch, train_epochs
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+__all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION"]
 
 
 class SearchError(NatDeployError):
@@ -67,34 +64,21 @@ class NATConfig:
         base.update(overrides)
         return cls(**base)
 
+    def to_record(self) -> dict[str, Any]:
+        """The settings as a run's state.json records them (JSON types only)."""
+        return {**asdict(self), "objectives": list(self.objectives)}
 
-@dataclass
-class ArchiveEntry:
-    genome: list[int]
-    arch: str
-    accuracy: float
-    latency_ms: dict[str, float]
-    madds: int
-    params: int
-    iteration: int
-    predicted_accuracy: float | None = None
-
-
-@dataclass
-class SearchState:
-    config: dict
-    devices: list[str]
-    budgets: dict[str, float]
-    space: dict
-    data: dict
-    n_classes: int
-    completed_iteration: int = -1  # -1: initial archive not done; 0: initial archive evaluated
-    warmed_up: bool = False
-    supernet_source: str = "scratch"
-    archive: list[dict] = field(default_factory=list)
-    tau_history: list[dict] = field(default_factory=list)
-    timings: list[dict] = field(default_factory=list)
-    version: int = STATE_VERSION
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], where: str = "the recorded settings") -> "NATConfig":
+        """Settings read back from a run's state; keys it lacks take the defaults above, unknown keys are refused."""
+        unknown = sorted(set(record) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SearchError(f"{where}: unknown search setting(s) {unknown}; the state was written by another "
+                              "natdeploy version or edited by hand")
+        values = dict(record)
+        if "objectives" in values:
+            values["objectives"] = tuple(values["objectives"])
+        return cls(**values)
 
 
 def _rng(seed: int, iteration: int, phase: int) -> np.random.Generator:
@@ -108,7 +92,8 @@ class NATSearch:
                  predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry]) -> None:
         self.run_dir, self.state, self.supernet, self.data = run_dir, state, supernet, data
         self.predictors, self.archive = predictors, archive
-        self.cfg = NATConfig(**{**state.config, "objectives": tuple(state.config["objectives"])})
+        self.folder = RunFolder(run_dir) if run_dir is not None else None
+        self.cfg = NATConfig.from_record(state.config)
         self.space = SearchSpace(resolutions=tuple(state.space["resolutions"]), widths=tuple(state.space["widths"]),
                                  name=state.space.get("name", "custom"))
         self.costs = CostCache(self.space, state.n_classes)
@@ -119,12 +104,12 @@ class NATSearch:
     def create(cls, run_dir: Path, config: NATConfig, space: SearchSpace, data: ImageData,
                predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
                supernet: OFAMobileNetV3Supernet, supernet_source: str = "scratch") -> "NATSearch":
-        if (run_dir / "state.json").exists():
+        if RunFolder(run_dir).has_state():
             raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
         if supernet.width not in space.widths:
             raise SearchError(f"the supernet's width {supernet.width} is not in the search space {space.widths}")
         space = SearchSpace(resolutions=space.resolutions, widths=(supernet.width,), name=space.name)
-        state = SearchState(config={**asdict(config), "objectives": list(config.objectives)},
+        state = SearchState(config=config.to_record(),
                             devices=list(predictors), budgets=budgets,
                             space={"name": space.name, "resolutions": list(space.resolutions),
                                    "widths": list(space.widths)},
@@ -138,29 +123,25 @@ class NATSearch:
     def resume(cls, run_dir: Path, data: ImageData, predictors: dict[str, LatencyPredictor],
                iterations: int | None = None) -> "NATSearch":
         """Continue the run in ``run_dir`` (optionally extended to ``iterations``)."""
-        path = run_dir / "state.json"
-        if not path.exists():
-            raise SearchError(f"{run_dir} holds no search to resume (no state.json)")
-        raw = json.loads(path.read_text())
-        if raw.get("version") != STATE_VERSION:
-            raise SearchError(f"{path} has state version {raw.get('version')}; this natdeploy reads {STATE_VERSION}")
-        state = SearchState(**raw)
+        folder = RunFolder(run_dir)
+        if not folder.has_state():
+            raise SearchError(f"{run_dir} holds no search to resume (no {folder.STATE})")
+        try:
+            state = folder.read_state()
+            NATConfig.from_record(state.config, str(folder.state_path))
+        except RunFolderError as exc:
+            raise SearchError(str(exc)) from None
         if iterations is not None:
             state.config["iterations"] = iterations
         if sorted(state.devices) != sorted(predictors):
             raise SearchError(f"{run_dir} searched devices {state.devices}; resume it with the same --device flags")
         if data.describe()["n_train"] != state.data["n_train"] or data.classes != state.data["classes"]:
             raise SearchError(f"{run_dir} was searched on {state.data['source']}; resume it with the same data")
-        want = {"iteration": state.completed_iteration, "warmed_up": state.warmed_up}
-        for name in ("supernet.pt", "supernet.prev.pt"):  # a kill between the two writes leaves the older one
-            if (run_dir / name).exists() and checkpoint_extra(run_dir / name) == want:
-                supernet = load_supernet(run_dir / name)
-                break
-        else:
-            raise SearchError(f"{run_dir} has no supernet checkpoint matching its state {want}; the run folder is "
-                              "damaged: start a new run")
-        archive = [ArchiveEntry(**e) for e in state.archive]
-        return cls(run_dir, state, supernet, data, predictors, archive)
+        try:
+            supernet = folder.load_supernet(state)
+        except RunFolderError as exc:
+            raise SearchError(str(exc)) from None
+        return cls(run_dir, state, supernet, data, predictors, list(state.archive))
 
     # ----- the loop -----------------------------------------------------------------------------------------
     def run(self, on_event: Callable[[str, dict], None] | None = None) -> list[ArchiveEntry]:
@@ -356,12 +337,5 @@ class NATSearch:
         return new
 
     def _checkpoint(self) -> None:
-        """Supernet first (keeping the previous one), then state.json, the commit point; outputs last."""
-        sn = self.run_dir / "supernet.pt"
-        if sn.exists():
-            os.replace(sn, self.run_dir / "supernet.prev.pt")
-        save_supernet(self.supernet, sn, extra={"iteration": self.state.completed_iteration,
-                                                "warmed_up": self.state.warmed_up})
-        self.state.archive = [asdict(e) for e in self.archive]
-        atomic_write_text(self.run_dir / "state.json", json.dumps(asdict(self.state), indent=1) + "\n")
-        atomic_write_text(self.run_dir / "archive.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in self.archive))
+        """Commit the state, archive and supernet through the run folder (supernet first, state.json last)."""
+        self.folder.write_checkpoint(self.state, self.archive, self.supernet)

@@ -1,20 +1,27 @@
-"""Search outputs: budget checks, the Pareto front, the best Arch within the budgets, the plot, the summary."""
+"""Search outputs: budget checks, the Pareto front, the best Arch within the budgets, the plot, the summary.
+
+What goes into the files is computed here; the run folder (:mod:`natdeploy.run_folder`) writes them.
+"""
 
 from __future__ import annotations
 
-import json
+import io
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from natdeploy.fileio import atomic_write_bytes
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.fileio import atomic_write_text
-from natdeploy.search.nat import ArchiveEntry, SearchError
+from natdeploy.run_folder import ArchiveEntry, RunFolder, best_within
+from natdeploy.search.nat import SearchError
 from natdeploy.space import SearchSpace
 
 log = logging.getLogger(__name__)
+__all__ = ["latency_range", "check_budgets", "pareto_front", "best_within", "write_outputs", "pareto_png",
+           "plot_pareto", "summary_table"]
 
 
 def latency_range(predictor: LatencyPredictor, space: SearchSpace, n_classes: int, n_samples: int = 4000,
@@ -64,30 +71,26 @@ def pareto_front(archive: Sequence[ArchiveEntry], devices: Sequence[str], object
     return sorted((archive[i] for i in front), key=lambda e: -e.accuracy)
 
 
-def best_within(archive: Sequence[ArchiveEntry], budgets: dict[str, float]) -> ArchiveEntry | None:
-    """The most accurate archive member whose predicted latency meets every budget."""
-    ok = [e for e in archive if all(e.latency_ms[d] <= b for d, b in budgets.items())]
-    return max(ok, key=lambda e: (e.accuracy, -min(e.latency_ms.values(), default=0))) if ok else None
-
-
 def write_outputs(run_dir: Path, archive: Sequence[ArchiveEntry], devices: Sequence[str], budgets: dict[str, float],
                   objectives: Sequence[str], extra: dict | None = None) -> dict:
     """pareto.json, best.json and pareto.png in ``run_dir``; returns the best entry's record."""
-    from dataclasses import asdict
-
     front = pareto_front(archive, devices, objectives)
-    atomic_write_text(run_dir / "pareto.json", json.dumps([asdict(e) for e in front], indent=1) + "\n")
     best = best_within(archive, budgets)
     record = {"budgets_ms": budgets, "best": asdict(best) if best else None, **(extra or {})}
-    atomic_write_text(run_dir / "best.json", json.dumps(record, indent=1) + "\n")
-    if devices:
-        plot_pareto(run_dir / "pareto.png", archive, front, devices[0], budgets.get(devices[0]))
+    png = pareto_png(archive, front, devices[0], budgets.get(devices[0])) if devices else None
+    RunFolder(run_dir).write_outputs(front, record, png)
     return record
 
 
 def plot_pareto(path: Path, archive: Sequence[ArchiveEntry], front: Sequence[ArchiveEntry], device: str,
                 budget: float | None) -> None:
-    """Accuracy against predicted latency, one colour per iteration, the front and the budget line."""
+    """Write :func:`pareto_png` to ``path`` atomically."""
+    atomic_write_bytes(path, pareto_png(archive, front, device, budget))
+
+
+def pareto_png(archive: Sequence[ArchiveEntry], front: Sequence[ArchiveEntry], device: str,
+               budget: float | None) -> bytes:
+    """Accuracy against predicted latency, one colour per iteration, the front and the budget line, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,10 +111,10 @@ def plot_pareto(path: Path, archive: Sequence[ArchiveEntry], front: Sequence[Arc
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    return buf.getvalue()
 
 
 def summary_table(front: Sequence[ArchiveEntry], devices: Sequence[str], limit: int = 12) -> str:
