@@ -1,6 +1,7 @@
 """The NAT / Once-for-All MobileNetV3 search space: ``Arch``, ``SearchSpace``, encodings, MAdds and params.
 
-This module imports nothing else of natdeploy's: every other part speaks ``Arch``.
+It imports only ``natdeploy.layout`` (the supernet's fixed layout, whose names it re-exports): every other part
+speaks ``Arch``, and genome arrays go through :class:`SearchSpace`'s vectorised methods.
 """
 
 from __future__ import annotations
@@ -12,54 +13,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
-N_STAGES = 5
-MAX_DEPTH = 4
-N_BLOCKS = N_STAGES * MAX_DEPTH
-KERNELS = (3, 5, 7)
-EXPANDS = (3, 4, 6)
-DEPTHS = (2, 3, 4)
-WIDTHS = (1.0, 1.2)
-GENOME_LENGTH = 2 + N_BLOCKS
+from natdeploy.layout import (  # noqa: F401  (re-exported: the rest of natdeploy imports them from here)
+    BASE_WIDTHS, BLOCK0_KERNEL, CHANNEL_DIVISOR, DEPTHS, EXPANDS, FIXED_LAYERS, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES,
+    SE_REDUCTION, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, WIDTHS, BlockSlot, LayerSpec, SupernetPlan, conv_out,
+    fixed_layer, layer_cost, make_divisible, mid_channels, se_channels, stage_widths, supernet_plan)
 
-# OFA MobileNetV3 layout: stem, block 0, five elastic stages, final expand, feature mix.
-BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
-STAGE_STRIDES = (2, 2, 2, 1, 2)
-STAGE_ACTS = ("relu", "relu", "hswish", "hswish", "hswish")
-STAGE_SE = (False, True, False, True, True)
-SE_REDUCTION = 4
-CHANNEL_DIVISOR = 8
+GENOME_LENGTH = 2 + N_BLOCKS
+N_CHOICES = len(KERNELS) * len(EXPANDS)  # block gene 1 + c for choice c = k_idx + 3 * e_idx; 0 skips the block
 MIN_RESOLUTION = 32
 MAX_RESOLUTION = 512
+# A choice index's kernel and expand ratio, for vectorised decoding.
+CHOICE_KERNELS = np.array([KERNELS[c % len(KERNELS)] for c in range(N_CHOICES)])
+CHOICE_EXPANDS = np.array([EXPANDS[c // len(KERNELS)] for c in range(N_CHOICES)])
 
 
-def make_divisible(v: float, divisor: int = CHANNEL_DIVISOR) -> int:
-    """Round ``v`` to a multiple of ``divisor`` the way OFA and MobileNet do (never down by more than 10%)."""
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
+def block_gene(kernel: int, expand: int) -> int:
+    """The genome's gene of a kept block: 1 + k_idx + 3 * e_idx."""
+    return 1 + KERNELS.index(kernel) + len(KERNELS) * EXPANDS.index(expand)
 
 
-def stage_widths(w: float) -> tuple[int, ...]:
-    """The 9 channel widths (stem, block 0, 5 stages, final expand, feature mix) at width multiplier ``w``."""
-    if w not in WIDTHS:
-        raise ValueError(f"w={w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
-    return tuple(make_divisible(c * w) for c in BASE_WIDTHS)
-
-
-def mid_channels(in_channels: int, expand: int) -> int:
-    """Channels inside an MBConv block with ``in_channels`` inputs and expand ratio ``expand``."""
-    return make_divisible(round(in_channels * expand))
-
-
-def se_channels(mid: int) -> int:
-    """Channels inside the squeeze-and-excitation module of a block with ``mid`` channels."""
-    return make_divisible(mid // SE_REDUCTION)
-
-
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output size of a 'same'-padded convolution (padding k//2)."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+def choice_kernel_expand(choices: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, expand ratio) of choice indices (gene - 1), elementwise; the inverse of :func:`block_gene`."""
+    return CHOICE_KERNELS[choices], CHOICE_EXPANDS[choices]
 
 
 def _check_choices(name: str, values: Sequence[Any], allowed: Sequence[Any], length: int) -> tuple:
@@ -228,27 +203,25 @@ def _identity_config(c: int) -> dict[str, Any]:
 
 
 def _ofa_config(arch: Arch, n_classes: int, dropout_rate: float, momentum: float, eps: float) -> dict[str, Any]:
-    widths = stage_widths(arch.w)
-    blocks = [{"name": "ResidualBlock",
-               "conv": _mbconv_config(widths[0], widths[1], 3, 1, 1, None, "relu", False),
-               "shortcut": _identity_config(widths[1]) if widths[0] == widths[1] else None}]
-    cin = widths[1]
-    for i, s, k, e in arch.active_blocks():
-        stride = STAGE_STRIDES[s] if i % MAX_DEPTH == 0 else 1
-        cout = widths[2 + s]
-        conv = _mbconv_config(cin, cout, k, stride, e, mid_channels(cin, e), STAGE_ACTS[s], STAGE_SE[s])
-        shortcut = _identity_config(cin) if stride == 1 and cin == cout else None
-        blocks.append({"name": "ResidualBlock", "conv": conv, "shortcut": shortcut})
-        cin = cout
+    plan = supernet_plan(arch.w)
+
+    def block(slot: BlockSlot, k: int, e: int, mid: int | None) -> dict[str, Any]:
+        conv = _mbconv_config(slot.in_c, slot.out_c, k, slot.stride, e, mid, slot.act, slot.se)
+        return {"name": "ResidualBlock", "conv": conv, "shortcut": _identity_config(slot.in_c) if slot.skip else None}
+
+    blocks = [block(plan.block0, BLOCK0_KERNEL, 1, None)]
+    blocks += [block(plan.blocks[i], k, e, mid_channels(plan.blocks[i].in_c, e)) for i, _, k, e in arch.active_blocks()]
     return {
         "name": "MobileNetV3",
         "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
-        "first_conv": _conv_layer_config(3, widths[0], 3, 2, "h_swish"),
+        "first_conv": _conv_layer_config(3, plan.stem_c, 3, 2, "h_swish"),
         "blocks": blocks,
-        "final_expand_layer": _conv_layer_config(cin, widths[7], 1, 1, "h_swish"),
-        "feature_mix_layer": _conv_layer_config(widths[7], widths[8], 1, 1, "h_swish", bias=False, use_bn=False),
-        "classifier": {"name": "LinearLayer", "in_features": widths[8], "out_features": n_classes, "bias": True,
-                       "use_bn": False, "act_func": None, "dropout_rate": dropout_rate, "ops_order": "weight_bn_act"},
+        "final_expand_layer": _conv_layer_config(plan.last_c, plan.final_expand_c, 1, 1, "h_swish"),
+        "feature_mix_layer": _conv_layer_config(plan.final_expand_c, plan.feature_mix_c, 1, 1, "h_swish", bias=False,
+                                                use_bn=False),
+        "classifier": {"name": "LinearLayer", "in_features": plan.feature_mix_c, "out_features": n_classes,
+                       "bias": True, "use_bn": False, "act_func": None, "dropout_rate": dropout_rate,
+                       "ops_order": "weight_bn_act"},
     }
 
 
@@ -283,74 +256,21 @@ def _arch_from_ofa_config(config: dict[str, Any], resolution: int | None) -> Arc
 
 
 # ----- per-layer plan: the one description of the network that MAdds, params and latency ops all read ---------
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer of a static subnet, with its shapes. ``kind`` is stem, block0, mbconv, final_expand, pool,
-    feature_mix or classifier."""
-
-    kind: str
-    in_hw: int
-    in_c: int
-    out_hw: int
-    out_c: int
-    mid: int = 0
-    kernel: int = 1
-    stride: int = 1
-    skip: bool = False
-    se: bool = False
-    act: str = "relu"
-    expand: int = 1
-
-
 def layer_plan(arch: Arch, n_classes: int = 1000) -> list[LayerSpec]:
     """The static subnet of ``arch`` as a list of layers with input and output shapes (batch 1)."""
-    widths = stage_widths(arch.w)
-    hw = conv_out(arch.r, 3, 2)
-    plan = [LayerSpec("stem", arch.r, 3, hw, widths[0], kernel=3, stride=2, act="hswish")]
-    plan.append(LayerSpec("block0", hw, widths[0], hw, widths[1], mid=widths[0], kernel=3, stride=1,
-                          skip=widths[0] == widths[1], act="relu"))
-    cin = widths[1]
-    for i, s, k, e in arch.active_blocks():
-        stride = STAGE_STRIDES[s] if i % MAX_DEPTH == 0 else 1
-        cout = widths[2 + s]
-        out_hw = conv_out(hw, k, stride)
-        plan.append(LayerSpec("mbconv", hw, cin, out_hw, cout, mid=mid_channels(cin, e), kernel=k, stride=stride,
-                              skip=stride == 1 and cin == cout, se=STAGE_SE[s], act=STAGE_ACTS[s], expand=e))
-        hw, cin = out_hw, cout
-    plan.append(LayerSpec("final_expand", hw, cin, hw, widths[7], act="hswish"))
-    plan.append(LayerSpec("pool", hw, widths[7], 1, widths[7], kernel=hw, act="none"))
-    plan.append(LayerSpec("feature_mix", 1, widths[7], 1, widths[8], act="hswish"))
-    plan.append(LayerSpec("classifier", 1, widths[8], 1, n_classes, act="none"))
-    return plan
-
-
-def layer_cost(layer: LayerSpec) -> tuple[int, int]:
-    """(MAdds, params) of one layer, in OFA's convention: conv and linear multiply-adds, SE included, no bias adds."""
-    out_px = layer.out_hw * layer.out_hw
-    in_px = layer.in_hw * layer.in_hw
-    if layer.kind in ("stem", "final_expand"):
-        macs = layer.in_c * layer.kernel ** 2 * layer.out_c * out_px
-        return macs, layer.in_c * layer.kernel ** 2 * layer.out_c + 2 * layer.out_c
-    if layer.kind == "feature_mix":
-        return layer.in_c * layer.out_c, layer.in_c * layer.out_c
-    if layer.kind == "classifier":
-        return layer.in_c * layer.out_c, layer.in_c * layer.out_c + layer.out_c
-    if layer.kind == "pool":
-        return 0, 0
-    mid = layer.mid
-    macs = params = 0
-    if layer.kind == "mbconv":  # block 0 has no inverted bottleneck (expand ratio 1)
-        macs += layer.in_c * mid * in_px
-        params += layer.in_c * mid + 2 * mid
-    macs += mid * layer.kernel ** 2 * out_px
-    params += mid * layer.kernel ** 2 + 2 * mid
-    if layer.se:
-        sm = se_channels(mid)
-        macs += 2 * mid * sm
-        params += 2 * mid * sm + sm + mid
-    macs += mid * layer.out_c * out_px
-    params += mid * layer.out_c + 2 * layer.out_c
-    return macs, params
+    plan = supernet_plan(arch.w)
+    hw = conv_out(arch.r, FIXED_LAYERS["stem"][0], FIXED_LAYERS["stem"][1])
+    layers = [fixed_layer("stem", arch.r, 3, hw, plan.stem_c), plan.block0_layer(hw)]
+    for i, _, k, e in arch.active_blocks():
+        slot = plan.blocks[i]
+        layers.append(slot.layer(hw, k, mid_channels(slot.in_c, e)))
+        hw = layers[-1].out_hw
+    c = plan.final_expand_c
+    layers.append(fixed_layer("final_expand", hw, plan.last_c, hw, c))
+    layers.append(fixed_layer("pool", hw, c, 1, c))
+    layers.append(fixed_layer("feature_mix", 1, c, 1, plan.feature_mix_c))
+    layers.append(fixed_layer("classifier", 1, plan.feature_mix_c, 1, n_classes))
+    return layers
 
 
 def madds(arch: Arch, n_classes: int = 1000) -> int:
@@ -415,24 +335,85 @@ class SearchSpace:
         return arch
 
     # ----- NAT's 22-integer genome -------------------------------------------------------------------------
+    # Layout: resolution index, width index, then one gene per block (5 stages x 4), 0 for a skipped block or
+    # block_gene(k, e). A skipped block counts as if it stood at the end of its stage; each stage keeps >= 2 blocks.
+    # The array methods below take (N, 22) arrays and are the one implementation of these rules.
     @property
     def lower_bounds(self) -> np.ndarray:
         return np.zeros(GENOME_LENGTH, dtype=int)
 
     @property
     def upper_bounds(self) -> np.ndarray:
-        n_choices = len(KERNELS) * len(EXPANDS)
-        return np.array([len(self.resolutions) - 1, len(self.widths) - 1] + [n_choices] * N_BLOCKS, dtype=int)
+        return np.array([len(self.resolutions) - 1, len(self.widths) - 1] + [N_CHOICES] * N_BLOCKS, dtype=int)
+
+    @staticmethod
+    def canonical(genomes: np.ndarray) -> np.ndarray:
+        """Genomes as int64 with skipped blocks (gene 0) pushed to the end of each stage, the others kept in order:
+        genomes of the same network become equal rows."""
+        g = np.asarray(genomes, dtype=np.int64).copy()
+        blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
+        order = np.argsort(blocks == 0, axis=2, kind="stable")
+        g[:, 2:] = np.take_along_axis(blocks, order, axis=2).reshape(len(g), -1)
+        return g
+
+    @staticmethod
+    def depths(genomes: np.ndarray) -> np.ndarray:
+        """(N, 5) number of kept blocks per stage."""
+        g = np.asarray(genomes)
+        return (g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH) != 0).sum(axis=2)
+
+    @staticmethod
+    def block_choices(genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(choice, active), both (N, 20) in network order after :meth:`canonical`: the choice index
+        ``k_idx + 3 * e_idx`` of each block (0 where skipped) and whether the block exists."""
+        blocks = SearchSpace.canonical(genomes)[:, 2:]
+        return np.maximum(blocks - 1, 0), blocks > 0
+
+    @staticmethod
+    def kernel_expand(genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kernel, expand, active), each (N, 20) in network order; skipped blocks read as k3, e3 as in ``Arch``."""
+        choice, active = SearchSpace.block_choices(genomes)
+        return (*choice_kernel_expand(choice), active)
+
+    def check_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        """``genomes`` as an (N, 22) int64 array, or ``ValueError`` naming the first gene out of this space's
+        bounds or the first stage that keeps fewer than 2 blocks."""
+        g = np.asarray(genomes)
+        if g.ndim != 2 or g.shape[1] != GENOME_LENGTH:
+            raise ValueError(f"genomes must be an (N, {GENOME_LENGTH}) integer array, got shape {g.shape}")
+        g = g.astype(np.int64)
+        lo, hi = self.lower_bounds, self.upper_bounds
+        out = (g < lo) | (g > hi)
+        if out.any():
+            row, i = (int(v[0]) for v in np.nonzero(out))
+            raise ValueError(f"genome[{i}]={g[row, i]} is out of range 0..{hi[i]}")
+        depth = self.depths(g)
+        short = depth < DEPTHS[0]
+        if short.any():
+            row, s = (int(v[0]) for v in np.nonzero(short))
+            raise ValueError(f"genome stage {s} keeps {depth[row, s]} blocks; each stage needs at least {DEPTHS[0]}")
+        return g
+
+    def repair(self, genomes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Round to integers, clip to bounds, refill random empty slots of any stage with fewer than 2 blocks (random
+        choices, drawn row by row, stage by stage), and return the :meth:`canonical` genomes."""
+        g = np.clip(np.rint(np.asarray(genomes, dtype=float)), self.lower_bounds, self.upper_bounds).astype(np.int64)
+        blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH).copy()
+        need = DEPTHS[0] - (blocks != 0).sum(axis=2)
+        for row, s in zip(*np.nonzero(need > 0)):
+            genes, n = blocks[row, s], int(need[row, s])
+            genes[rng.choice(np.nonzero(genes == 0)[0], n, replace=False)] = rng.integers(1, N_CHOICES + 1, n)
+        g[:, 2:] = blocks.reshape(len(g), -1)
+        return self.canonical(g)
 
     def encode(self, arch: Arch) -> np.ndarray:
-        """NAT's genome: resolution index, width index, then per block 0 (skipped) or 1 + k_idx + 3*e_idx."""
+        """NAT's genome of ``arch``: resolution index, width index, then per block 0 (skipped) or its gene."""
         self.validate(arch)
         genes = [self.resolutions.index(arch.r), self.widths.index(arch.w)]
         for s in range(N_STAGES):
             for j in range(MAX_DEPTH):
                 i = s * MAX_DEPTH + j
-                genes.append(0 if j >= arch.d[s] else
-                             1 + KERNELS.index(arch.ks[i]) + len(KERNELS) * EXPANDS.index(arch.e[i]))
+                genes.append(0 if j >= arch.d[s] else block_gene(arch.ks[i], arch.e[i]))
         return np.array(genes, dtype=int)
 
     def decode(self, genome: Sequence[int]) -> Arch:
@@ -442,21 +423,10 @@ class SearchSpace:
             raise ValueError(f"a genome must hold {GENOME_LENGTH} integers, got shape {tuple(g.shape)}")
         if not np.all(np.equal(np.mod(g, 1), 0)):
             raise ValueError(f"a genome must hold integers, got {g.tolist()}")
-        g = g.astype(int)
-        bad = np.nonzero((g < self.lower_bounds) | (g > self.upper_bounds))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"genome[{i}]={g[i]} is out of range 0..{self.upper_bounds[i]}")
-        ks, e, d = [], [], []
-        for s in range(N_STAGES):
-            genes = [x for x in g[2 + s * MAX_DEPTH: 2 + (s + 1) * MAX_DEPTH] if x > 0]
-            if len(genes) < DEPTHS[0]:
-                raise ValueError(f"genome stage {s} keeps {len(genes)} blocks; each stage needs at least {DEPTHS[0]}")
-            d.append(len(genes))
-            for x in genes + [1] * (MAX_DEPTH - len(genes)):
-                ks.append(KERNELS[(x - 1) % len(KERNELS)])
-                e.append(EXPANDS[(x - 1) // len(KERNELS)])
-        return Arch(ks=ks, e=e, d=d, r=self.resolutions[g[0]], w=self.widths[g[1]])
+        g = self.check_genomes(g[None])
+        ks, e, _ = (a[0].tolist() for a in self.kernel_expand(g))
+        d = self.depths(g)[0].tolist()
+        return Arch(ks=ks, e=e, d=d, r=self.resolutions[g[0, 0]], w=self.widths[g[0, 1]])
 
     # ----- sampling and extremes ----------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int | None = None) -> Arch | list[Arch]:

@@ -18,13 +18,12 @@ import numpy as np
 from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops, op_of_layer
 from natdeploy.fileio import atomic_write_text
 from natdeploy.latency.table import LatencyTable, TableError
-from natdeploy.space import (DEPTHS, EXPANDS, GENOME_LENGTH, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES, Arch,
-                             SearchSpace, layer_cost, layer_plan)
+from natdeploy.space import (KERNELS, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, Arch, SearchSpace,
+                             choice_kernel_expand, layer_cost, layer_plan)
 
 log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "natdeploy.latency_predictor"
 MIN_E2E_FOR_RESIDUAL = 5
-N_CHOICES = len(KERNELS) * len(EXPANDS)
 
 
 def op_features(op: OpSig) -> list[float]:
@@ -178,7 +177,7 @@ class _Compiled:
         for ri, r in enumerate(space.resolutions):
             for wi, w in enumerate(space.widths):
                 for c in range(N_CHOICES):
-                    k, e = KERNELS[c % len(KERNELS)], EXPANDS[c // len(KERNELS)]
+                    k, e = choice_kernel_expand(c)
                     arch = Arch(ks=[k] * N_BLOCKS, e=[e] * N_BLOCKS, d=[MAX_DEPTH] * N_STAGES, r=r, w=w)
                     b = 0
                     for layer in layer_plan(arch, n_classes):
@@ -199,33 +198,21 @@ class _Compiled:
 
     def evaluate(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(table sum in ms, residual-model features) for a batch of genomes."""
-        g = np.asarray(genomes)
-        if g.ndim != 2 or g.shape[1] != GENOME_LENGTH:
-            raise ValueError(f"genomes must be an (N, {GENOME_LENGTH}) integer array, got shape {g.shape}")
-        g = g.astype(np.int64)
-        if (g < self.space.lower_bounds).any() or (g > self.space.upper_bounds).any():
-            raise ValueError("a genome lies outside the search space's bounds")
-        n = len(g)
+        space = self.space
+        g = space.check_genomes(genomes)
         ri, wi = g[:, 0], g[:, 1]
-        genes = g[:, 2:].reshape(n, N_STAGES, MAX_DEPTH)
-        order = np.argsort(genes == 0, axis=2, kind="stable")  # skipped blocks go to the end of their stage
-        genes = np.take_along_axis(genes, order, axis=2).reshape(n, N_BLOCKS)
-        active = genes > 0
-        depth = active.reshape(n, N_STAGES, MAX_DEPTH).sum(2)
-        if (depth < DEPTHS[0]).any():
-            raise ValueError(f"a genome keeps fewer than {DEPTHS[0]} blocks in a stage")
-        c = np.maximum(genes - 1, 0)
+        c, active = space.block_choices(g)
+        k, e = choice_kernel_expand(c)
+        depth = space.depths(g)
         rows, cols = ri[:, None], wi[:, None]
         blocks = np.arange(N_BLOCKS)[None, :]
         lut = self.flat[ri, wi] + (self.blat[rows, cols, blocks, c] * active).sum(1)
         mac = self.fmac[ri, wi] + (self.bmac[rows, cols, blocks, c] * active).sum(1)
         par = self.fpar[ri, wi] + (self.bpar[rows, cols, blocks, c] * active).sum(1)
-        k = np.asarray(KERNELS)[c % len(KERNELS)]
-        e = np.asarray(EXPANDS)[c // len(KERNELS)]
         n_active = active.sum(1)
         feats = np.column_stack([
-            np.log(lut), np.log(mac), np.log(par), np.asarray(self.space.resolutions)[ri],
-            np.asarray(self.space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
+            np.log(lut), np.log(mac), np.log(par), np.asarray(space.resolutions)[ri],
+            np.asarray(space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
             (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)])
         return lut, feats
 

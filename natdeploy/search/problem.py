@@ -11,18 +11,12 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.space import DEPTHS, MAX_DEPTH, N_STAGES, SearchSpace, madds, params
+from natdeploy.space import SearchSpace, madds, params
 
 OBJECTIVES = ("error", "latency", "madds", "params")
 
 
-def canonical(genomes: np.ndarray) -> np.ndarray:
-    """Push skipped blocks (gene 0) to the end of each stage, keeping the order of the others."""
-    g = np.asarray(genomes, dtype=np.int64).copy()
-    blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
-    order = np.argsort(blocks == 0, axis=2, kind="stable")
-    g[:, 2:] = np.take_along_axis(blocks, order, axis=2).reshape(len(g), -1)
-    return g
+canonical = SearchSpace.canonical  # the search's name for it (natdeploy.search.nat and the tests import it)
 
 
 class StageRepair(Repair):
@@ -34,20 +28,12 @@ class StageRepair(Repair):
         self.rng = np.random.default_rng(seed)
 
     def _do(self, problem: Any, X: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return repair_genomes(self.space, X, self.rng)
+        return self.space.repair(X, self.rng)
 
 
 def repair_genomes(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    g = np.clip(np.rint(np.asarray(X, dtype=float)), space.lower_bounds, space.upper_bounds).astype(np.int64)
-    n_choices = int(space.upper_bounds[2])
-    for row in g:
-        for s in range(N_STAGES):
-            genes = row[2 + s * MAX_DEPTH: 2 + (s + 1) * MAX_DEPTH]
-            empty = np.nonzero(genes == 0)[0]
-            need = DEPTHS[0] - (MAX_DEPTH - len(empty))
-            if need > 0:
-                genes[rng.choice(empty, need, replace=False)] = rng.integers(1, n_choices + 1, need)
-    return canonical(g)
+    """:meth:`SearchSpace.repair` (the name the search uses)."""
+    return space.repair(X, rng)
 
 
 @dataclass
@@ -84,7 +70,7 @@ class NATProblem(Problem):
                          xl=space.lower_bounds, xu=space.upper_bounds, vtype=int)
 
     def _evaluate(self, X: np.ndarray, out: dict, *args: Any, **kwargs: Any) -> None:
-        g = canonical(np.rint(X))
+        g = self.space.canonical(np.rint(X))
         values = evaluate_columns(g, self.columns, self.surrogate, self.predictors, self.space, self.costs)
         out["F"] = np.column_stack([values[c] for c in self.columns])
         if self.budgets:

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import linalg, stats
 
 from natdeploy.errors import NatDeployError
-from natdeploy.space import EXPANDS, GENOME_LENGTH, KERNELS, MAX_DEPTH, N_STAGES
+from natdeploy.space import GENOME_LENGTH, MAX_DEPTH, N_CHOICES, N_STAGES, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ __all__ = ["Surrogate", "NotFittedError", "RBFEnsemble", "GaussianProcess", "CAR
 SURROGATE_NAMES = ("rbf", "gp", "cart", "rf", "mlp", "as")
 ENCODINGS = ("features", "genome")
 N_FEATURES = 2 + N_STAGES + N_STAGES * MAX_DEPTH
-_MAX_GENE = len(KERNELS) * len(EXPANDS)
 _CHUNK = 512  # query rows per RBF kernel block; measured 2-3x faster than 10k rows at once (cache-sized blocks)
 
 
@@ -88,6 +87,12 @@ def _check_seed(seed: Any) -> int:
     return _check_int("seed", seed, 0)
 
 
+def _check_encoding(encoding: str) -> str:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; allowed: {list(ENCODINGS)}")
+    return encoding
+
+
 def _check_X(X: Any, n_columns: int | None = None) -> np.ndarray:
     X = np.asarray(X, dtype=float)
     if X.ndim != 2:
@@ -126,17 +131,12 @@ def genome_features(X: np.ndarray) -> np.ndarray:
     g = np.rint(X)
     if not np.allclose(g, X, atol=1e-6):
         raise ValueError("genomes must hold integers (round them, e.g. np.rint, before predicting)")
-    blocks = g[:, 2:]
-    if g.min(initial=0) < 0 or blocks.max(initial=0) > _MAX_GENE:
-        raise ValueError(f"genome values out of range: indices must be >= 0 and block genes in 0..{_MAX_GENE}")
-    blocks = blocks.reshape(len(g), N_STAGES, MAX_DEPTH)
-    # Skipped blocks go to the end of their stage (stable, so kept blocks keep their order) as decode() does.
-    order = np.argsort(blocks == 0, axis=2, kind="stable")
-    blocks = np.take_along_axis(blocks, order, axis=2)
+    if g.min(initial=0) < 0 or g[:, 2:].max(initial=0) > N_CHOICES:
+        raise ValueError(f"genome values out of range: indices must be >= 0 and block genes in 0..{N_CHOICES}")
     out = np.empty((len(g), N_FEATURES), dtype=float)
     out[:, :2] = g[:, :2]
-    out[:, 2:2 + N_STAGES] = (blocks > 0).sum(axis=2)
-    out[:, 2 + N_STAGES:] = blocks.reshape(len(g), -1)
+    out[:, 2:2 + N_STAGES] = SearchSpace.depths(g)
+    out[:, 2 + N_STAGES:] = SearchSpace.canonical(g)[:, 2:]
     return out
 
 
@@ -151,9 +151,7 @@ class _ScaledSurrogate:
 
     def __init__(self, seed: int = 0, encoding: str = "features") -> None:
         self.seed = _check_seed(seed)
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r}; allowed: {list(ENCODINGS)}")
-        self.encoding = encoding
+        self.encoding = _check_encoding(encoding)
         self._n_columns: int | None = None
 
     def __repr__(self) -> str:
@@ -440,11 +438,15 @@ def cross_validated_tau(make: Callable[[], Surrogate], X: np.ndarray, y: np.ndar
     k = min(n_folds, len(X) // 2)
     if k < 2:
         return float("nan")
+    from sklearn.model_selection import KFold
+
+    # Contiguous folds of one seeded permutation, training rows in their original order.
+    order = np.random.default_rng(seed).permutation(len(X))
     taus = []
-    for test in np.array_split(np.random.default_rng(seed).permutation(len(X)), k):
+    for train_pos, test_pos in KFold(n_splits=k).split(order):
+        train, test = np.sort(order[train_pos]), order[test_pos]
         if np.ptp(y[test]) == 0:
             continue
-        train = np.setdiff1d(np.arange(len(X)), test)
         tau = kendall_tau(y[test], make().fit(X[train], y[train]).predict(X[test]))
         taus.append(0.0 if math.isnan(tau) else tau)
     return float(np.mean(taus)) if taus else float("nan")
@@ -477,9 +479,7 @@ class AdaptiveSwitching:
         if not candidates or unknown:
             raise ValueError(f"unknown or no candidates {unknown or list(candidates)}; allowed: {list(_CLASSES)}")
         _check_int("n_folds", n_folds, 2)
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r}; allowed: {list(ENCODINGS)}")
-        self.candidates, self.n_folds, self.encoding = candidates, int(n_folds), encoding
+        self.candidates, self.n_folds, self.encoding = candidates, int(n_folds), _check_encoding(encoding)
         self.cv_options = dict(_CV_OPTIONS if cv_options is None else cv_options)
         self.chosen: str | None = None
         self.scores: dict[str, float] = {}

@@ -8,27 +8,28 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from natdeploy.space import (EXPANDS, MAX_DEPTH, N_STAGES, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, Arch, LayerSpec,
-                             layer_plan, stage_widths)
+from natdeploy.space import (BLOCK0_KERNEL, EXPANDS, FIXED_LAYERS, Arch, BlockSlot, SupernetPlan, mid_channels,
+                             supernet_plan)
 from natdeploy.supernet.layers import Block, Classifier, ConvBNAct, DynamicBlock, DynamicMBConv, MBConv
 
 log = logging.getLogger(__name__)
 
 
-def _stem(widths: tuple[int, ...]) -> ConvBNAct:
-    return ConvBNAct(3, widths[0], 3, 2, act="hswish")
+def _stem(plan: SupernetPlan) -> ConvBNAct:
+    kernel, stride, act = FIXED_LAYERS["stem"]
+    return ConvBNAct(3, plan.stem_c, kernel, stride, act=act)
 
 
-def _first_block(widths: tuple[int, ...]) -> Block:
-    conv = MBConv(widths[0], widths[1], widths[0], 3, 1, "relu", se=False, expand=False)
-    return Block(conv, skip=widths[0] == widths[1])
+def _block(slot: BlockSlot, kernel: int, mid: int) -> Block:
+    """A static block in ``slot`` (block 0 when ``mid`` is its input width: no expansion conv)."""
+    conv = MBConv(slot.in_c, slot.out_c, mid, kernel, slot.stride, slot.act, slot.se, expand=mid != slot.in_c)
+    return Block(conv, slot.skip)
 
 
-def _head(in_channels: int, widths: tuple[int, ...], n_classes: int,
-          dropout_rate: float) -> tuple[ConvBNAct, ConvBNAct, Classifier]:
-    final_expand = ConvBNAct(in_channels, widths[7], 1, act="hswish")
-    feature_mix = ConvBNAct(widths[7], widths[8], 1, act="hswish", bn=False)
-    return final_expand, feature_mix, Classifier(widths[8], n_classes, dropout_rate)
+def _head(plan: SupernetPlan, n_classes: int, dropout_rate: float) -> tuple[ConvBNAct, ConvBNAct, Classifier]:
+    final_expand = ConvBNAct(plan.last_c, plan.final_expand_c, 1, act=FIXED_LAYERS["final_expand"][2])
+    feature_mix = ConvBNAct(plan.final_expand_c, plan.feature_mix_c, 1, act=FIXED_LAYERS["feature_mix"][2], bn=False)
+    return final_expand, feature_mix, Classifier(plan.feature_mix_c, n_classes, dropout_rate)
 
 
 class _MobileNetV3Base(nn.Module):
@@ -44,16 +45,13 @@ class MobileNetV3Subnet(_MobileNetV3Base):
     def __init__(self, arch: Arch, n_classes: int = 1000, dropout_rate: float = 0.1) -> None:
         super().__init__()
         self.arch, self.n_classes = arch, n_classes
-        widths = stage_widths(arch.w)
-        self.first_conv = _stem(widths)
-        blocks: list[nn.Module] = [_first_block(widths)]
-        plan: list[LayerSpec] = [layer for layer in layer_plan(arch, n_classes) if layer.kind == "mbconv"]
-        for layer in plan:
-            conv = MBConv(layer.in_c, layer.out_c, layer.mid, layer.kernel, layer.stride, layer.act, layer.se)
-            blocks.append(Block(conv, layer.skip))
+        plan = supernet_plan(arch.w)
+        self.first_conv = _stem(plan)
+        blocks = [_block(plan.block0, BLOCK0_KERNEL, plan.block0.in_c)]
+        for i, _, k, e in arch.active_blocks():
+            blocks.append(_block(plan.blocks[i], k, mid_channels(plan.blocks[i].in_c, e)))
         self.blocks = nn.ModuleList(blocks)
-        last = plan[-1].out_c
-        self.final_expand_layer, self.feature_mix_layer, self.classifier = _head(last, widths, n_classes, dropout_rate)
+        self.final_expand_layer, self.feature_mix_layer, self.classifier = _head(plan, n_classes, dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_conv(x)
@@ -70,20 +68,15 @@ class OFAMobileNetV3Supernet(_MobileNetV3Base):
 
     def __init__(self, n_classes: int = 1000, width: float = 1.0, dropout_rate: float = 0.1) -> None:
         super().__init__()
-        widths = stage_widths(width)
+        plan = supernet_plan(width)
         self.width, self.n_classes, self.dropout_rate = float(width), n_classes, dropout_rate
-        self.first_conv = _stem(widths)
-        blocks: list[nn.Module] = [_first_block(widths)]
-        cin = widths[1]
-        for s in range(N_STAGES):
-            cout = widths[2 + s]
-            for j in range(MAX_DEPTH):
-                stride = STAGE_STRIDES[s] if j == 0 else 1
-                conv = DynamicMBConv(cin, cout, stride, STAGE_ACTS[s], STAGE_SE[s], max(EXPANDS))
-                blocks.append(DynamicBlock(conv, skip=stride == 1 and cin == cout))
-                cin = cout
+        self.first_conv = _stem(plan)
+        blocks: list[nn.Module] = [_block(plan.block0, BLOCK0_KERNEL, plan.block0.in_c)]
+        for slot in plan.blocks:
+            conv = DynamicMBConv(slot.in_c, slot.out_c, slot.stride, slot.act, slot.se, max(EXPANDS))
+            blocks.append(DynamicBlock(conv, skip=slot.skip))
         self.blocks = nn.ModuleList(blocks)
-        self.final_expand_layer, self.feature_mix_layer, self.classifier = _head(cin, widths, n_classes, dropout_rate)
+        self.final_expand_layer, self.feature_mix_layer, self.classifier = _head(plan, n_classes, dropout_rate)
 
     @property
     def config(self) -> dict[str, Any]:
