@@ -26,8 +26,13 @@ latency measured at one moment is therefore not comparable with one measured at 
 
 The elasticity is fitted on a table's own whole-subnet measurements by cross-validating the whole predictor
 (:func:`fit`; ``speed_elasticity: auto`` in a spec, run at the end of ``natdeploy profile`` and by ``natdeploy
-tables refit``), or fixed by the spec (a number; 0 takes the ratios as speed-independent). The exporter brings the
-exported file's measured latency to the table's speed with the same :class:`SpeedModel` as the predictor.
+tables refit``), or fixed by the spec (a number; 0 takes the ratios as speed-independent). The ``cpu`` spec fits
+it; ``cpu-litert`` keeps 0, because there the fitted value did not carry over to subnets measured in another
+process. The exporter brings the exported file's measured latency to the table's speed with the same
+:class:`SpeedModel` as the predictor, and reports both numbers.
+
+On a quiet, dedicated machine none of this is needed: ``rounds: 1`` and ``anchor: false`` time each model back to
+back. ``benchmarks/latency_noise.py`` measures how much a machine's ratios move from one batch to the next.
 
 Measured and modelled are kept apart: a :class:`~natdeploy.latency.measure.Measurement` holds what was timed (its
 statistics, ``anchor_ms`` and ``anchor_ratio``); a :class:`SpeedModel` turns it into a latency at nominal speed.
