@@ -110,9 +110,8 @@ class _TreeArrays:
 
     XGBoost's own ``inplace_predict`` has a fixed cost per call whatever the row count, most of a single-Arch
     prediction; this walk costs far less for one row (benchmarks/RESULTS.md, notes moved from the code). Splits
-    compare float32 features
-    with ``<`` as XGBoost does; the intercept is calibrated against XGBoost on one row. Features must be finite
-    (the residual features are).
+    compare float32 features with ``<`` as XGBoost does; the intercept is calibrated against XGBoost on one row.
+    Features must be finite (the residual features are).
     """
 
     def __init__(self, booster: Any) -> None:
