@@ -138,7 +138,7 @@ def bench_latency(tables: Path, n_archs: int, seed: int, n_recheck: int = 5) -> 
         recheck = []
         for key in list(table.e2e)[:n_recheck if isinstance(out[device], list) else 0]:
             arch = Arch.from_string(key)
-            recheck.append(_measure_exported(arch, device, fmt, predictor)[1] / table.e2e_ms(arch))
+            recheck.append(_measure_exported(arch, device, fmt, predictor)[1] / table.speed.normalise(table.e2e[key]))
         about[device] = (f"table {prov.get('runtime_version')}, resolutions {prov.get('resolutions')}, "
                          f"{len(table.e2e)} whole subnets, drift {100 * table.drift:.1f}%, {prov.get('date')}"
                          + (f"; {len(recheck)} of the table's own subnets re-measured now: median "

@@ -105,13 +105,13 @@ def main() -> None:
         source = f"measured in this run in {time.perf_counter() - t0:.0f} s (saved to `{save}`)"
     # (a) linear on MAdds, fitted on the table's end-to-end measurements (at the table's nominal speed)
     train = [Arch.from_string(a) for a in table.e2e]
-    coef = np.polyfit([madds(a, n_classes) for a in train], [table.e2e_ms(a) for a in train], 1)
+    coef = np.polyfit([madds(a, n_classes) for a in train], [table.speed.normalise(m) for m in table.e2e.values()], 1)
     preds = {"(a) linear on MAdds": np.polyval(coef, np.array([madds(a, n_classes) for a in archs])),
              "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs),
              "(c) LUT + XGBoost": predictor.predict(archs)}
     views = {"as measured": lambda m: m.value(table.statistic)}
-    if table.anchor_nominal_ms and all(m.anchor_ms for m in first + second):
-        views["anchor-normalised"] = table.normalized_ms
+    if table.speed.nominal_anchor_ms and all(m.anchor_ms for m in first + second):
+        views["anchor-normalised"] = table.speed.normalise
     sections = []
     for view, value in views.items():
         true = np.array([value(m) for m in first])
@@ -135,7 +135,7 @@ def main() -> None:
     for _ in range(200):
         predictor.predict(one)
     single_ms = (time.perf_counter() - t1) / 200 * 1e3
-    nominal = table.anchor_nominal_ms or float("nan")
+    nominal = table.speed.nominal_anchor_ms or float("nan")
     root = Path(__file__).resolve().parents[1]
     shown = Path(table_path).resolve()
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
@@ -150,7 +150,7 @@ per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {p
 measured end to end with the same backend and statistic, {source}. "Anchor-normalised" is each subnet's
 per-round ratio to the anchor subnet timed around it (median over the rounds), times the table's median anchor
 latency ({nominal:.4f} ms), with the table's speed elasticity ({table.speed_elasticity:+.2f}; see
-`LatencyTable.normalized_ms`): the table's values are brought to that speed the same way.
+`natdeploy/latency/speed.py`): the table's values are brought to that speed the same way.
 
 """ + "\n\n".join(sections) + f"""
 

@@ -97,7 +97,7 @@ def main() -> None:
     # measured together, round-robin, as the table's subnets were (see the device spec's rounds)
     ms = backend.measure_archs([a for _, _, a in chosen], 10)
     for (b, pred, arch), m in zip(chosen, ms):
-        meas, norm = m.value(stat), predictor.table.normalized_ms(m)
+        meas, norm = m.value(stat), predictor.speed.normalise(m)
         results.append((b, pred, meas, norm))
         print(f"budget {b:.3f} ms: predicted {pred:.3f}, measured {meas:.3f} ({meas / b:.2f} x budget), at the "
               f"table's machine speed {norm:.3f} ({norm / b:.2f} x) {arch}")

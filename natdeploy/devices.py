@@ -24,7 +24,8 @@ def devices_dir() -> Path:
 
 
 def tables_dir() -> Path:
-    """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder."""
+    """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder (a device's
+    table path is natdeploy.latency.store.table_path)."""
     env = os.environ.get("NATDEPLOY_TABLES")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "latency_tables"
 
@@ -66,15 +67,15 @@ class DeviceSpec:
     rounds: int = 1
     min_span_s: float = 0.0
     # With rounds > 1: also time a fixed anchor subnet in every batch, so that tables and checks can cancel
-    # machine-speed drift between batches (LatencyTable.normalized_ms).
+    # machine-speed drift between batches (natdeploy.latency.speed).
     anchor: bool = False
     # Where batches interleave: measure each whole subnet in this many independent batches (a fresh session each
     # time, the batch in another order) and keep the median (Measurement.combine). One batch's value moves by a few
     # percent with its session and its neighbours; the median of 3 is what tables and benchmarks compare.
     e2e_repeats: int = 1
-    # Where tables carry anchor ratios: how a ratio changes with the machine's speed (LatencyTable.normalized_ms).
-    # "auto" fits it on the table's end-to-end measurements at the end of `natdeploy profile`
-    # (calibrate_speed_elasticity); a number fixes it; 0 = ratios taken as speed-independent.
+    # Where tables carry anchor ratios: how a ratio changes with the machine's speed (natdeploy.latency.speed).
+    # "auto" fits it on the table's end-to-end measurements at the end of `natdeploy profile`; a number fixes it;
+    # 0 = ratios taken as speed-independent.
     speed_elasticity: str | float = 0.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -198,7 +198,7 @@ def test_profile_with_interleaved_batches(tmp_path):
     table = LatencyTable.load(res.table_path)
     assert len(table.ops) == len(space_ops(SMALL, 10, [32])) and len(table.e2e) == 5
     assert all(m.count == 6 and m.anchor_ms > 0 for m in table.ops.values()) and table.provenance["rounds"] == 3
-    assert LatencyTable.load(res.table_path).anchor_nominal_ms == pytest.approx(table.anchor_nominal_ms)
+    assert LatencyTable.load(res.table_path).speed.nominal_anchor_ms == pytest.approx(table.speed.nominal_anchor_ms)
     assert len(table.reference_anchor) == len(table.reference) >= 2  # drift is judged relative to the anchor
     with pytest.raises(ConfigError, match="rounds must be a positive integer"):
         spec.with_overrides(rounds=0)
@@ -214,16 +214,18 @@ def test_anchor_normalisation_cancels_machine_speed_between_batches():
     table.add_op(ops[0], m(1.0, 2.0))  # measured at nominal speed
     table.add_op(ops[1], m(1.5, 3.0))  # the same op in a batch where the machine ran 1.5x slower
     table.add_op(ops[2], m(0.8, 2.0))
-    assert table.anchor_nominal_ms == 2.0
-    assert table.op_ms(ops[0].key) == pytest.approx(1.0) and table.op_ms(ops[1].key) == pytest.approx(1.0)
-    assert table.normalized_ms(m(0.5, 1.0)) == pytest.approx(1.0)  # an outside measurement, at twice the speed
-    assert table.normalized_ms(m(0.7, None)) == pytest.approx(0.7)  # no anchor: as measured
+    speed = table.speed
+    assert speed.nominal_anchor_ms == 2.0
+    assert speed.normalise(table.ops[ops[0].key]) == pytest.approx(1.0)
+    assert speed.normalise(table.ops[ops[1].key]) == pytest.approx(1.0)
+    assert speed.normalise(m(0.5, 1.0)) == pytest.approx(1.0)  # an outside measurement, at twice the speed
+    assert speed.normalise(m(0.7, None)) == pytest.approx(0.7)  # no anchor: as measured
     # with the per-round ratio to the anchor, the value is that ratio at the table's nominal anchor latency
     timed = Measurement(median_ms=9.0, mean_ms=9.0, std_ms=0.0, count=5, warmup=1, p10_ms=9.0, min_ms=9.0,
                         anchor_ms=4.0, anchor_ratio=0.25)
-    assert table.normalized_ms(timed) == pytest.approx(0.5)
+    assert speed.normalise(timed) == pytest.approx(0.5)
     assert Measurement.from_dict(timed.to_dict()) == timed
-    assert LatencyTable(device="cpu").anchor_nominal_ms is None
+    assert LatencyTable(device="cpu").speed.nominal_anchor_ms is None
 
 
 @pytest.mark.parametrize("device", ["cpu-litert", "cpu-torch"])
@@ -390,7 +392,7 @@ def _synthetic_table(n_e2e: int, factor: float) -> LatencyTable:
         ms = 0.01 + 1e-7 * sum(op_features(op)[:3])
         table.add_op(op, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
     for arch in space.sample(np.random.default_rng(0), n_e2e):
-        ms = factor * sum(table.op_ms(op.key) for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.001 * arch.r
+        ms = factor * sum(table.ops[op.key].p10_ms for op in arch_ops(arch, 10)) + 1e-9 * madds(arch, 10) + 0.001 * arch.r
         table.add_e2e(arch, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
     return table
 
@@ -413,15 +415,15 @@ def _table_at_varying_speed(elasticity: float, spread: float) -> LatencyTable:
 
 def test_speed_elasticity_is_calibrated_from_the_tables_own_measurements(tmp_path):
     table = _table_at_varying_speed(-0.6, 0.3)
-    assert table.anchor_nominal_ms == 2.0
+    assert table.speed.nominal_anchor_ms == 2.0
     c, scores = calibrate_speed_elasticity(table, grid=(-1.0, -0.6, -0.2, 0.0, 0.4))
     assert c == -0.6 and scores[-0.6] < scores[0.0] / 2 and table.speed_elasticity == 0.0  # left as it was
     # a measurement at nominal speed is left alone; one taken 30% slower has its ratio brought back
     table.speed_elasticity = c
     arch, m = next(iter(table.e2e.items()))  # the first batch ran at speed -0.3
     truth = _synthetic_table(80, 1.2).e2e[arch].p10_ms
-    assert table.normalized_ms(m) == pytest.approx(truth, rel=0.02)
-    assert table.normalized_ms(m) != pytest.approx(m.anchor_ratio * 2.0, rel=0.02)
+    assert table.speed.normalise(m) == pytest.approx(truth, rel=0.02)
+    assert table.speed.normalise(m) != pytest.approx(m.anchor_ratio * 2.0, rel=0.02)
     table.save(tmp_path / "t.json")
     assert LatencyTable.load(tmp_path / "t.json").speed_elasticity == -0.6
     # measurements all taken at one speed cannot tell elasticities apart: no correction

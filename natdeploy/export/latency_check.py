@@ -1,7 +1,9 @@
 """Measured against predicted latency of the exported files, per target device of the run.
 
-Each device is measured with the same backend its latency table used (onnxruntime on model.onnx, LiteRT on
-model.tflite), with the table's statistic, so the measured number is comparable to the predicted one.
+Each device is measured with the same backend its latency table used, on the exported file that backend runs (its
+``artifact_format``: onnxruntime on model.onnx, LiteRT on model.tflite), with the table's statistic, and brought to
+the table's machine speed by the predictor's own speed model (natdeploy.latency.speed), so the measured number is
+comparable to the predicted one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from natdeploy.space import Arch
 log = logging.getLogger(__name__)
 
 NOISE_FRACTION = 0.05  # the least tolerance over a budget, as a fraction of it
-ARTIFACT_OF_RUNTIME = {"onnxruntime": "onnx", "litert": "tflite"}
 FILE_OF_FORMAT = {"onnx": "model.onnx", "tflite": "model.tflite"}
 
 
@@ -34,7 +35,7 @@ class DeviceLatency:
     not_predicted: str | None = None
     measured_ms: float | None = None
     # measured_ms brought to the table's machine speed by the anchor timed beside the file (local CPU specs
-    # with ``anchor: true``; see LatencyTable.normalized_ms)
+    # with ``anchor: true``; see natdeploy.latency.speed)
     measured_at_table_speed_ms: float | None = None
     not_measured: str | None = None
     statistic: str = "p10"
@@ -58,7 +59,7 @@ class DeviceLatency:
 
 def _predict(device: str, arch: Arch, n_classes: int, predictors: Mapping[str, LatencyPredictor] | None,
              out: DeviceLatency) -> LatencyPredictor | None:
-    from natdeploy.latency.profiler import predictor_for
+    from natdeploy.latency.store import predictor_for
 
     try:
         predictor = predictors[device] if predictors and device in predictors else predictor_for(device)
@@ -81,7 +82,9 @@ def _artifact(spec: DeviceSpec, files: Mapping[str, bytes]) -> tuple[str | None,
     if spec.transport != "local":
         how = ("a phone over adb with TFLite's benchmark_model" if spec.transport == "adb" else "a CUDA GPU")
         return None, f"transport {spec.transport!r} needs {how}; measure the bundle's file there"
-    fmt = ARTIFACT_OF_RUNTIME.get(spec.runtime)
+    from natdeploy.latency.backends import backend_class
+
+    fmt = backend_class(spec).artifact_format
     if fmt is None:
         return None, f"runtime {spec.runtime!r} runs no exported file (the bundle holds ONNX and TFLite only)"
     if fmt not in files:
@@ -96,18 +99,18 @@ def _measure(spec: DeviceSpec, fmt: str, model: bytes, arch: Arch, out: DeviceLa
     from natdeploy.latency.backends import get_backend
 
     try:
-        backend = get_backend(spec)
-        # both backends take the file's bytes as their artifact and open their own session or interpreter on it
-        m = backend.measure_batch([(model, (1, 3, arch.r, arch.r))], spec.e2e_warmup, spec.e2e_runs)[0]
+        with get_backend(spec) as backend:
+            # the file's bytes are the backend's artifact: it opens its own session or interpreter on them
+            m = backend.measure_batch([(model, (1, 3, arch.r, arch.r))], spec.e2e_warmup, spec.e2e_runs)[0]
+            out.runtime = backend.runtime_version()
     except NatDeployError as exc:
         out.not_measured = f"the {spec.runtime} backend cannot run here: {exc}"
         return
-    out.runtime = backend.runtime_version()
     out.file = FILE_OF_FORMAT[fmt]
     out.measurement = m.to_dict()
     out.measured_ms = m.value(out.statistic)
-    if predictor is not None and m.anchor_ms and predictor.table.anchor_nominal_ms:
-        out.measured_at_table_speed_ms = predictor.table.normalized_ms(m)
+    if predictor is not None and predictor.speed.anchored(m):
+        out.measured_at_table_speed_ms = predictor.speed.normalise(m)
     if out.relative_noise is None and m.median_ms > 0:  # no table: this measurement's own spread
         out.relative_noise = m.std_ms / m.median_ms
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from natdeploy.convert.runtime import onnx_session, tflite_interpreter
 from natdeploy.data import ImageData
 from natdeploy.export.errors import ExportError
 
@@ -108,19 +109,6 @@ def check_onnx(model_bytes: bytes, resolution: int, dynamic_batch: bool) -> dict
             "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items()))}
 
 
-def onnx_session(model_bytes: bytes, threads: int = 1, provider: str = "CPUExecutionProvider") -> Any:
-    """An onnxruntime session as natdeploy runs them everywhere (the onnxruntime latency backend included):
-    ``threads`` intra-op threads, sequential execution, all graph optimisations."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model_bytes, opts, providers=[provider])
-
-
 def run_onnx(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """onnxruntime outputs for NCHW inputs; one image per call when the batch dimension is fixed."""
     sess = onnx_session(model_bytes)
@@ -130,15 +118,6 @@ def run_onnx(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 
 
 # ----- TFLite ---------------------------------------------------------------------------------------------------
-def tflite_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
-    """A LiteRT interpreter with its default delegates (XNNPACK), tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=model_bytes, num_threads=threads)
-    interp.allocate_tensors()
-    return interp
-
-
 def tflite_io(model_bytes: bytes) -> dict[str, Any]:
     """Input and output name, shape, dtype and quantisation (scale, zero point) of a .tflite model."""
     interp = tflite_interpreter(model_bytes)

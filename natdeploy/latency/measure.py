@@ -1,4 +1,5 @@
-"""Timing with warm-up and robust statistics."""
+"""Timing with warm-up and robust statistics: what was measured, never a model of it (that is
+natdeploy.latency.speed)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Measurement:
     """A latency measurement and its statistics.
 
-    natdeploy's tables use the 10th percentile (``p10_ms``): on a shared machine, interference only ever adds
-    time, and a low percentile of many runs repeats far better than the median or mean (see the issue notes).
+    natdeploy's local tables use the 10th percentile (``p10_ms``): on a shared machine, interference only ever adds
+    time, and a low percentile of many runs repeats far better than the median or mean.
     """
 
     median_ms: float
@@ -24,12 +27,11 @@ class Measurement:
     warmup: int
     p10_ms: float | None = None
     min_ms: float | None = None
-    # p10 of the backend's fixed anchor workload timed in the same interleaved batch (Backend.measure_archs), so
-    # that measurements taken at different machine speeds can be brought to one speed (LatencyTable.normalized_ms).
+    # p10 of the anchor subnet timed in the same interleaved batch (time_interleaved), so that measurements taken
+    # at different machine speeds can be brought to one speed (natdeploy.latency.speed).
     anchor_ms: float | None = None
-    # The median over rounds of (this item's fastest run in the round) / (the anchor's fastest run, timed just
-    # before and after it): the item's latency in units of the anchor's, which cancels speed changes of the machine
-    # that last longer than a few milliseconds (see time_interleaved).
+    # The median over rounds of (this item's fastest run in the round) / (the mean of the anchor's fastest runs
+    # in its visits just before and after): the item's latency in units of the anchor's.
     anchor_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,15 +80,7 @@ class Measurement:
         ordered = sorted(samples_ms)
         return cls(median_ms=statistics.median(ordered), mean_ms=statistics.fmean(ordered),
                    std_ms=statistics.pstdev(ordered), count=len(ordered), warmup=warmup,
-                   p10_ms=percentile(ordered, 10), min_ms=ordered[0])
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an already sorted list."""
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+                   p10_ms=float(np.percentile(ordered, 10)), min_ms=ordered[0])
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -108,25 +102,20 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
     """Time several callables in ``rounds`` round-robin rounds (each callable runs ``runs / rounds`` times per
     round; at most one round per run), sleeping between rounds so that they span at least ``min_span_s`` seconds.
 
-    Why: on this project's shared 2-core cloud VMs the CPU's speed wanders by up to ~2x within a second (thread
-    CPU time slows exactly as much as wall time, so it is not steal), with short fast periods every second or so.
-    A 100-run window of a 1 ms model can fall entirely into a slow stretch: the p10 of back-to-back windows of one
-    session varied from 0.79 to 1.5 ms. Sampling every item at many moments spread over seconds gives each item the
-    same mix of fast and slow moments, and their low percentile then repeats much better (measured: from +-25% to
-    +-2..10% on the same three subnets).
+    Why: a machine whose speed wanders within seconds can put a whole back-to-back window of one model into a
+    slow stretch. Sampling every item at many moments spread over seconds gives each item the same mix of fast and
+    slow moments, and their low percentile then repeats much better (natdeploy.latency.speed explains the whole
+    scheme; benchmarks/RESULTS.md has the numbers).
 
     With an ``anchor`` (a fixed reference workload), the anchor is also timed at the start of every round and
     again whenever ``anchor_every_s`` has passed since its last visit, and at the end of the round. Each item's
     fastest run in a round is divided by the mean of the anchor's fastest runs in the visits just before and
     after it; the median of these ratios over the rounds is ``anchor_ratio``, and the anchor's own p10 over the
-    batch is ``anchor_ms``. Measured on the `cpu` spec, with 20 subnets timed three times while a 2-thread training
-    job shared the 2 cores: between repetitions, this ratio agreed within +-10% for 100% of the subnets (+-5%:
-    85-95%), p10 over the batch's anchor p10 for 85-100% (+-5%: 60-65%) and the raw p10 for 0-60%.
+    batch is ``anchor_ms``.
 
     ``anchor`` may be several sessions of the same anchor model: each visit then times the next one in turn, so
-    that the ratios are to their average. Fresh sessions of one model differ by a few percent, and with a single
-    anchor session that offset would shift every ratio taken in the process (a table and a later check would
-    disagree by it).
+    that the ratios are to their average (one session's offset would otherwise shift every ratio taken in the
+    process).
     """
     if rounds < 1 or runs < 1:
         raise ValueError(f"need rounds >= 1 and runs >= 1, got rounds={rounds}, runs={runs}")
@@ -173,5 +162,5 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int, r
     out = [Measurement.from_samples(s, warmup) for s in samples]
     if not anchors:
         return out
-    anchor_p10 = percentile(sorted(anchor_samples), 10)
+    anchor_p10 = float(np.percentile(anchor_samples, 10))
     return [replace(m, anchor_ms=anchor_p10, anchor_ratio=statistics.median(r)) for m, r in zip(out, ratios)]

@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops, op_of_layer
 from natdeploy.fileio import atomic_write_text
+from natdeploy.latency.ops import OP_KINDS, OpSig, arch_ops, op_of_layer
+from natdeploy.latency.speed import ELASTICITY_GRID, SpeedModel
+from natdeploy.latency.speed import fit as fit_speed
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import (KERNELS, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, Arch, SearchSpace,
                              choice_kernel_expand, layer_cost, layer_plan)
@@ -24,6 +26,11 @@ from natdeploy.space import (KERNELS, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, 
 log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "natdeploy.latency_predictor"
 MIN_E2E_FOR_RESIDUAL = 5
+
+
+def models_path(table_path: str | os.PathLike) -> Path:
+    """Where a table's fitted models live: beside it, as ``<table stem>.xgb.json``."""
+    return Path(table_path).with_suffix(".xgb.json")
 
 
 def op_features(op: OpSig) -> list[float]:
@@ -68,9 +75,8 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int, smooth: bool = False) -> Any:
 @dataclass(frozen=True)
 class _Linear:
     """Ridge regression on standardised features: the first part of the residual model. With ~100 end-to-end
-    measurements, trees alone model log(measured / sum) coarsely. On the cpu table of 2026-11-30, re-scoring the
-    same 300 held-out measurements: trees alone 71.7% / 96.7% within +-5% / +-10%, linear plus trees on what it
-    leaves 75.3% / 97.7%, against a noise floor of 80% / 100%."""
+    measurements, trees alone model log(measured / sum) coarsely; a linear part with trees on what it leaves
+    scores better on held-out subnets (benchmarks/RESULTS.md, notes moved from the code)."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -101,10 +107,10 @@ class _Linear:
 class _TreeArrays:
     """An XGBoost regression booster's trees as padded arrays, walked with NumPy for a few rows at a time.
 
-    XGBoost's own ``inplace_predict`` costs ~0.5 ms per call whatever the row count (measured here), most of a
-    single-Arch prediction; this walk costs tens of microseconds for one row. Splits compare float32 features
-    with ``<`` as XGBoost does; the intercept is calibrated against XGBoost on one row. Features must be finite
-    (the residual features are).
+    XGBoost's own ``inplace_predict`` has a fixed cost per call whatever the row count, most of a single-Arch
+    prediction; this walk costs far less for one row (benchmarks/RESULTS.md, notes moved from the code). Splits
+    compare float32 features with ``<`` as XGBoost does; the intercept is calibrated against XGBoost on one row.
+    Features must be finite (the residual features are).
     """
 
     def __init__(self, booster: Any) -> None:
@@ -221,8 +227,12 @@ class LatencyPredictor:
     """Predict a subnet's latency on one device from its table and fitted models."""
 
     def __init__(self, table: LatencyTable, op_models: dict[str, Any] | None = None, residual: Any = None,
-                 residual_range: tuple[float, float] | None = None, linear: _Linear | None = None) -> None:
+                 residual_range: tuple[float, float] | None = None, linear: _Linear | None = None,
+                 speed: SpeedModel | None = None) -> None:
         self.table = table
+        # What brings the table's measurements to one machine speed: the table's own model unless a caller fits
+        # with another (the elasticity's cross-validation); taken once, so that predictions use what was fitted.
+        self.speed = table.speed if speed is None else speed
         self.op_models = op_models or {}
         # log(measured / table sum) = linear(features) + residual trees(features)
         self.linear = linear
@@ -236,24 +246,26 @@ class LatencyPredictor:
 
     # ----- fitting ------------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, table: LatencyTable, seed: int = 0) -> "LatencyPredictor":
-        """Fit per-kind op regressors on the table, then the residual model on its end-to-end measurements."""
+    def fit(cls, table: LatencyTable, seed: int = 0, speed: SpeedModel | None = None) -> "LatencyPredictor":
+        """Fit per-kind op regressors on the table, then the residual model on its end-to-end measurements, all at
+        the machine speed of ``speed`` (default: the table's own speed model)."""
         if not table.ops:
             raise TableError(f"latency table for {table.device!r} has no op measurements; profile it first")
+        speed = table.speed if speed is None else speed
         by_kind: dict[str, list[tuple[OpSig, float]]] = {}
-        for key in table.ops:
+        for key, m in table.ops.items():
             op = OpSig.from_key(key)
-            by_kind.setdefault(op.kind, []).append((op, table.op_ms(key)))
+            by_kind.setdefault(op.kind, []).append((op, speed.normalise(m)))
         op_models = {}
         for kind, rows in by_kind.items():
             x = np.array([op_features(op) for op, _ in rows])
             y = np.array([np.log(ms / _op_work(op)) for op, ms in rows])
             op_models[kind] = _fit(x, y, seed)
-        pred = cls(table, op_models)
+        pred = cls(table, op_models, speed=speed)
         if len(table.e2e) >= MIN_E2E_FOR_RESIDUAL:
             archs = [Arch.from_string(a) for a in table.e2e]
             lut, feats = pred._evaluate_archs(archs, table.n_classes)
-            y = np.log(np.array([table.e2e_ms(a) for a in archs]) / lut)
+            y = np.log(np.array([speed.normalise(m) for m in table.e2e.values()]) / lut)
             pred.linear = _Linear.fit(feats, y)
             pred.residual = _fit(feats, y - pred.linear.predict(feats), seed, smooth=True)
             pred.residual_range = (float(y.min()), float(y.max()))
@@ -264,7 +276,8 @@ class LatencyPredictor:
 
     # ----- prediction ---------------------------------------------------------------------------------------
     def op_latency(self, ops: Sequence[OpSig]) -> np.ndarray:
-        """Per-op latency: the table's value, or the op kind's regressor where the table lacks the op."""
+        """Per-op latency at the table's machine speed: its measurement normalised by the speed model, or the op
+        kind's regressor where the table lacks the op."""
         import xgboost as xgb
 
         missing = {op.key: op for op in ops if op.key not in self.table.ops and op.key not in self._op_cache}
@@ -277,7 +290,8 @@ class LatencyPredictor:
             y = model.predict(xgb.DMatrix(np.array([op_features(op) for op in group])))
             for op, v in zip(group, y):
                 self._op_cache[op.key] = float(np.exp(v) * _op_work(op))
-        return np.array([self.table.op_ms(op.key) if op.key in self.table.ops else self._op_cache[op.key]
+        measured = self.table.ops
+        return np.array([self.speed.normalise(measured[op.key]) if op.key in measured else self._op_cache[op.key]
                          for op in ops])
 
     def compiled(self, space: SearchSpace, n_classes: int | None = None) -> _Compiled:
@@ -347,7 +361,7 @@ class LatencyPredictor:
         """Load a table and its models (``<table stem>.xgb.json`` by default; refitted when that is absent)."""
         table_path = Path(table_path)
         table = LatencyTable.load(table_path)
-        model_path = Path(model_path) if model_path else table_path.with_suffix(".xgb.json")
+        model_path = Path(model_path) if model_path else models_path(table_path)
         if not model_path.is_file():
             log.info("no fitted models at %s; fitting them from the table", model_path)
             return cls.fit(table)
@@ -375,53 +389,21 @@ class LatencyPredictor:
         return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])), linear)
 
 
-# Candidate speed elasticities (LatencyTable.normalized_ms), and the least the table's end-to-end measurements must
-# offer to fit one: enough subnets, measured at machine speeds that differ by enough to tell elasticities apart.
-# None is positive: on both tables where cross-validation chose a positive value (cpu-litert +0.4, cpu at
-# 2 threads +0.6; 2026-11-30) it made held-out subnets measured in another process worse, while the -0.5 chosen
-# for cpu at 1 thread improved them on two held-out sets.
-ELASTICITY_GRID = tuple(round(c, 2) for c in np.arange(-1.2, 0.01, 0.1))
-MIN_E2E_FOR_ELASTICITY = 50
-MIN_SPEED_SPREAD = 0.1  # log(p90 / p10) of the batches' anchor latencies
-
-
 def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 0,
                                grid: Sequence[float] = ELASTICITY_GRID) -> tuple[float, dict[float, float]]:
-    """The speed elasticity that best explains the table's end-to-end measurements, by ``folds``-fold
-    cross-validation of the whole predictor, and the score of every candidate.
-
-    The score is scale-free: the squared error of log(predicted / measured) on the held-out folds over the
-    variance of log(measured) (1 - R^2), because an elasticity also compresses or spreads the values it is scored
-    on. Returns 0 (no correction) when the measurements are too few or were all taken at nearly one speed; leaves
-    ``table.speed_elasticity`` as it was."""
-    anchored = [m for m in table.e2e.values() if m.anchor_ratio and m.anchor_ms]
-    if len(anchored) < MIN_E2E_FOR_ELASTICITY or len(anchored) < len(table.e2e) or not table.anchor_nominal_ms:
-        return 0.0, {}
-    speeds = np.log([m.anchor_ms for m in anchored])
-    if np.percentile(speeds, 90) - np.percentile(speeds, 10) < MIN_SPEED_SPREAD:
-        return 0.0, {}
+    """The speed elasticity that best explains the table's end-to-end measurements, and the score of every
+    candidate: :func:`natdeploy.latency.speed.fit` cross-validating this predictor, fitted on the table's ops and
+    the training folds' subnets at the whole table's nominal speed. Leaves the table as it was."""
     keys = list(table.e2e)
-    fold = np.random.default_rng(seed).permutation(len(keys)) % folds
     archs = [Arch.from_string(k) for k in keys]
-    before = table.speed_elasticity
-    scores: dict[float, float] = {}
-    try:
-        for c in grid:
-            table.speed_elasticity = float(c)
-            y = np.log([table.e2e_ms(a) for a in archs])
-            pred = np.empty_like(y)
-            for k in range(folds):
-                part = LatencyTable(table.device, table.provenance, table.ops,
-                                    {key: table.e2e[key] for key, f in zip(keys, fold) if f != k},
-                                    table.n_classes, statistic=table.statistic, speed_elasticity=float(c))
-                part._nominal = table.anchor_nominal_ms  # the whole table's speed, not the part's
-                held = np.flatnonzero(fold == k)
-                pred[held] = np.log(LatencyPredictor.fit(part, seed).predict([archs[i] for i in held]))
-            scores[float(c)] = float(((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
-    finally:
-        table.speed_elasticity = before
-    best = min(scores, key=scores.get)
-    return best, scores
+
+    def predict_held_out(model: SpeedModel, train: np.ndarray, held: np.ndarray) -> np.ndarray:
+        part = LatencyTable(table.device, table.provenance, table.ops, {keys[i]: table.e2e[keys[i]] for i in train},
+                            table.n_classes, statistic=table.statistic, speed_elasticity=model.elasticity)
+        return LatencyPredictor.fit(part, seed, speed=model).predict([archs[i] for i in held])
+
+    result = fit_speed(table.speed, list(table.e2e.values()), predict_held_out, folds, seed, grid)
+    return result.model.elasticity, result.scores
 
 
 def fit_table(table: LatencyTable, table_path: str | os.PathLike, seed: int = 0,
@@ -439,4 +421,4 @@ def fit_table(table: LatencyTable, table_path: str | os.PathLike, seed: int = 0,
     else:
         table.speed_elasticity = float(elasticity)
     table.save(table_path)
-    return LatencyPredictor.fit(table, seed=seed).save(table_path.with_suffix(".xgb.json"))
+    return LatencyPredictor.fit(table, seed=seed).save(models_path(table_path))

@@ -7,17 +7,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from natdeploy.devices import DeviceSpec, tables_dir
+from natdeploy.devices import DeviceSpec
 from natdeploy.latency.backends import E2E_BATCH, Backend, BackendError, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
-from natdeploy.latency.predictor import LatencyPredictor, fit_table
+from natdeploy.latency.predictor import fit_table
+from natdeploy.latency.speed import implied_anchor_ms
+from natdeploy.latency.store import predictor_for, table_path
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import Arch, SearchSpace
+
+__all__ = ["ProfileResult", "profile_device", "predictor_for", "progress_enabled"]
 
 log = logging.getLogger(__name__)
 REFERENCE_EVERY = 50  # re-measure a reference op this often to detect drift (thermal, other load)
@@ -46,21 +50,13 @@ def profile_device(spec: DeviceSpec, space: SearchSpace, resolutions: Sequence[i
     """Measure the ops of ``space`` (at ``resolutions``) and ``e2e_samples`` random subnets on ``spec``.
 
     Every measurement is saved to the table at once (atomic write), so a killed run resumes on rerun. A table
-    made with another runtime version, thread count or host is refused unless ``force``.
-
-    Optional backend hooks: ``statistic`` (the Measurement statistic the table uses, default ``p10``),
-    ``measure_ops(ops)`` with ``op_batch_size`` (measure ops in batches, yielding each as it is done),
-    ``prefetch_ops(ops)`` (start preparing the next batch while this one runs), ``final_provenance()``
-    (provenance known only at the end) and ``close()`` (called when this function made the backend itself).
+    made with another runtime version, thread count or host is refused unless ``force``. A ``backend`` passed in
+    stays open; one made here is closed at the end.
     """
-    owned = backend is None
-    backend = backend or get_backend(spec)
-    try:
+    if backend is not None:
         return _profile(spec, backend, space, resolutions, e2e_samples, n_classes, out, force, seed, quiet)
-    finally:
-        close = getattr(backend, "close", None)
-        if owned and callable(close):
-            close()
+    with get_backend(spec) as made:
+        return _profile(spec, made, space, resolutions, e2e_samples, n_classes, out, force, seed, quiet)
 
 
 def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions: Sequence[int] | None,
@@ -68,9 +64,9 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
              quiet: bool) -> ProfileResult:
     from tqdm.auto import tqdm
 
-    out = Path(out) if out else tables_dir() / f"{spec.name}.json"
+    out = Path(out) if out else table_path(spec.name)
     provenance = backend.describe()
-    statistic = getattr(backend, "statistic", "p10")
+    statistic = backend.statistic
     if out.exists():
         table = LatencyTable.load(out)
         why = table.incompatibility(provenance)
@@ -97,18 +93,17 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
     bar = tqdm(total=len(todo) + len(e2e_todo), desc=f"profile {spec.name}", unit="meas",
                disable=not progress_enabled(quiet))
-    batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
+    batch = max(1, int(backend.op_batch_size))
     chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
-    prefetch: Callable[[Sequence[OpSig]], None] | None = getattr(backend, "prefetch_ops", None)
     try:
-        if prefetch is not None and chunks:
-            prefetch(chunks[0])  # prepared while the reference op runs
+        if chunks:
+            backend.prefetch_ops(chunks[0])  # prepared while the reference op runs
         if todo:
             _measure_reference(backend, table, reference, out)
         since_reference = 0
         for k, chunk in enumerate(chunks):
-            if prefetch is not None and k + 1 < len(chunks):
-                prefetch(chunks[k + 1])  # the next batch is prepared while this one runs on the device
+            if k + 1 < len(chunks):
+                backend.prefetch_ops(chunks[k + 1])  # the next batch is prepared while this one runs on the device
             for op, m in _measured_ops(backend, chunk):
                 table.add_op(op, m)
                 table.save(out)
@@ -130,9 +125,9 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
                 bar.update()
     finally:
         bar.close()
-    final_provenance: Callable[[], dict[str, Any]] | None = getattr(backend, "final_provenance", None)
-    if final_provenance is not None:
-        table.provenance.update(final_provenance())
+    final = backend.final_provenance()
+    if final:
+        table.provenance.update(final)
         table.save(out)
     if table.drift > DRIFT_LIMIT:
         log.warning("reference op %s drifted by %.1f%% during profiling%s (limit %.0f%%): the machine was busy or "
@@ -147,10 +142,9 @@ def _measured_ops(backend: Backend, ops: Sequence[OpSig]) -> Iterator[tuple[OpSi
     """Each op with its measurement: in one batch where the backend can, and one at a time (with retries) for
     whatever the batch did not deliver."""
     done: set[str] = set()
-    measure_ops = getattr(backend, "measure_ops", None)
-    if measure_ops is not None and len(ops) > 1:
+    if len(ops) > 1:
         try:
-            for op, m in measure_ops(ops):
+            for op, m in backend.measure_ops(ops):
                 done.add(op.key)
                 yield op, m
         except (BackendError, RuntimeError, OSError, ValueError) as exc:
@@ -200,32 +194,8 @@ def _measure_reference(backend: Backend, table: LatencyTable, op: OpSig, out: Pa
     if backend.interleaves and backend.spec.anchor:  # with the anchor beside it, as the table's ops are timed
         m = _with_retries(lambda: backend.measure_ops([op])[0][1], op.key)
         if len(table.reference_anchor) == len(table.reference):
-            # the anchor latency that makes value / anchor its ratio to the anchor timed around it in every round
-            table.reference_anchor.append(m.value(table.statistic) / m.anchor_ratio if m.anchor_ratio
-                                          else m.anchor_ms)
+            table.reference_anchor.append(implied_anchor_ms(m, table.statistic))
     else:
         m = _with_retries(lambda: backend.measure_op(op), op.key)
     table.reference.append(m.value(table.statistic))
     table.save(out)
-
-
-def predictor_for(device: str, table: str | os.PathLike | None = None) -> LatencyPredictor:
-    """The latency predictor of a device's table; warns when a local table was measured on another CPU."""
-    from natdeploy.devices import load_device
-    from natdeploy.latency.backends import host_cpu
-
-    path = Path(table) if table else tables_dir() / f"{device}.json"
-    if not path.exists() and not table:
-        raise TableError(f"no latency table for {device!r} at {path}; build it with "
-                         f"`natdeploy profile --device {device}`")
-    predictor = LatencyPredictor.load(path)
-    measured_on = predictor.table.provenance.get("host")
-    try:
-        local = load_device(device).transport == "local"
-    except Exception:  # an imported table may name no device spec
-        local = False
-    if local and measured_on and measured_on != host_cpu():
-        log.warning("latency table %s was measured on %r, but this host is %r: predictions describe that machine. "
-                    "Run `natdeploy profile --device %s --out <new table>` to measure this one", path, measured_on,
-                    host_cpu(), device)
-    return predictor

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from natdeploy.errors import NatDeployError
 from natdeploy.fileio import atomic_write_text
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig
+from natdeploy.latency.speed import SpeedModel
 from natdeploy.space import Arch
 
 FORMAT = "natdeploy.latency_table"
@@ -39,54 +38,22 @@ class LatencyTable:
     reference: list[float] = field(default_factory=list)  # repeated reference-op measurements, for drift
     reference_anchor: list[float] = field(default_factory=list)  # the anchor beside each, where the spec has one
     statistic: str = "p10"  # which Measurement statistic predictions use
-    # How an anchor ratio changes with the machine's speed (normalized_ms); fitted by
-    # natdeploy.latency.predictor.calibrate_speed_elasticity, 0 = ratios do not change.
+    # The fitted part of the table's speed model (natdeploy.latency.speed): how anchor ratios change with the
+    # machine's speed; 0 = they do not.
     speed_elasticity: float = 0.0
-
-    _nominal: float | None = field(default=None, init=False, repr=False, compare=False)
-
-    def op_ms(self, key: str) -> float:
-        return self.normalized_ms(self.ops[key])
-
-    def e2e_ms(self, arch: Arch) -> float:
-        return self.normalized_ms(self.e2e[arch.to_string()])
 
     def add_op(self, op: OpSig, m: Measurement) -> None:
         self.ops[op.key] = m
-        self._nominal = None
 
     def add_e2e(self, arch: Arch, m: Measurement) -> None:
         self.e2e[arch.to_string()] = m
-        self._nominal = None
 
     @property
-    def anchor_nominal_ms(self) -> float | None:
-        """The median anchor latency over the table's measurements (None when none carries an anchor): the machine
-        speed that the table's values are brought to."""
-        if self._nominal is None:
-            values = [m.anchor_ms for m in (*self.ops.values(), *self.e2e.values()) if m.anchor_ms]
-            self._nominal = statistics.median(values) if values else 0.0
-        return self._nominal or None
-
-    def normalized_ms(self, m: Measurement) -> float:
-        """A measurement at the table's nominal machine speed: its ratio to the anchor timed around it in every
-        round (``anchor_ratio``) times the nominal anchor latency; for measurements without that ratio, the
-        statistic scaled by nominal / the anchor of its batch; as measured where there is no anchor.
-
-        The ratio itself depends on the machine's speed: on this project's shared VMs, when the whole machine runs
-        slower, models smaller than the anchor slow down more than the anchor and larger ones less, so that the
-        ratios crowd towards 1 (and spread when it runs faster). With ``s = log(anchor_ms / nominal)``, the ratio
-        at nominal speed is taken as ``log r0 = log r / (1 + speed_elasticity * s)`` (that divisor kept within
-        [0.5, 2]); the elasticity is fitted on the table's own end-to-end measurements
-        (natdeploy.latency.predictor.calibrate_speed_elasticity)."""
-        nominal = self.anchor_nominal_ms
-        if nominal and m.anchor_ratio:
-            if self.speed_elasticity and m.anchor_ms:
-                factor = 1.0 + self.speed_elasticity * math.log(m.anchor_ms / nominal)
-                return nominal * math.exp(math.log(m.anchor_ratio) / min(2.0, max(0.5, factor)))
-            return m.anchor_ratio * nominal
-        value = m.value(self.statistic)
-        return value * nominal / m.anchor_ms if nominal and m.anchor_ms else value
+    def speed(self) -> SpeedModel:
+        """The model that brings this table's measurements (and outside ones) to its nominal machine speed: the
+        median anchor latency over its measurements, its fitted elasticity and its statistic. Computed from the
+        measurements on each access: take it once for many values."""
+        return SpeedModel.of((*self.ops.values(), *self.e2e.values()), self.speed_elasticity, self.statistic)
 
     @property
     def drift(self) -> float:

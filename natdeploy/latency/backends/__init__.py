@@ -1,4 +1,9 @@
-"""Latency backends: each one builds a runnable artifact, measures it, and describes itself."""
+"""Latency backends: each one builds a runnable artifact, measures it, and describes itself.
+
+:class:`Backend` declares the whole contract that the profiler and the exporter's latency check rely on; the hooks
+that only some backends need (prefetching, provenance known at the end, clean-up) have no-op defaults, so callers
+never probe for them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import socket
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import TracebackType
+from typing import Any, Callable, Self, Sequence
 
 import numpy as np
 from torch import nn
@@ -18,6 +24,7 @@ from natdeploy.devices import DeviceSpec, mask_cpus
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.measure import Measurement, time_callable, time_interleaved
 from natdeploy.latency.ops import OpSig
+from natdeploy.latency.speed import ANCHOR_ARCH, ANCHOR_SESSIONS
 from natdeploy.space import Arch
 
 
@@ -49,20 +56,21 @@ def pin_to_mask(mask: str) -> None:
     os.sched_setaffinity(0, wanted)
 
 
-# The anchor workload timed in every interleaved batch where the spec asks (``anchor: true``): a mid-sized subnet.
-ANCHOR_ARCH = "w1.0-r48-545454-545454-545454-545454-545454"
-# Sessions of the anchor that take turns (time_interleaved): fresh sessions of one model differ by a few percent,
-# and the anchor's offset would otherwise shift every value measured in a process against the table's.
-ANCHOR_SESSIONS = 8
 # Batch sizes of round-robin timing on local CPUs: ops are tiny, whole subnets hold more memory each.
 OP_BATCH = 50
 E2E_BATCH = 20
 
 
 class Backend(ABC):
-    """Convert (module -> artifact), profile (artifact -> Measurement), describe (provenance)."""
+    """Convert (module -> artifact), profile (artifact -> Measurement), describe (provenance).
+
+    A context manager: leaving the ``with`` block calls :meth:`close`.
+    """
 
     runtime: str = ""
+    # The exported file this backend runs as its artifact (``"onnx"``, ``"tflite"``), None when it runs none.
+    artifact_format: str | None = None
+    statistic: str = "p10"  # the Measurement statistic a table filled by this backend predicts from
     op_batch_size: int = 1  # ops per measure_ops call in the profiler
 
     def __init__(self, spec: DeviceSpec) -> None:
@@ -100,6 +108,23 @@ class Backend(ABC):
 
     def host(self) -> str:
         return host_cpu()
+
+    def prefetch_ops(self, ops: Sequence[OpSig]) -> None:
+        """Start preparing a later batch of ops while the current one is measured (default: nothing to do)."""
+
+    def final_provenance(self) -> dict[str, Any]:
+        """Provenance known only at the end of a profile, merged into the table's (default: none)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the backend holds (a device link, files); default: nothing."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     def describe(self) -> dict[str, Any]:
         """Provenance recorded with every table this backend fills."""
@@ -141,7 +166,8 @@ class Backend(ABC):
         return self.measure(*self.built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
 
     def anchor_runners(self) -> list[Callable[[], Any]]:
-        """Runners of the anchor subnet's ``ANCHOR_SESSIONS`` sessions, built once per backend."""
+        """Runners of the anchor subnet's ``ANCHOR_SESSIONS`` sessions (natdeploy.latency.speed), built once per
+        backend."""
         if not self._anchor:
             built = self.built_arch(Arch.parse(ANCHOR_ARCH), 10)
             self._anchor = [self.runner(*built) for _ in range(ANCHOR_SESSIONS)]
@@ -189,20 +215,25 @@ class Backend(ABC):
         return [Measurement.combine(p) for p in parts]
 
 
-def get_backend(spec: DeviceSpec) -> Backend:
-    """The backend for a device spec."""
+def backend_class(spec: DeviceSpec) -> type[Backend]:
+    """The backend class for a device spec, without starting it (what it runs, before it must run)."""
     if spec.transport == "adb":
         from natdeploy.latency.backends.adb_backend import AdbBackend
 
-        return AdbBackend(spec)
+        return AdbBackend
     if spec.runtime == "onnxruntime":
         from natdeploy.latency.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(spec)
+        return OnnxRuntimeBackend
     if spec.runtime == "litert":
         from natdeploy.latency.backends.litert import LiteRTBackend
 
-        return LiteRTBackend(spec)
+        return LiteRTBackend
     from natdeploy.latency.backends.torch import TorchBackend
 
-    return TorchBackend(spec)
+    return TorchBackend
+
+
+def get_backend(spec: DeviceSpec) -> Backend:
+    """The backend for a device spec."""
+    return backend_class(spec)(spec)

@@ -34,13 +34,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from torch import nn
 
 from natdeploy.devices import DeviceSpec
 from natdeploy.errors import ConfigError
+from natdeploy.fileio import atomic_write_bytes
 from natdeploy.latency.backends import Backend, BackendError
 from natdeploy.latency.backends.adb import (AdbAuthError, AdbBinaryError, AdbConnectionError, AdbError,
                                             AdbStorageFullError, AdbTimeoutError, AdbTransport, hottest_c)
@@ -111,6 +111,7 @@ class AdbBackend(Backend):
     """Times the LiteRT backend's .tflite files on a phone with ``benchmark_model`` (see the module docstring)."""
 
     runtime = "litert"
+    artifact_format = "tflite"
     statistic = "mean"
 
     def __init__(self, spec: DeviceSpec, *, transport: AdbTransport | None = None,
@@ -248,10 +249,7 @@ class AdbBackend(Backend):
             self._cache_dir.mkdir(parents=True, exist_ok=True)
             path = self._cache_dir / f"{hashlib.sha256(model).hexdigest()}.tflite"
             if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".part")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(model)
-                os.replace(tmp, path)
+                atomic_write_bytes(path, model)
             return path
 
     def _artifact(self, key: tuple[Any, ...], make: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Path:
@@ -388,11 +386,4 @@ class AdbBackend(Backend):
                 shutil.rmtree(self._cache_dir, ignore_errors=True)
                 self._cache_dir = None
             self._artifacts.clear()
-
-    def __enter__(self) -> "AdbBackend":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 

@@ -45,11 +45,8 @@ _OUR_MODELS_GLOB = "[0-9a-f]" * 12 + "*.tflite"
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _version_in(text: str) -> str | None:

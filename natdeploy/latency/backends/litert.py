@@ -7,17 +7,17 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
+from natdeploy.convert.runtime import litert_version, tflite_interpreter
 from natdeploy.latency.backends import Backend, BackendError
 from natdeploy.latency.measure import Measurement
 
 
 class LiteRTBackend(Backend):
     runtime = "litert"
+    artifact_format = "tflite"
 
     def runtime_version(self) -> str:
-        from importlib.metadata import version
-
-        return f"ai-edge-litert {version('ai-edge-litert')} ({'XNNPACK' if self.spec.xnnpack else 'builtin kernels'})"
+        return f"ai-edge-litert {litert_version()} ({'XNNPACK' if self.spec.xnnpack else 'builtin kernels'})"
 
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
         from natdeploy.convert.tflite import tflite_bytes
@@ -25,14 +25,8 @@ class LiteRTBackend(Backend):
         return tflite_bytes(module, input_shape)
 
     def interpreter(self, model: bytes) -> Any:
-        from ai_edge_litert import interpreter as lite
-
-        resolver = (lite.OpResolverType.AUTO if self.spec.xnnpack
-                    else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interp = lite.Interpreter(model_content=model, num_threads=self.spec.threads,
-                                  experimental_op_resolver_type=resolver)
-        interp.allocate_tensors()
-        return interp
+        """An interpreter with the spec's threads; XNNPACK (LiteRT's default delegate) unless the spec turns it off."""
+        return tflite_interpreter(model, self.spec.threads, default_delegates=self.spec.xnnpack)
 
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
         interp = self.interpreter(artifact)

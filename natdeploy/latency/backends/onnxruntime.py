@@ -7,26 +7,27 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
+from natdeploy.convert.runtime import (CPU_PROVIDER, CUDA_PROVIDER, onnx_providers, onnx_session,
+                                      onnxruntime_version)
 from natdeploy.latency.backends import Backend, BackendError
 from natdeploy.latency.measure import Measurement
 
 
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
+    artifact_format = "onnx"
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        import onnxruntime as ort
-
-        self._ort = ort
-        want = "CUDAExecutionProvider" if spec.transport == "cuda" else "CPUExecutionProvider"
-        if want not in ort.get_available_providers():
+        want = CUDA_PROVIDER if spec.transport == "cuda" else CPU_PROVIDER
+        available = onnx_providers()
+        if want not in available:
             raise BackendError(f"device {spec.name!r} needs onnxruntime's {want}, which this install lacks "
-                               f"(available: {ort.get_available_providers()})")
+                               f"(available: {available})")
         self.provider = want
 
     def runtime_version(self) -> str:
-        return f"onnxruntime {self._ort.__version__} ({self.provider})"
+        return f"onnxruntime {onnxruntime_version()} ({self.provider})"
 
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
         """The ONNX bytes; ``runner`` opens a session on them (a fresh one per call, as LiteRT's interpreters)."""
@@ -35,8 +36,6 @@ class OnnxRuntimeBackend(Backend):
         return onnx_bytes(module, input_shape)
 
     def session(self, model: bytes) -> Any:
-        from natdeploy.export.verify import onnx_session
-
         return onnx_session(model, self.spec.threads, self.provider)
 
     def runner(self, artifact: Any, input_shape: tuple[int, ...]) -> Callable[[], Any]:
