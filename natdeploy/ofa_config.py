@@ -92,8 +92,9 @@ def _block_conv(block: Any, n: int) -> dict[str, Any] | None:
     name = block.get("name")
     keys = [BLOCK_LAYOUTS[name]] if name in BLOCK_LAYOUTS else [k for k in BLOCK_LAYOUTS.values() if k in block]
     if (name is not None and name not in BLOCK_LAYOUTS) or len(keys) != 1 or keys[0] not in block:
-        raise ValueError(f"{where} is a {name or 'nameless block'} with keys {sorted(block)}; expected one of OFA's "
-                         "layouts: ResidualBlock with 'conv', or MobileInvertedResidualBlock with 'mobile_inverted_conv'")
+        raise ValueError(f"{where} is a {name or 'nameless block'} with keys {sorted(block)}; expected one of "
+                         "OFA's layouts: ResidualBlock with 'conv', or MobileInvertedResidualBlock with "
+                         "'mobile_inverted_conv'")
     conv = block[keys[0]]
     if conv is None or isinstance(conv, dict) and conv.get("name") in _EMPTY_CONV_NAMES:
         return None
