@@ -1,22 +1,26 @@
 """The NAT / Once-for-All MobileNetV3 search space: ``Arch``, ``SearchSpace``, encodings, MAdds and params.
 
-It imports only ``natdeploy.layout`` (the supernet's fixed layout, whose names it re-exports): every other part
-speaks ``Arch``, and genome arrays go through :class:`SearchSpace`'s vectorised methods.
+It imports only ``natdeploy.layout`` (the supernet's fixed layout, whose names it re-exports), ``natdeploy.ofa_config``
+(OFA's net.config, built on the layout alone) and the leaf ``natdeploy.errors``: every other part speaks ``Arch``,
+and genome arrays go through :class:`SearchSpace`'s vectorised methods.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from natdeploy.errors import ConfigError
 from natdeploy.layout import (  # noqa: F401  (re-exported: the rest of natdeploy imports them from here)
     BASE_WIDTHS, BLOCK0_KERNEL, CHANNEL_DIVISOR, DEPTHS, EXPANDS, FIXED_LAYERS, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES,
     SE_REDUCTION, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, WIDTHS, BlockSlot, LayerSpec, SupernetPlan, conv_out,
     fixed_layer, layer_cost, make_divisible, mid_channels, se_channels, stage_widths, supernet_plan)
+from natdeploy.ofa_config import build_config, parse_config, read_net_config
 
 GENOME_LENGTH = 2 + N_BLOCKS
 N_CHOICES = len(KERNELS) * len(EXPANDS)  # block gene 1 + c for choice c = k_idx + 3 * e_idx; 0 skips the block
@@ -172,87 +176,24 @@ class Arch:
     def to_ofa_config(self, n_classes: int = 1000, dropout_rate: float = 0.1, bn_momentum: float = 0.1,
                       bn_eps: float = 1e-5) -> dict[str, Any]:
         """OFA's ``MobileNetV3.config`` of this static subnet (the JSON that ``net.config`` returns)."""
-        return _ofa_config(self, n_classes, dropout_rate, bn_momentum, bn_eps)
+        blocks = [(i, k, e) for i, _, k, e in self.active_blocks()]
+        return build_config(self.w, blocks, n_classes, dropout_rate, bn_momentum, bn_eps)
 
     @classmethod
     def from_ofa_config(cls, config: dict[str, Any], resolution: int | None = None) -> "Arch":
-        """Read OFA's static-subnet ``net.config``. It holds no resolution: pass it, or a top-level ``resolution`` key."""
-        return _arch_from_ofa_config(config, resolution)
+        """Read OFA's static-subnet ``net.config`` in either of OFA's layouts (``conv`` or the older
+        ``mobile_inverted_conv``). It holds no resolution: pass it, or a top-level ``resolution`` key."""
+        return cls.from_dict(parse_config(config, resolution))
 
-
-def _conv_layer_config(cin: int, cout: int, k: int, stride: int, act: str | None, bias: bool = False,
-                       use_bn: bool = True) -> dict[str, Any]:
-    return {"name": "ConvLayer", "kernel_size": k, "stride": stride, "dilation": 1, "groups": 1, "bias": bias,
-            "has_shuffle": False, "use_se": False, "in_channels": cin, "out_channels": cout, "use_bn": use_bn,
-            "act_func": act, "dropout_rate": 0, "ops_order": "weight_bn_act"}
-
-
-def _ofa_act(act: str) -> str:
-    return "h_swish" if act == "hswish" else act
-
-
-def _mbconv_config(cin: int, cout: int, k: int, stride: int, e: int, mid: int | None, act: str,
-                   se: bool) -> dict[str, Any]:
-    return {"name": "MBConvLayer", "in_channels": cin, "out_channels": cout, "kernel_size": k, "stride": stride,
-            "expand_ratio": e, "mid_channels": mid, "act_func": _ofa_act(act), "use_se": se, "groups": None}
-
-
-def _identity_config(c: int) -> dict[str, Any]:
-    return {"name": "IdentityLayer", "in_channels": c, "out_channels": c, "use_bn": False, "act_func": None,
-            "dropout_rate": 0, "ops_order": "weight_bn_act"}
-
-
-def _ofa_config(arch: Arch, n_classes: int, dropout_rate: float, momentum: float, eps: float) -> dict[str, Any]:
-    plan = supernet_plan(arch.w)
-
-    def block(slot: BlockSlot, k: int, e: int, mid: int | None) -> dict[str, Any]:
-        conv = _mbconv_config(slot.in_c, slot.out_c, k, slot.stride, e, mid, slot.act, slot.se)
-        return {"name": "ResidualBlock", "conv": conv, "shortcut": _identity_config(slot.in_c) if slot.skip else None}
-
-    blocks = [block(plan.block0, BLOCK0_KERNEL, 1, None)]
-    blocks += [block(plan.blocks[i], k, e, mid_channels(plan.blocks[i].in_c, e)) for i, _, k, e in arch.active_blocks()]
-    return {
-        "name": "MobileNetV3",
-        "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
-        "first_conv": _conv_layer_config(3, plan.stem_c, 3, 2, "h_swish"),
-        "blocks": blocks,
-        "final_expand_layer": _conv_layer_config(plan.last_c, plan.final_expand_c, 1, 1, "h_swish"),
-        "feature_mix_layer": _conv_layer_config(plan.final_expand_c, plan.feature_mix_c, 1, 1, "h_swish", bias=False,
-                                                use_bn=False),
-        "classifier": {"name": "LinearLayer", "in_features": plan.feature_mix_c, "out_features": n_classes,
-                       "bias": True, "use_bn": False, "act_func": None, "dropout_rate": dropout_rate,
-                       "ops_order": "weight_bn_act"},
-    }
-
-
-def _arch_from_ofa_config(config: dict[str, Any], resolution: int | None) -> Arch:
-    if not isinstance(config, dict) or "blocks" not in config or "first_conv" not in config:
-        raise ValueError("not an OFA MobileNetV3 net.config: it needs 'first_conv' and 'blocks'")
-    r = resolution if resolution is not None else config.get("resolution", config.get("image_size"))
-    if r is None:
-        raise ValueError("OFA's net.config records no resolution; pass resolution=... (the input size in pixels)")
-    stem = config["first_conv"]["out_channels"]
-    by_stem = {stage_widths(w)[0]: w for w in WIDTHS}
-    if stem not in by_stem:
-        raise ValueError(f"net.config stem width {stem} matches no width multiplier; known stems: {by_stem}")
-    w = by_stem[stem]
-    widths = stage_widths(w)
-    ks = [KERNELS[0]] * N_BLOCKS
-    e = [EXPANDS[0]] * N_BLOCKS
-    d = [0] * N_STAGES
-    for n, block in enumerate(config["blocks"][1:], start=1):
-        conv = block["conv"]
-        stages = [s for s in range(N_STAGES) if widths[2 + s] == conv["out_channels"]]
-        if not stages:
-            raise ValueError(f"net.config block {n} has {conv['out_channels']} output channels, "
-                             f"which is no stage width of w{w}: {list(widths[2:7])}")
-        s = stages[0]
-        if d[s] >= MAX_DEPTH:
-            raise ValueError(f"net.config has more than {MAX_DEPTH} blocks in stage {s}")
-        ks[s * MAX_DEPTH + d[s]] = conv["kernel_size"]
-        e[s * MAX_DEPTH + d[s]] = conv["expand_ratio"]
-        d[s] += 1
-    return Arch(ks=ks, e=e, d=d, r=r, w=w)
+    @classmethod
+    def from_ofa_file(cls, path: str | os.PathLike, resolution: int | None = None) -> "Arch":
+        """Read a ``net.config`` file (either layout); the resolution is ``resolution``, else one in the file,
+        else a ``run.config`` beside it. Any problem is a :class:`ConfigError` that names the file."""
+        fields = read_net_config(path, resolution)
+        try:
+            return cls.from_dict(fields)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 # ----- per-layer plan: the one description of the network that MAdds, params and latency ops all read ---------
