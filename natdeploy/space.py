@@ -1,6 +1,6 @@
 """The NAT / Once-for-All MobileNetV3 search space: ``Arch``, ``SearchSpace``, encodings, MAdds and params.
 
-This module imports nothing else of natdeploy's: every other part speaks ``Arch``.
+This module imports nothing else of natdeploy's but its error family: every other part speaks ``Arch``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+from natdeploy.errors import ArchError
 
 N_STAGES = 5
 MAX_DEPTH = 4
@@ -43,7 +45,7 @@ def make_divisible(v: float, divisor: int = CHANNEL_DIVISOR) -> int:
 def stage_widths(w: float) -> tuple[int, ...]:
     """The 9 channel widths (stem, block 0, 5 stages, final expand, feature mix) at width multiplier ``w``."""
     if w not in WIDTHS:
-        raise ValueError(f"w={w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
+        raise ArchError(f"w={w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
     return tuple(make_divisible(c * w) for c in BASE_WIDTHS)
 
 
@@ -64,13 +66,13 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
 
 def _check_choices(name: str, values: Sequence[Any], allowed: Sequence[Any], length: int) -> tuple:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise ValueError(f"{name} must be a list of {length} values from {list(allowed)}, got {values!r}")
+        raise ArchError(f"{name} must be a list of {length} values from {list(allowed)}, got {values!r}")
     if len(values) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(values)}: {list(values)!r}")
+        raise ArchError(f"{name} must have {length} entries, got {len(values)}: {list(values)!r}")
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) not in allowed:
-            raise ValueError(f"{name}[{i}]={v!r} is not allowed; allowed values: {list(allowed)}")
+            raise ArchError(f"{name}[{i}]={v!r} is not allowed; allowed values: {list(allowed)}")
         out.append(int(v))
     return tuple(out)
 
@@ -94,15 +96,15 @@ class Arch:
         ks = list(_check_choices("ks", self.ks, KERNELS, N_BLOCKS))
         e = list(_check_choices("e", self.e, EXPANDS, N_BLOCKS))
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)):
-            raise ValueError(f"r={self.r!r} must be an integer resolution in pixels")
+            raise ArchError(f"r={self.r!r} must be an integer resolution in pixels")
         if not MIN_RESOLUTION <= int(self.r) <= MAX_RESOLUTION:
-            raise ValueError(f"r={self.r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels")
+            raise ArchError(f"r={self.r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels")
         try:
             w = float(self.w)
         except (TypeError, ValueError):
-            raise ValueError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}") from None
+            raise ArchError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}") from None
         if w not in WIDTHS:
-            raise ValueError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
+            raise ArchError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
         for s in range(N_STAGES):
             for j in range(d[s], MAX_DEPTH):
                 ks[s * MAX_DEPTH + j] = KERNELS[0]
@@ -138,16 +140,16 @@ class Arch:
     def from_dict(cls, spec: dict[str, Any]) -> "Arch":
         """Read the NAT/OFA dict. ``w`` defaults to 1.0; ``r`` may also be given as ``resolution``."""
         if not isinstance(spec, dict):
-            raise ValueError(f"an Arch dict must be a mapping with keys ks, e, d, r; got {type(spec).__name__}")
+            raise ArchError(f"an Arch dict must be a mapping with keys ks, e, d, r; got {type(spec).__name__}")
         spec = dict(spec)
         if "r" not in spec and "resolution" in spec:
             spec["r"] = spec.pop("resolution")
         missing = [k for k in ("ks", "e", "d", "r") if k not in spec]
         if missing:
-            raise ValueError(f"Arch dict is missing {missing}; it needs ks, e, d and r (w optional)")
+            raise ArchError(f"Arch dict is missing {missing}; it needs ks, e, d and r (w optional)")
         unknown = sorted(set(spec) - {"ks", "e", "d", "r", "w"})
         if unknown:
-            raise ValueError(f"Arch dict has unknown keys {unknown}; allowed: ks, e, d, r, w")
+            raise ArchError(f"Arch dict has unknown keys {unknown}; allowed: ks, e, d, r, w")
         return cls(ks=spec["ks"], e=spec["e"], d=spec["d"], r=spec["r"], w=spec.get("w", 1.0))
 
     def to_string(self) -> str:
@@ -164,14 +166,14 @@ class Arch:
         """Parse :meth:`to_string`'s form."""
         m = re.fullmatch(r"w(\d+(?:\.\d+)?)-r(\d+)((?:-\d+){5})", text.strip())
         if not m:
-            raise ValueError(
+            raise ArchError(
                 f"cannot parse Arch string {text!r}; expected 'w<width>-r<res>-' then 5 stage groups of "
                 "kernel/expand digit pairs, e.g. 'w1.0-r224-3333-3333-3333-3333-3333'"
             )
         ks, e, d = [], [], []
         for s, group in enumerate(m.group(3).split("-")[1:]):
             if len(group) % 2 or not 2 * DEPTHS[0] <= len(group) <= 2 * MAX_DEPTH:
-                raise ValueError(f"stage {s} group {group!r} in {text!r} must hold 2 to 4 kernel/expand digit pairs")
+                raise ArchError(f"stage {s} group {group!r} in {text!r} must hold 2 to 4 kernel/expand digit pairs")
             pairs = [(int(group[i]), int(group[i + 1])) for i in range(0, len(group), 2)]
             d.append(len(pairs))
             pairs += [(KERNELS[0], EXPANDS[0])] * (MAX_DEPTH - len(pairs))
@@ -190,7 +192,7 @@ class Arch:
             try:
                 return cls.from_dict(json.loads(text))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"Arch JSON is not valid JSON: {exc}") from None
+                raise ArchError(f"Arch JSON is not valid JSON: {exc}") from None
         return cls.from_string(text)
 
     # ----- OFA net.config -----------------------------------------------------------------------------------
@@ -254,14 +256,14 @@ def _ofa_config(arch: Arch, n_classes: int, dropout_rate: float, momentum: float
 
 def _arch_from_ofa_config(config: dict[str, Any], resolution: int | None) -> Arch:
     if not isinstance(config, dict) or "blocks" not in config or "first_conv" not in config:
-        raise ValueError("not an OFA MobileNetV3 net.config: it needs 'first_conv' and 'blocks'")
+        raise ArchError("not an OFA MobileNetV3 net.config: it needs 'first_conv' and 'blocks'")
     r = resolution if resolution is not None else config.get("resolution", config.get("image_size"))
     if r is None:
-        raise ValueError("OFA's net.config records no resolution; pass resolution=... (the input size in pixels)")
+        raise ArchError("OFA's net.config records no resolution; pass resolution=... (the input size in pixels)")
     stem = config["first_conv"]["out_channels"]
     by_stem = {stage_widths(w)[0]: w for w in WIDTHS}
     if stem not in by_stem:
-        raise ValueError(f"net.config stem width {stem} matches no width multiplier; known stems: {by_stem}")
+        raise ArchError(f"net.config stem width {stem} matches no width multiplier; known stems: {by_stem}")
     w = by_stem[stem]
     widths = stage_widths(w)
     ks = [KERNELS[0]] * N_BLOCKS
@@ -271,11 +273,11 @@ def _arch_from_ofa_config(config: dict[str, Any], resolution: int | None) -> Arc
         conv = block["conv"]
         stages = [s for s in range(N_STAGES) if widths[2 + s] == conv["out_channels"]]
         if not stages:
-            raise ValueError(f"net.config block {n} has {conv['out_channels']} output channels, "
+            raise ArchError(f"net.config block {n} has {conv['out_channels']} output channels, "
                              f"which is no stage width of w{w}: {list(widths[2:7])}")
         s = stages[0]
         if d[s] >= MAX_DEPTH:
-            raise ValueError(f"net.config has more than {MAX_DEPTH} blocks in stage {s}")
+            raise ArchError(f"net.config has more than {MAX_DEPTH} blocks in stage {s}")
         ks[s * MAX_DEPTH + d[s]] = conv["kernel_size"]
         e[s * MAX_DEPTH + d[s]] = conv["expand_ratio"]
         d[s] += 1
@@ -386,14 +388,14 @@ class SearchSpace:
     def __post_init__(self) -> None:
         res = tuple(sorted({int(r) for r in self.resolutions}))
         if not res:
-            raise ValueError("a SearchSpace needs at least one resolution")
+            raise ArchError("a SearchSpace needs at least one resolution")
         for r in res:
             if not MIN_RESOLUTION <= r <= MAX_RESOLUTION:
-                raise ValueError(f"resolution {r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION}")
+                raise ArchError(f"resolution {r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION}")
         wid = tuple(sorted({float(w) for w in self.widths}))
         for w in wid:
             if w not in WIDTHS:
-                raise ValueError(f"width {w} is not allowed; allowed: {list(WIDTHS)}")
+                raise ArchError(f"width {w} is not allowed; allowed: {list(WIDTHS)}")
         object.__setattr__(self, "resolutions", res)
         object.__setattr__(self, "widths", wid)
 
@@ -402,16 +404,16 @@ class SearchSpace:
                widths: Sequence[float] | None = None) -> "SearchSpace":
         """A named preset (``nat``, ``ofa``, ``small``), optionally with its resolutions or widths overridden."""
         if name not in PRESETS:
-            raise ValueError(f"unknown search-space preset {name!r}; known: {sorted(PRESETS)}")
+            raise ArchError(f"unknown search-space preset {name!r}; known: {sorted(PRESETS)}")
         p = PRESETS[name]
         return cls(resolutions=tuple(resolutions or p["resolutions"]), widths=tuple(widths or p["widths"]), name=name)
 
     def validate(self, arch: Arch) -> Arch:
         """Raise ``ValueError`` when ``arch`` lies outside this space; return it otherwise."""
         if arch.r not in self.resolutions:
-            raise ValueError(f"r={arch.r} is not in search space {self.name!r}; allowed: {list(self.resolutions)}")
+            raise ArchError(f"r={arch.r} is not in search space {self.name!r}; allowed: {list(self.resolutions)}")
         if arch.w not in self.widths:
-            raise ValueError(f"w={arch.w} is not in search space {self.name!r}; allowed: {list(self.widths)}")
+            raise ArchError(f"w={arch.w} is not in search space {self.name!r}; allowed: {list(self.widths)}")
         return arch
 
     # ----- NAT's 22-integer genome -------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -17,16 +16,12 @@ from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
 from natdeploy.latency.predictor import LatencyPredictor, fit_table
 from natdeploy.latency.table import LatencyTable, TableError
+from natdeploy.settings import progress_disable
 from natdeploy.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 REFERENCE_EVERY = 50  # re-measure a reference op this often to detect drift (thermal, other load)
 DRIFT_LIMIT = 0.05
-
-
-def progress_enabled(quiet: bool = False) -> bool:
-    """Progress bars: off with --quiet, when stderr is not a terminal, or with NATDEPLOY_NO_PROGRESS=1."""
-    return not quiet and sys.stderr.isatty() and os.environ.get("NATDEPLOY_NO_PROGRESS") != "1"
 
 
 @dataclass
@@ -96,7 +91,7 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     archs = [a for a in sub_space.sample(rng, e2e_samples)]
     e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
     bar = tqdm(total=len(todo) + len(e2e_todo), desc=f"profile {spec.name}", unit="meas",
-               disable=not progress_enabled(quiet))
+               disable=progress_disable(quiet))
     batch = max(1, int(getattr(backend, "op_batch_size", 1))) if hasattr(backend, "measure_ops") else 1
     chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
     prefetch: Callable[[Sequence[OpSig]], None] | None = getattr(backend, "prefetch_ops", None)
