@@ -12,17 +12,15 @@ from natdeploy.cli.parsing import add_command, examples, parse_budget, per_devic
 from natdeploy.errors import ConfigError
 
 HELP = "Run NAT: adapt the supernet to your data while searching subnets for the devices."
-# A run of seconds, not minutes: one iteration, few subnets, one epoch, 32 px.
-_TINY = ("--settings quick --resolutions 32 --iterations 1 --warmup-epochs 1 --initial-archs 4 --population 8 "
+# A run of seconds, not minutes: no warm-up, one iteration of one epoch, few subnets, 32 px.
+_TINY = ("--settings quick --resolutions 32 --iterations 1 --warmup-epochs 0 --initial-archs 4 --population 8 "
          "--generations 2 --candidates 2")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "search", HELP, examples(
         "natdeploy search --device cpu --max-latency 1.5ms --settings quick",
-        f"natdeploy search --device cpu --max-latency 2ms {_TINY} --out runs --name tiny",
-        f"natdeploy search --device cpu --device cpu-litert --max-latency cpu=2ms cpu-litert=2ms {_TINY} "
-        "--out runs --name tiny2",
+        f"natdeploy search --device cpu --max-latency 2ms {_TINY}",
         "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa",
         "natdeploy search --device pixel4 --device cpu --max-latency pixel4=30ms cpu=8ms --data ./flowers",
         "natdeploy search --device cpu --max-latency 2ms --settings quick --resume"))
