@@ -9,6 +9,8 @@ Checked for parsing only:
 - examples that need a phone (adb) or a GPU (cuda) device spec;
 - the ones in ``EXPENSIVE``, each with its reason. The README's main command (~3 minutes on 2 cores) is one;
   ``benchmarks/main_command.py`` times it.
+Examples in ``SLOW`` are real and cheap by their flags, but train or convert models for minutes on a shared
+2-core machine; they run with ``NATDEPLOY_RUN_SLOW_EXAMPLES=1`` and are checked for parsing otherwise.
 Examples that read ``../shared/data`` skip when that folder is absent.
 """
 
@@ -46,6 +48,21 @@ EXPENSIVE = {
     "--data ./flowers --device cpu --out bundles/flowers":
         "needs OFA's published checkpoint and the user's own ImageFolder",
 }
+
+_TINY = ("--settings quick --resolutions 32 --iterations 1 --warmup-epochs 0 --initial-archs 4 --population 8 "
+         "--generations 2 --candidates 2")
+SLOW = {
+    f"natdeploy search --device cpu --max-latency 2ms {_TINY}": "trains a supernet: over 8 minutes at load 6",
+    "natdeploy search --device cpu --max-latency 2ms --settings quick --resume": "resumes that run",
+    "natdeploy profile --device cpu-litert --resolutions 32 --e2e-samples 4 --n-classes 10 --out tables/t.json":
+        "96 ops timed in 20 rounds: over a minute",
+    "natdeploy export runs/cpu-small-s0 --format onnx --parity-images 4 --no-latency": "exports that run",
+    "natdeploy export runs/cpu-small-s0 --max-latency 2ms --format tflite --int8 --calibration-images 8 "
+    "--out bundles/fast": "exports that run",
+    "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx": "exports that run",
+    "natdeploy export runs/cpu-small-s0 --format tflite,onnx --int8": "exports that run",
+}
+RUN_SLOW = os.environ.get("NATDEPLOY_RUN_SLOW_EXAMPLES") == "1"
 
 
 def _help_examples(parser: argparse.ArgumentParser) -> list[str]:
@@ -93,7 +110,7 @@ def test_examples_were_found():
     assert len(HELP_EXAMPLES) >= 15 and len(README_EXAMPLES) >= 8
     commands = {line.split()[1] for line in HELP_EXAMPLES}
     assert commands == {"devices", "arch", "profile", "predict", "search", "export", "tables"}
-    assert set(EXPENSIVE) <= set(EXAMPLES), set(EXPENSIVE) - set(EXAMPLES)
+    assert set(EXPENSIVE) | set(SLOW) <= set(EXAMPLES), (set(EXPENSIVE) | set(SLOW)) - set(EXAMPLES)
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -102,6 +119,8 @@ def test_example(example: str, workdir: Path):
     build_parser().parse_args(argv[1:])  # every example parses, whatever else happens
     if _needs_hardware(argv) or example in EXPENSIVE:
         return
+    if example in SLOW and not RUN_SLOW:
+        pytest.skip(f"parsed only: {SLOW[example]} (NATDEPLOY_RUN_SLOW_EXAMPLES=1 runs it)")
     if "../shared/data" in example and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     env = {**os.environ, "NATDEPLOY_TABLES": str(workdir / "latency_tables"), "NATDEPLOY_NO_PROGRESS": "1",
