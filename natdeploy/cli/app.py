@@ -19,9 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; building it imports no torch, so ``--help`` and ``--version`` stay fast."""
     ap = argparse.ArgumentParser(prog="natdeploy", description="Hardware-aware Neural Architecture Transfer.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=examples("natdeploy devices",
-                                                 "natdeploy predict --device cpu --arch w1.0-r32-3333-3333-3333-3333-3333",
-                                                 "natdeploy arch w1.0-r224-3354-7376-3333-5476-7473 --space ofa -v"))
+                                 epilog=examples(
+                                     "natdeploy devices",
+                                     "natdeploy predict --device cpu --arch w1.0-r32-3333-3333-3333-3333-3333",
+                                     "natdeploy arch w1.0-r224-3354-7376-3333-5476-7473 --space ofa -v"))
     ap.add_argument("--version", action="version", version=f"natdeploy {__version__}")
     add_common_flags(ap, top=True)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)

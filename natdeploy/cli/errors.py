@@ -20,8 +20,8 @@ BUG_NOTE = ("natdeploy {version}: this is a bug in natdeploy, not in your input.
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one command; map what it raises to a message and an exit code.
 
-    A :class:`NatDeployError` prints ``error: <message>`` (``NATDEPLOY_DEBUG=1`` re-raises it instead, traceback and all).
-    Any other exception prints its traceback and a note that it is a bug.
+    A :class:`NatDeployError` prints ``error: <message>``; ``NATDEPLOY_DEBUG=1`` re-raises it instead, with its
+    traceback. Any other exception prints its traceback and a note that it is a bug.
     """
     try:
         return func(args)

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                 else f"measured {_fmt_ms(d['measured_ms'])}")
         if d.get("measured_at_table_speed_ms") is not None:
             meas += f" ({_fmt_ms(d['measured_at_table_speed_ms'])} at the table's machine speed)"
-        pred = f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None else d["not_predicted"]
+        pred = (f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None
+                else d["not_predicted"])
         budget = f", budget {d['budget_ms']:g} ms" if d.get("budget_ms") is not None else ""
         notes = "".join(f"; note: {n}" for n in d.get("notes") or [])
         print(f"  {device}: {meas}, {pred}{budget}{notes}")

@@ -12,7 +12,8 @@ HELP = "Predict the latency of Archs on a device, with the parts of the predicti
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "predict", HELP, examples(
         "natdeploy predict --device cpu --arch w1.0-r32-3333-3333-3333-3333-3333",
-        "natdeploy predict --device cpu-litert --arch w1.0-r32-3333-3333-3333-3333-3333 w1.0-r48-7676-7676-7676-7676-7676"))
+        "natdeploy predict --device cpu-litert --arch w1.0-r32-3333-3333-3333-3333-3333 "
+        "w1.0-r48-7676-7676-7676-7676-7676"))
     p.add_argument("--device", required=True)
     p.add_argument("--arch", required=True, nargs="+", help="Arch string(s) or JSON dict(s)")
     p.add_argument("--table", help="table path (default latency_tables/<device>.json)")
