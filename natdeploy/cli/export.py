@@ -80,7 +80,7 @@ def _data(args: argparse.Namespace) -> Any:
 
 def options(args: argparse.Namespace) -> ExportOptions:
     """The :class:`ExportOptions` the flags ask for."""
-    return ExportOptions(formats=args.format, arch=args.arch, budget=parse_budget(args.budget, "--max-latency"),
+    return ExportOptions(formats=args.format, arch=args.arch, budget=parse_budget(args.budget, "--max-latency/--budget"),
                          supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
                          int8_io=args.int8_io, calibration_images=args.calibration_images,
                          parity_images=args.parity_images, bn_images=args.bn_images,
