@@ -110,7 +110,7 @@ def bench_latency(tables: Path, n_archs: int, seed: int, n_recheck: int = 5) -> 
     """Per device: (arch, predicted ms, measured ms) of exported files, or why the device was skipped; and a
     description of each table, with ``n_recheck`` of its own subnets re-measured now (measured / table value),
     which separates machine drift since profiling from prediction error."""
-    from natdeploy.latency.profiler import predictor_for
+    from natdeploy.latency.store import predictor_for
 
     out: dict[str, list[tuple[str, float, float, float | None]] | str] = {}
     about: dict[str, str] = {}

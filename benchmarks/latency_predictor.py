@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from natdeploy.devices import load_device, tables_dir
+from natdeploy.devices import load_device
+from natdeploy.latency import store
 from natdeploy.latency.backends import E2E_BATCH, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.predictor import LatencyPredictor
@@ -71,7 +72,7 @@ def main() -> None:
                     "(models refitted in memory; a same-run baseline with --measurements and --no-record)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    table_path = args.table or tables_dir() / f"{args.device}.json"
+    table_path = args.table or store.table_path(args.device)
     predictor = LatencyPredictor.load(table_path)
     table = predictor.table
     if args.elasticity is not None:

@@ -32,7 +32,7 @@ import torch
 
 from natdeploy.data import load_image_folder
 from natdeploy.export import export_bundle
-from natdeploy.latency.profiler import predictor_for
+from natdeploy.latency.store import predictor_for
 from natdeploy.search import NATConfig, initial_supernet, run_search
 from natdeploy.search.report import latency_range
 from natdeploy.space import DEPTHS, EXPANDS, KERNELS, N_BLOCKS, N_STAGES, Arch, SearchSpace, madds

@@ -20,7 +20,7 @@ import numpy as np
 
 from natdeploy.devices import load_device
 from natdeploy.latency.backends import get_backend
-from natdeploy.latency.profiler import predictor_for
+from natdeploy.latency.store import predictor_for
 from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchState
 from natdeploy.search.report import latency_range
 from natdeploy.space import SearchSpace, madds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from natdeploy.errors import ConfigError
+from natdeploy import settings
+from natdeploy.errors import ConfigError, DeviceSpecError
 
 TRANSPORTS = ("local", "adb", "cuda")
 RUNTIMES = ("onnxruntime", "litert", "torch")
@@ -19,22 +19,20 @@ PRECISIONS = ("fp32", "int8")
 
 def devices_dir() -> Path:
     """Where device specs live: ``$NATDEPLOY_DEVICES`` or the project's ``devices/`` folder."""
-    env = os.environ.get("NATDEPLOY_DEVICES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "devices"
+    return settings.devices_dir()
 
 
 def tables_dir() -> Path:
     """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder (a device's
     table path is natdeploy.latency.store.table_path)."""
-    env = os.environ.get("NATDEPLOY_TABLES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "latency_tables"
+    return settings.tables_dir()
 
 
 def mask_cpus(mask: str) -> list[int]:
     """The CPU numbers of a hex affinity mask (``"70"`` or ``"0x70"``: cpu4-6); a clear error for a bad one."""
     digits = mask.lower().removeprefix("0x")
     if not re.fullmatch(r"[0-9a-f]+", digits) or int(digits, 16) == 0:
-        raise ValueError(f"cpu_mask must be a non-zero hex mask such as '70' or 'f0', got {mask!r}")
+        raise DeviceSpecError(f"cpu_mask must be a non-zero hex mask such as '70' or 'f0', got {mask!r}")
     value = int(digits, 16)
     return [i for i in range(value.bit_length()) if value >> i & 1]
 

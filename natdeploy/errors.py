@@ -17,3 +17,14 @@ class ConfigError(NatDeployError):
 
 class ConversionError(NatDeployError):
     """A model could not be converted to a deployment format (ONNX, TFLite), or a conversion setting is missing."""
+
+
+class ArchError(NatDeployError, ValueError):
+    """An Arch, its string/dict/net.config form, or a search-space setting is invalid.
+
+    Also a ValueError, so code that validated with ``except ValueError`` keeps working.
+    """
+
+
+class DeviceSpecError(ConfigError, ValueError):
+    """A device-spec value (such as a CPU mask) is invalid; also a ValueError, like :class:`ArchError`."""

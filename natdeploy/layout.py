@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from natdeploy.errors import ArchError
+
 N_STAGES = 5
 MAX_DEPTH = 4
 N_BLOCKS = N_STAGES * MAX_DEPTH
@@ -47,7 +49,7 @@ def make_divisible(v: float, divisor: int = CHANNEL_DIVISOR) -> int:
 def stage_widths(w: float) -> tuple[int, ...]:
     """The 9 channel widths (stem, block 0, 5 stages, final expand, feature mix) at width multiplier ``w``."""
     if w not in WIDTHS:
-        raise ValueError(f"w={w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
+        raise ArchError(f"w={w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
     return tuple(make_divisible(c * w) for c in BASE_WIDTHS)
 
 

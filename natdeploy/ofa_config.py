@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from natdeploy.errors import ConfigError
+from natdeploy.errors import ArchError, ConfigError
 from natdeploy.layout import (BLOCK0_KERNEL, EXPANDS, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES, WIDTHS, BlockSlot,
                               mid_channels, stage_widths, supernet_plan)
 
@@ -80,7 +80,7 @@ def build_config(w: float, blocks: Sequence[tuple[int, int, int]], n_classes: in
 # ----- reading (either layout) ---------------------------------------------------------------------------------
 def _field(layer: Any, key: str, where: str) -> Any:
     if not isinstance(layer, dict) or key not in layer:
-        raise ValueError(f"{where} has no '{key}'")
+        raise ArchError(f"{where} has no '{key}'")
     return layer[key]
 
 
@@ -88,11 +88,11 @@ def _block_conv(block: Any, n: int) -> dict[str, Any] | None:
     """The MBConv of block ``n`` in either layout; None for an identity block (no conv, or a ZeroLayer)."""
     where = f"net.config block {n}"
     if not isinstance(block, dict):
-        raise ValueError(f"{where} is not a JSON object")
+        raise ArchError(f"{where} is not a JSON object")
     name = block.get("name")
     keys = [BLOCK_LAYOUTS[name]] if name in BLOCK_LAYOUTS else [k for k in BLOCK_LAYOUTS.values() if k in block]
     if (name is not None and name not in BLOCK_LAYOUTS) or len(keys) != 1 or keys[0] not in block:
-        raise ValueError(f"{where} is a {name or 'nameless block'} with keys {sorted(block)}; expected one of "
+        raise ArchError(f"{where} is a {name or 'nameless block'} with keys {sorted(block)}; expected one of "
                          "OFA's layouts: ResidualBlock with 'conv', or MobileInvertedResidualBlock with "
                          "'mobile_inverted_conv'")
     conv = block[keys[0]]
@@ -100,7 +100,7 @@ def _block_conv(block: Any, n: int) -> dict[str, Any] | None:
         return None
     if not isinstance(conv, dict) or conv.get("name", MBCONV_NAMES[0]) not in MBCONV_NAMES:
         found = conv.get("name") if isinstance(conv, dict) else type(conv).__name__
-        raise ValueError(f"{where} holds a {found}; expected one of {list(MBCONV_NAMES)}")
+        raise ArchError(f"{where} holds a {found}; expected one of {list(MBCONV_NAMES)}")
     return conv
 
 
@@ -109,19 +109,19 @@ def _check_slot(conv: dict[str, Any], slot: BlockSlot, n: int, s: int) -> tuple[
     where = f"net.config block {n} (stage {s})"
     k, e = _field(conv, "kernel_size", where), _field(conv, "expand_ratio", where)
     if k not in KERNELS:
-        raise ValueError(f"{where} has kernel_size {k!r}; allowed: {list(KERNELS)}")
+        raise ArchError(f"{where} has kernel_size {k!r}; allowed: {list(KERNELS)}")
     if e not in EXPANDS:
-        raise ValueError(f"{where} has expand_ratio {e!r}; allowed: {list(EXPANDS)}")
+        raise ArchError(f"{where} has expand_ratio {e!r}; allowed: {list(EXPANDS)}")
     expected = {"in_channels": slot.in_c, "stride": slot.stride, "act_func": _ofa_act(slot.act)}
     for key, want in expected.items():
         got = _field(conv, key, where)
         if got != want:
-            raise ValueError(f"{where} has {key} {got!r} where OFA's MobileNetV3 has {want!r}")
+            raise ArchError(f"{where} has {key} {got!r} where OFA's MobileNetV3 has {want!r}")
     if bool(conv.get("use_se", False)) != slot.se:
-        raise ValueError(f"{where} has use_se {conv.get('use_se')!r} where OFA's MobileNetV3 has {slot.se}")
+        raise ArchError(f"{where} has use_se {conv.get('use_se')!r} where OFA's MobileNetV3 has {slot.se}")
     mid = conv.get("mid_channels")
     if mid is not None and mid != mid_channels(slot.in_c, e):
-        raise ValueError(f"{where} has mid_channels {mid}, but expand ratio {e} of {slot.in_c} channels "
+        raise ArchError(f"{where} has mid_channels {mid}, but expand ratio {e} of {slot.in_c} channels "
                          f"gives {mid_channels(slot.in_c, e)}")
     return k, e
 
@@ -133,25 +133,25 @@ def parse_config(config: Any, resolution: int | None = None) -> dict[str, Any]:
     ``image_size`` key. Blocks are checked against the supernet's stage plan (channels, stride, activation, SE).
     """
     if not isinstance(config, dict) or "blocks" not in config or "first_conv" not in config:
-        raise ValueError("not an OFA MobileNetV3 net.config: it needs 'first_conv' and 'blocks'")
+        raise ArchError("not an OFA MobileNetV3 net.config: it needs 'first_conv' and 'blocks'")
     name = config.get("name", "MobileNetV3")
     if name != "MobileNetV3":
-        raise ValueError(f"net.config describes a {name}, not an OFA MobileNetV3 subnet")
+        raise ArchError(f"net.config describes a {name}, not an OFA MobileNetV3 subnet")
     r = resolution if resolution is not None else config.get("resolution", config.get("image_size"))
     if r is None:
-        raise ValueError("OFA's net.config records no resolution; pass resolution=... (the input size in pixels)")
+        raise ArchError("OFA's net.config records no resolution; pass resolution=... (the input size in pixels)")
     stem = _field(config["first_conv"], "out_channels", "net.config first_conv")
     by_stem = {stage_widths(w)[0]: w for w in WIDTHS}
     if stem not in by_stem:
-        raise ValueError(f"net.config stem width {stem} matches no width multiplier; known stems: {by_stem}")
+        raise ArchError(f"net.config stem width {stem} matches no width multiplier; known stems: {by_stem}")
     w = by_stem[stem]
     plan, widths = supernet_plan(w), stage_widths(w)
     blocks = config["blocks"]
     if not isinstance(blocks, list) or not blocks:
-        raise ValueError("net.config 'blocks' is not a non-empty list")
+        raise ArchError("net.config 'blocks' is not a non-empty list")
     first = _block_conv(blocks[0], 0)
     if first is None or _field(first, "out_channels", "net.config block 0") != plan.block0.out_c:
-        raise ValueError(f"net.config block 0 is not OFA's first block (k{BLOCK0_KERNEL}, e1, "
+        raise ArchError(f"net.config block 0 is not OFA's first block (k{BLOCK0_KERNEL}, e1, "
                          f"{plan.block0.out_c} channels at w{w})")
     ks, e, d = [KERNELS[0]] * N_BLOCKS, [EXPANDS[0]] * N_BLOCKS, [0] * N_STAGES
     stage = 0
@@ -162,14 +162,14 @@ def parse_config(config: Any, resolution: int | None = None) -> dict[str, Any]:
         out_c = _field(conv, "out_channels", f"net.config block {n}")
         stages = [s for s in range(N_STAGES) if widths[2 + s] == out_c]
         if not stages:
-            raise ValueError(f"net.config block {n} has {out_c} output channels, "
+            raise ArchError(f"net.config block {n} has {out_c} output channels, "
                              f"which is no stage width of w{w}: {list(widths[2:7])}")
         s = stages[0]
         if s < stage:
-            raise ValueError(f"net.config block {n} ({out_c} channels) comes after a block of a later stage")
+            raise ArchError(f"net.config block {n} ({out_c} channels) comes after a block of a later stage")
         stage = s
         if d[s] >= MAX_DEPTH:
-            raise ValueError(f"net.config has more than {MAX_DEPTH} blocks in stage {s}")
+            raise ArchError(f"net.config has more than {MAX_DEPTH} blocks in stage {s}")
         i = s * MAX_DEPTH + d[s]
         ks[i], e[i] = _check_slot(conv, plan.blocks[i], n, s)
         d[s] += 1

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from natdeploy.errors import ConfigError
+from natdeploy.errors import ArchError, ConfigError
 from natdeploy.layout import (  # noqa: F401  (re-exported: the rest of natdeploy imports them from here)
     BASE_WIDTHS, BLOCK0_KERNEL, CHANNEL_DIVISOR, DEPTHS, EXPANDS, FIXED_LAYERS, KERNELS, MAX_DEPTH, N_BLOCKS, N_STAGES,
     SE_REDUCTION, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, WIDTHS, BlockSlot, LayerSpec, SupernetPlan, conv_out,
@@ -43,13 +43,13 @@ def choice_kernel_expand(choices: np.ndarray | int) -> tuple[np.ndarray, np.ndar
 
 def _check_choices(name: str, values: Sequence[Any], allowed: Sequence[Any], length: int) -> tuple:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise ValueError(f"{name} must be a list of {length} values from {list(allowed)}, got {values!r}")
+        raise ArchError(f"{name} must be a list of {length} values from {list(allowed)}, got {values!r}")
     if len(values) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(values)}: {list(values)!r}")
+        raise ArchError(f"{name} must have {length} entries, got {len(values)}: {list(values)!r}")
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) not in allowed:
-            raise ValueError(f"{name}[{i}]={v!r} is not allowed; allowed values: {list(allowed)}")
+            raise ArchError(f"{name}[{i}]={v!r} is not allowed; allowed values: {list(allowed)}")
         out.append(int(v))
     return tuple(out)
 
@@ -73,15 +73,15 @@ class Arch:
         ks = list(_check_choices("ks", self.ks, KERNELS, N_BLOCKS))
         e = list(_check_choices("e", self.e, EXPANDS, N_BLOCKS))
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)):
-            raise ValueError(f"r={self.r!r} must be an integer resolution in pixels")
+            raise ArchError(f"r={self.r!r} must be an integer resolution in pixels")
         if not MIN_RESOLUTION <= int(self.r) <= MAX_RESOLUTION:
-            raise ValueError(f"r={self.r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels")
+            raise ArchError(f"r={self.r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels")
         try:
             w = float(self.w)
         except (TypeError, ValueError):
-            raise ValueError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}") from None
+            raise ArchError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}") from None
         if w not in WIDTHS:
-            raise ValueError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
+            raise ArchError(f"w={self.w!r} is not an allowed width multiplier; allowed: {list(WIDTHS)}")
         for s in range(N_STAGES):
             for j in range(d[s], MAX_DEPTH):
                 ks[s * MAX_DEPTH + j] = KERNELS[0]
@@ -117,16 +117,16 @@ class Arch:
     def from_dict(cls, spec: dict[str, Any]) -> "Arch":
         """Read the NAT/OFA dict. ``w`` defaults to 1.0; ``r`` may also be given as ``resolution``."""
         if not isinstance(spec, dict):
-            raise ValueError(f"an Arch dict must be a mapping with keys ks, e, d, r; got {type(spec).__name__}")
+            raise ArchError(f"an Arch dict must be a mapping with keys ks, e, d, r; got {type(spec).__name__}")
         spec = dict(spec)
         if "r" not in spec and "resolution" in spec:
             spec["r"] = spec.pop("resolution")
         missing = [k for k in ("ks", "e", "d", "r") if k not in spec]
         if missing:
-            raise ValueError(f"Arch dict is missing {missing}; it needs ks, e, d and r (w optional)")
+            raise ArchError(f"Arch dict is missing {missing}; it needs ks, e, d and r (w optional)")
         unknown = sorted(set(spec) - {"ks", "e", "d", "r", "w"})
         if unknown:
-            raise ValueError(f"Arch dict has unknown keys {unknown}; allowed: ks, e, d, r, w")
+            raise ArchError(f"Arch dict has unknown keys {unknown}; allowed: ks, e, d, r, w")
         return cls(ks=spec["ks"], e=spec["e"], d=spec["d"], r=spec["r"], w=spec.get("w", 1.0))
 
     def to_string(self) -> str:
@@ -143,14 +143,14 @@ class Arch:
         """Parse :meth:`to_string`'s form."""
         m = re.fullmatch(r"w(\d+(?:\.\d+)?)-r(\d+)((?:-\d+){5})", text.strip())
         if not m:
-            raise ValueError(
+            raise ArchError(
                 f"cannot parse Arch string {text!r}; expected 'w<width>-r<res>-' then 5 stage groups of "
                 "kernel/expand digit pairs, e.g. 'w1.0-r224-3333-3333-3333-3333-3333'"
             )
         ks, e, d = [], [], []
         for s, group in enumerate(m.group(3).split("-")[1:]):
             if len(group) % 2 or not 2 * DEPTHS[0] <= len(group) <= 2 * MAX_DEPTH:
-                raise ValueError(f"stage {s} group {group!r} in {text!r} must hold 2 to 4 kernel/expand digit pairs")
+                raise ArchError(f"stage {s} group {group!r} in {text!r} must hold 2 to 4 kernel/expand digit pairs")
             pairs = [(int(group[i]), int(group[i + 1])) for i in range(0, len(group), 2)]
             d.append(len(pairs))
             pairs += [(KERNELS[0], EXPANDS[0])] * (MAX_DEPTH - len(pairs))
@@ -169,7 +169,7 @@ class Arch:
             try:
                 return cls.from_dict(json.loads(text))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"Arch JSON is not valid JSON: {exc}") from None
+                raise ArchError(f"Arch JSON is not valid JSON: {exc}") from None
         return cls.from_string(text)
 
     # ----- OFA net.config -----------------------------------------------------------------------------------
@@ -247,14 +247,14 @@ class SearchSpace:
     def __post_init__(self) -> None:
         res = tuple(sorted({int(r) for r in self.resolutions}))
         if not res:
-            raise ValueError("a SearchSpace needs at least one resolution")
+            raise ArchError("a SearchSpace needs at least one resolution")
         for r in res:
             if not MIN_RESOLUTION <= r <= MAX_RESOLUTION:
-                raise ValueError(f"resolution {r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION}")
+                raise ArchError(f"resolution {r} is out of range; allowed: {MIN_RESOLUTION}..{MAX_RESOLUTION}")
         wid = tuple(sorted({float(w) for w in self.widths}))
         for w in wid:
             if w not in WIDTHS:
-                raise ValueError(f"width {w} is not allowed; allowed: {list(WIDTHS)}")
+                raise ArchError(f"width {w} is not allowed; allowed: {list(WIDTHS)}")
         object.__setattr__(self, "resolutions", res)
         object.__setattr__(self, "widths", wid)
 
@@ -263,16 +263,16 @@ class SearchSpace:
                widths: Sequence[float] | None = None) -> "SearchSpace":
         """A named preset (``nat``, ``ofa``, ``small``), optionally with its resolutions or widths overridden."""
         if name not in PRESETS:
-            raise ValueError(f"unknown search-space preset {name!r}; known: {sorted(PRESETS)}")
+            raise ArchError(f"unknown search-space preset {name!r}; known: {sorted(PRESETS)}")
         p = PRESETS[name]
         return cls(resolutions=tuple(resolutions or p["resolutions"]), widths=tuple(widths or p["widths"]), name=name)
 
     def validate(self, arch: Arch) -> Arch:
         """Raise ``ValueError`` when ``arch`` lies outside this space; return it otherwise."""
         if arch.r not in self.resolutions:
-            raise ValueError(f"r={arch.r} is not in search space {self.name!r}; allowed: {list(self.resolutions)}")
+            raise ArchError(f"r={arch.r} is not in search space {self.name!r}; allowed: {list(self.resolutions)}")
         if arch.w not in self.widths:
-            raise ValueError(f"w={arch.w} is not in search space {self.name!r}; allowed: {list(self.widths)}")
+            raise ArchError(f"w={arch.w} is not in search space {self.name!r}; allowed: {list(self.widths)}")
         return arch
 
     # ----- NAT's 22-integer genome -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from natdeploy.data import ImageData, load_described, load_digits_data
 from natdeploy.devices import load_device
 from natdeploy.export import ExportError, build_subnet, export_bundle, verify
-from natdeploy.export.cli_command import add_export_parser, cmd_export
+from natdeploy.cli.export import register as add_export_parser, run as cmd_export
 from natdeploy.export.source import from_run
 from natdeploy.latency.profiler import profile_device
 from natdeploy.search.nat import ArchiveEntry, SearchState

@@ -1,12 +1,24 @@
 """The verified deployment bundle: pick the Arch, export TFLite/ONNX through natdeploy.convert, check parity,
 int8 accuracy and latency, and publish a folder plus zip with metadata, labels and a README.
 
-The command-line wiring lives in :mod:`natdeploy.export.cli_command`, which this package does not import.
+The names load on first use, so that the CLI can read :class:`ExportOptions` defaults without importing torch.
 """
 
-from natdeploy.export.bundle import FORMATS, ExportResult, build_subnet, export_bundle, parse_formats
-from natdeploy.export.errors import ExportError
-from natdeploy.export.source import read_run, select_entry
+from __future__ import annotations
 
-__all__ = ["export_bundle", "ExportResult", "ExportError", "FORMATS", "parse_formats", "build_subnet", "read_run",
-           "select_entry"]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {"export_bundle": "bundle", "ExportResult": "bundle", "build_subnet": "bundle",
+          "ExportError": "errors", "ExportOptions": "options", "FORMATS": "options", "parse_formats": "options",
+          "read_run": "source", "select_entry": "source"}
+
+__all__ = ["export_bundle", "ExportOptions", "ExportResult", "ExportError", "FORMATS", "parse_formats",
+           "build_subnet", "read_run", "select_entry"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'natdeploy.export' has no attribute {name!r}")
+    return getattr(import_module(f"natdeploy.export.{home}"), name)

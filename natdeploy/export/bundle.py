@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,6 +26,7 @@ from natdeploy.devices import DeviceSpec
 from natdeploy.export import verify
 from natdeploy.export.errors import ExportError
 from natdeploy.export.latency_check import check_latency
+from natdeploy.export.options import FORMATS, ExportOptions, parse_formats
 from natdeploy.export.package import check_target, publish, sha256
 from natdeploy.export.readme import render_readme
 from natdeploy.export.source import Source, from_arch, from_run
@@ -35,7 +36,6 @@ from natdeploy.supernet import MobileNetV3Subnet, recalibrate_bn
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tflite", "onnx")
 BUNDLE_FORMAT = "natdeploy.bundle"
 BN_BATCH = 256  # the batch size the search's evaluate_arch recalibrates with
 PIXELS_PER_BATCH = 256 * 64 * 64  # caps CPU batches at larger resolutions (256 images of 224 px thrash memory)
@@ -62,19 +62,9 @@ class ExportResult:
         return sorted(p.name for p in self.out_dir.iterdir())
 
 
-def parse_formats(formats: str | Sequence[str]) -> list[str]:
-    """``"tflite,onnx"`` or a list -> validated, de-duplicated formats in the given order."""
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    out = list(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
-    unknown = [f for f in out if f not in FORMATS]
-    if unknown or not out:
-        raise ExportError(f"unknown export format(s) {unknown or formats!r}; choose from {', '.join(FORMATS)} "
-                          "(comma-separated)")
-    return out
-
-
-def _check_options(formats: list[str], int8: bool, int8_io: bool, calibration_images: int, parity_images: int,
-                   bn_images: int | None, opset: int) -> None:
+def _check_options(formats: list[str], opts: ExportOptions) -> None:
+    int8, int8_io, calibration_images = opts.int8, opts.int8_io, opts.calibration_images
+    parity_images, bn_images, opset = opts.parity_images, opts.bn_images, opts.opset
     if int8 and "tflite" not in formats:
         raise ExportError("--int8 quantises the TFLite model; add tflite to the formats (ONNX ships as fp32)")
     if int8_io and not int8:
@@ -159,38 +149,32 @@ def _int8(sub: MobileNetV3Subnet, src: Source, calibration_images: int, int8_io:
     return model, report
 
 
-def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, formats: str | Sequence[str] = FORMATS,
-                  arch: Arch | str | None = None, budget: float | Mapping[str, float] | None = None,
-                  supernet: str | Path | None = None, data: ImageData | None = None,
-                  devices: Sequence[str] | None = None, int8: bool = False, int8_io: bool = False,
-                  calibration_images: int = 200, parity_images: int = 50, bn_images: int | None = None,
-                  dynamic_batch: bool = False,
-                  opset: int = 17, overwrite: bool = False, val_limit: int | None = None,
-                  predictors: Mapping[str, LatencyPredictor] | None = None,
-                  device_specs: Mapping[str, DeviceSpec] | None = None, measure_latency: bool = True,
-                  on_event: Callable[[str], None] | None = None) -> ExportResult:
+def export_bundle(source: str | Path | Arch, out: str | Path | None = None, options: ExportOptions | None = None,
+                  *, predictors: Mapping[str, LatencyPredictor] | None = None,
+                  device_specs: Mapping[str, DeviceSpec] | None = None,
+                  on_event: Callable[[str], None] | None = None, **changes: Any) -> ExportResult:
     """Export one subnet as a verified bundle folder ``out`` plus ``out.zip``; returns what was written.
 
-    ``source`` is a run folder (the Arch is ``arch``, else the most accurate archive entry within ``budget`` ms:
-    a number for every device of the run, a ``{device: ms}`` mapping, or None for the run's own budgets), or an
-    Arch (string) together with a ``supernet`` checkpoint and optional ``data``. ``predictors`` and
-    ``device_specs`` replace the ones loaded by device name (tests pass tiny ones). ``bn_images`` training
-    images recalibrate BN (default: the run's bn_batches x 256, as the search evaluated). Raises :class:`ExportError`
-    for bad input or a failed check; nothing is left at ``out`` then.
+    ``source`` is a run folder (the Arch is ``options.arch``, else the most accurate archive entry within
+    ``options.budget``), or an Arch (string) together with ``options.supernet`` and optional ``options.data``.
+    ``changes`` are :class:`ExportOptions` fields that replace those of ``options`` (``formats="onnx"``).
+    ``predictors`` and ``device_specs`` replace the ones loaded by device name (tests pass tiny ones).
+    Raises :class:`ExportError` for bad input or a failed check; nothing is left at ``out`` then.
     """
+    opts = replace(options or ExportOptions(), **changes)
     say = on_event or (lambda msg: None)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    fmts = parse_formats(formats)
-    _check_options(fmts, int8, int8_io, calibration_images, parity_images, bn_images, opset)
+    fmts = parse_formats(opts.formats)
+    _check_options(fmts, opts)
     if out is not None:
-        check_target(Path(out), overwrite)  # before the slow work; checked again at publication
-    src = _resolve(source, arch, budget, supernet, data, devices)
-    if int8 and src.data is None:
+        check_target(Path(out), opts.overwrite)  # before the slow work; checked again at publication
+    src = _resolve(source, opts.arch, opts.budget, opts.supernet, opts.data, opts.devices)
+    if opts.int8 and src.data is None:
         raise ExportError("int8 export needs calibration data, and none was given: pass --data (an ImageFolder) "
                           "or export from a run folder, whose data is reloaded")
     out_dir = Path(out) if out is not None else _default_out(src)
-    check_target(out_dir, overwrite)
+    check_target(out_dir, opts.overwrite)
     r = src.arch.r
     shape = (1, 3, r, r)
 
@@ -199,27 +183,27 @@ def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, f
 
     say(f"extracting {src.arch} and recalibrating BN at {r} px")
     t0 = time.perf_counter()
-    bn_total = bn_images if bn_images is not None else src.bn_batches * BN_BATCH
+    bn_total = opts.bn_images if opts.bn_images is not None else src.bn_batches * BN_BATCH
     sub = build_subnet(src, bn_total)
     accuracy: dict[str, Any] = {}
     fp32_pred = labels = None
     if src.data is not None:
-        fp32_pred, labels = verify.torch_predictions(sub, src.data, r, val_limit, batch_size_for(r, 128))
+        fp32_pred, labels = verify.torch_predictions(sub, src.data, r, opts.val_limit, batch_size_for(r, 128))
         accuracy = {"val_top1_fp32": float((fp32_pred == labels).mean()), "n_images": int(len(labels)),
                     "model": "PyTorch fp32 (the exported weights)",
                     "bn_recalibrated_on": f"{min(bn_total, len(src.data.train_y))} training images at {r} px"}
     if src.archive_entry is not None:
         accuracy["search_accuracy"] = src.archive_entry.get("accuracy")
     step("subnet_and_accuracy", t0)
-    x_ref, inputs = verify.reference_inputs(src.data, r, parity_images, src.seed)
+    x_ref, inputs = verify.reference_inputs(src.data, r, opts.parity_images, src.seed)
     ref = verify.torch_outputs(sub, x_ref)
     files: dict[str, bytes] = {}
     checks: dict[str, Any] = {"parity": {}}
     io: dict[str, Any] = {}
     if "onnx" in fmts:
         say("exporting ONNX and checking parity")
-        files["onnx"], io["onnx"], checks["parity"]["onnx"] = _onnx(sub, shape, opset, dynamic_batch, x_ref, ref,
-                                                                    inputs, step)
+        files["onnx"], io["onnx"], checks["parity"]["onnx"] = _onnx(sub, shape, opts.opset, opts.dynamic_batch,
+                                                                    x_ref, ref, inputs, step)
     if "tflite" in fmts:
         say("converting to TFLite fp32 and checking parity")
         t0 = time.perf_counter()
@@ -229,27 +213,28 @@ def export_bundle(source: str | Path | Arch, out: str | Path | None = None, *, f
         verify.require_parity("model.tflite (fp32)", res)
         checks["parity"]["tflite_fp32"] = res.to_dict()
         files["tflite"] = fp32
-        if int8:
-            say(f"quantising to int8 with {calibration_images} calibration images, then checking accuracy")
-            files["tflite"], checks["int8"] = _int8(sub, src, calibration_images, int8_io, fp32_pred, labels,
-                                                    val_limit, step)
+        if opts.int8:
+            say(f"quantising to int8 with {opts.calibration_images} calibration images, then checking accuracy")
+            files["tflite"], checks["int8"] = _int8(sub, src, opts.calibration_images, opts.int8_io, fp32_pred,
+                                                    labels, opts.val_limit, step)
         io["tflite"] = verify.tflite_io(files["tflite"])
-    precision = {"onnx": "fp32", "tflite": "int8" if int8 else "fp32"}
+    precision = {"onnx": "fp32", "tflite": "int8" if opts.int8 else "fp32"}
     warnings: list[str] = []
     latency: dict[str, Any] = {}
-    if measure_latency and src.devices:
+    if opts.measure_latency and src.devices:
         say(f"measuring latency on {', '.join(src.devices)}")
         t0 = time.perf_counter()
         latency, warnings = check_latency(src.arch, src.n_classes, src.devices, files, src.budgets, predictors,
                                           device_specs, precision)
         step("latency", t0)
-    meta = build_metadata(src, fmts, files, io, precision, accuracy, checks, latency, int8_io, dynamic_batch)
+    meta = build_metadata(src, fmts, files, io, precision, accuracy, checks, latency, opts.int8_io,
+                          opts.dynamic_batch)
     meta["warnings"] = warnings + src.notes
     named = {f"model.{fmt}": files[fmt] for fmt in fmts}
     named["labels.txt"] = ("\n".join(src.classes) + "\n").encode()
     named["metadata.json"] = (json.dumps(meta, indent=1) + "\n").encode()
     named["README.md"] = render_readme(meta).encode()
-    out_dir, zip_path = publish(named, out_dir, overwrite)
+    out_dir, zip_path = publish(named, out_dir, opts.overwrite)
     timings["total"] = round(time.perf_counter() - t_all, 3)
     return ExportResult(out_dir, zip_path, src.arch, meta, warnings, timings)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,18 +18,14 @@ from natdeploy.latency.predictor import fit_table
 from natdeploy.latency.speed import implied_anchor_ms
 from natdeploy.latency.store import predictor_for, table_path
 from natdeploy.latency.table import LatencyTable, TableError
+from natdeploy.settings import progress_disable
 from natdeploy.space import Arch, SearchSpace
 
-__all__ = ["ProfileResult", "profile_device", "predictor_for", "progress_enabled"]
+__all__ = ["ProfileResult", "profile_device", "predictor_for"]
 
 log = logging.getLogger(__name__)
 REFERENCE_EVERY = 50  # re-measure a reference op this often to detect drift (thermal, other load)
 DRIFT_LIMIT = 0.05
-
-
-def progress_enabled(quiet: bool = False) -> bool:
-    """Progress bars: off with --quiet, when stderr is not a terminal, or with NATDEPLOY_NO_PROGRESS=1."""
-    return not quiet and sys.stderr.isatty() and os.environ.get("NATDEPLOY_NO_PROGRESS") != "1"
 
 
 @dataclass
@@ -92,7 +87,7 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     archs = [a for a in sub_space.sample(rng, e2e_samples)]
     e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
     bar = tqdm(total=len(todo) + len(e2e_todo), desc=f"profile {spec.name}", unit="meas",
-               disable=not progress_enabled(quiet))
+               disable=progress_disable(quiet))
     batch = max(1, int(backend.op_batch_size))
     chunks = [todo[start:start + batch] for start in range(0, len(todo), batch)]
     try:

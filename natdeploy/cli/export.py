@@ -1,8 +1,4 @@
-"""``natdeploy export``: parse the flags, call :func:`natdeploy.export.export_bundle`, print what it did.
-
-natdeploy.cli is imported inside the functions only: cli.py imports this module, and a top-level import back
-would be circular.
-"""
+"""``natdeploy export``: build :class:`ExportOptions` from the flags, call ``export_bundle``, print what it did."""
 
 from __future__ import annotations
 
@@ -11,41 +7,45 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DESCRIPTION = ("Export one subnet as a verified bundle (model.tflite / model.onnx, labels.txt, metadata.json, "
-               "README.md, and DIR.zip): fp32 parity with PyTorch, int8 accuracy, measured vs predicted latency.")
+from natdeploy.cli.parsing import add_command, examples, parse_budget
+from natdeploy.export.options import ExportOptions
+
+HELP = ("Export one subnet as a verified bundle (model.tflite / model.onnx, labels.txt, metadata.json, "
+        "README.md, and DIR.zip): fp32 parity with PyTorch, int8 accuracy, measured vs predicted latency.")
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``export`` on the top-level sub-command parsers; returns its parser."""
-    from natdeploy.cli import _examples
-
-    p = subparsers.add_parser(
-        "export", help=DESCRIPTION, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_examples("natdeploy export runs/cpu-small-s0",
-                         "natdeploy export runs/cpu-small-s0 --budget 2ms --format tflite --int8 --out bundles/fast",
-                         "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx",
-                         "natdeploy export runs/pixel4-ofa-s0 --budget pixel4=30ms --int8 --int8-io",
-                         "natdeploy export w1.0-r224-3354-7376-3333-5566-7777 --supernet ofa_mbv3_d234_e346_k357_w1.0 "
-                         "--data ./flowers --device cpu --out bundles/flowers"))
+def register(sub: argparse._SubParsersAction) -> None:
+    d = ExportOptions.default
+    formats = d("formats")
+    p = add_command(sub, "export", HELP, examples(
+        "natdeploy export runs/cpu-small-s0 --format onnx --parity-images 4 --no-latency",
+        "natdeploy export runs/cpu-small-s0 --max-latency 2ms --format tflite --int8 --calibration-images 8 "
+        "--out bundles/fast",
+        "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx",
+        "natdeploy export runs/pixel4-ofa-s0 --budget pixel4=30ms --int8 --int8-io",
+        "natdeploy export w1.0-r224-3354-7376-3333-5476-7473 --supernet ofa_mbv3_d234_e346_k357_w1.0 "
+        "--data ./flowers --device cpu --out bundles/flowers"))
     p.add_argument("source", metavar="RUN_DIR|ARCH_SPEC",
                    help="a finished run folder, or an Arch string / JSON dict (then --supernet is required)")
     pick = p.add_mutually_exclusive_group()
-    pick.add_argument("--budget", nargs="+", metavar="MS",
+    pick.add_argument("--max-latency", "--budget", dest="budget", nargs="+", metavar="MS",
                       help="pick the most accurate archive Arch within this budget: 30ms for every device of the "
                            "run, or DEVICE=30ms (default: the run's own budgets)")
     pick.add_argument("--arch", help="export this Arch (string or JSON dict) from the run instead")
-    p.add_argument("--format", default="tflite,onnx", help="comma list of tflite, onnx (default tflite,onnx)")
+    p.add_argument("--format", default=formats if isinstance(formats, str) else ",".join(formats),
+                   help="comma list of tflite, onnx (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="quantise model.tflite to int8 (post-training, calibrated)")
     p.add_argument("--int8-io", action="store_true", help="with --int8: int8 input and output tensors too")
-    p.add_argument("--calibration-images", type=int, default=200,
-                   help="training images for int8 calibration (default 200)")
-    p.add_argument("--parity-images", type=int, default=50,
-                   help="validation images for the fp32 parity check (default 50)")
-    p.add_argument("--bn-images", type=int,
+    p.add_argument("--calibration-images", type=int, default=d("calibration_images"),
+                   help="training images for int8 calibration (default %(default)s)")
+    p.add_argument("--parity-images", type=int, default=d("parity_images"),
+                   help="validation images for the fp32 parity check (default %(default)s)")
+    p.add_argument("--bn-images", type=int, default=d("bn_images"),
                    help="training images for BN recalibration (default: the run's bn_batches x 256)")
-    p.add_argument("--val-limit", type=int, help="use at most this many validation images for accuracy")
+    p.add_argument("--val-limit", type=int, default=d("val_limit"),
+                   help="use at most this many validation images for accuracy")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, the least allowed)")
+    p.add_argument("--opset", type=int, default=d("opset"), help="ONNX opset (default %(default)s, the least allowed)")
     p.add_argument("--out", help="bundle folder (default <RUN_DIR>/bundle-<arch>, or ./bundle-<arch>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder and zip")
     p.add_argument("--supernet", help="supernet checkpoint (natdeploy or OFA) for an ARCH_SPEC export")
@@ -56,26 +56,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--device", action="append",
                    help="device to measure and predict (repeatable; default: the run's devices)")
     p.add_argument("--no-latency", action="store_true", help="skip latency prediction and measurement")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
-    p.set_defaults(func=cmd_export)
-    return p
-
-
-def _budget(values: list[str] | None) -> float | dict[str, float] | None:
-    """``30ms`` -> 30.0 (every device); ``cpu=30ms pixel4=20ms`` -> a mapping."""
-    from natdeploy.cli import parse_latency_ms
-    from natdeploy.errors import ConfigError
-
-    if not values:
-        return None
-    named = [v for v in values if "=" in v]
-    if named and len(named) != len(values):
-        raise ConfigError("mix of DEVICE=budget and plain budgets in --budget; use one form")
-    if named:
-        return {dev: parse_latency_ms(val) for dev, val in (v.split("=", 1) for v in named)}
-    if len(values) != 1:
-        raise ConfigError(f"{len(values)} plain --budget values; give one (every device) or DEVICE=budget each")
-    return parse_latency_ms(values[0])
+    p.set_defaults(func=run)
 
 
 def _data(args: argparse.Namespace) -> Any:
@@ -97,22 +78,28 @@ def _data(args: argparse.Namespace) -> Any:
     return load_image_folder(args.data, size=size)
 
 
+def options(args: argparse.Namespace) -> ExportOptions:
+    """The :class:`ExportOptions` the flags ask for."""
+    budget = parse_budget(args.budget, "--max-latency/--budget")
+    return ExportOptions(formats=args.format, arch=args.arch, budget=budget,
+                         supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
+                         int8_io=args.int8_io, calibration_images=args.calibration_images,
+                         parity_images=args.parity_images, bn_images=args.bn_images,
+                         dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite,
+                         val_limit=args.val_limit, measure_latency=not args.no_latency)
+
+
 def _fmt_ms(v: Any) -> str:
     return f"{v:.3f} ms" if isinstance(v, (int, float)) else str(v)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run an export from parsed flags and print a summary; warnings go to stderr."""
     from natdeploy.export import export_bundle
 
-    say = None if args.quiet else (lambda msg: print(f"[natdeploy] {msg}", file=sys.stderr, flush=True))
-    res = export_bundle(args.source, args.out, formats=args.format, arch=args.arch, budget=_budget(args.budget),
-                        supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
-                        int8_io=args.int8_io, calibration_images=args.calibration_images,
-                        parity_images=args.parity_images, bn_images=args.bn_images,
-                        dynamic_batch=args.dynamic_batch, opset=args.opset,
-                        overwrite=args.overwrite, val_limit=args.val_limit, measure_latency=not args.no_latency,
-                        on_event=say)
+    quiet = getattr(args, "quiet", False)  # absent when the parser lacks the common flags (tests build their own)
+    say = None if quiet else (lambda msg: print(f"[natdeploy] {msg}", file=sys.stderr, flush=True))
+    res = export_bundle(args.source, args.out, options(args), on_event=say)
     meta = res.metadata
     print(f"exported {res.arch} -> {res.out_dir} ({', '.join(res.files)}) and {res.zip_path}")
     acc = meta["accuracy"].get("val_top1_fp32")
@@ -130,7 +117,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 else f"measured {_fmt_ms(d['measured_ms'])}")
         if d.get("measured_at_table_speed_ms") is not None:
             meas += f" ({_fmt_ms(d['measured_at_table_speed_ms'])} at the table's machine speed)"
-        pred = f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None else d["not_predicted"]
+        pred = (f"predicted {_fmt_ms(d['predicted_ms'])}" if d.get("predicted_ms") is not None
+                else d["not_predicted"])
         budget = f", budget {d['budget_ms']:g} ms" if d.get("budget_ms") is not None else ""
         notes = "".join(f"; note: {n}" for n in d.get("notes") or [])
         print(f"  {device}: {meas}, {pred}{budget}{notes}")
