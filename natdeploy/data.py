@@ -74,8 +74,9 @@ class ImageData:
         """
         x_all, y_all = (self.train_x, self.train_y) if split == "train" else (self.val_x, self.val_y)
         dev = torch.device(device) if device is not None else x_all.device
-        for idx, lo, hi, draws in batch_plan(len(y_all), batch_size, rng, augment, limit, int(x_all.shape[-1]),
-                                             self.hflip, shard):
+        order = epoch_order(len(y_all), rng, limit)
+        for idx, lo, hi, draws in batch_plan(order, batch_size, rng, augment, int(x_all.shape[-1]), self.hflip,
+                                             shard):
             part = torch.from_numpy(idx[lo:hi]).to(x_all.device)
             u = crop_flip(x_all, part, *_slice(draws, lo, hi)) if draws is not None else x_all[part]
             yield prepare(u.to(dev, non_blocking=True), resolution, self.mean, self.std), y_all[part].to(dev)
@@ -92,19 +93,22 @@ def shard_bounds(n: int, shard: Shard) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-def batch_plan(n_all: int, batch_size: int, rng: np.random.Generator | None, augment: bool, limit: int | None,
-               size: int, hflip: bool, shard: Shard = (0, 1)
-               ) -> Iterator[tuple[np.ndarray, int, int, Draws | None]]:
-    """The seeded schedule both modes follow: per global batch its image indices, this shard's [lo, hi) and the
-    augmentation draws for the whole global batch.
-
-    The permutation is drawn from ``rng`` when the first batch is asked for, and each batch's draws when it is
-    asked for, so callers that draw from the same ``rng`` between batches (subnet sampling) see one stream.
-    """
+def epoch_order(n_all: int, rng: np.random.Generator | None, limit: int | None = None) -> np.ndarray:
+    """The image indices of one pass: a permutation drawn from ``rng`` (else in order), cut to ``limit``."""
     n = n_all if limit is None else min(limit, n_all)
+    return rng.permutation(n_all)[:n] if rng is not None else np.arange(n)
+
+
+def batch_plan(order: np.ndarray, batch_size: int, rng: np.random.Generator | None, augment: bool, size: int,
+               hflip: bool, shard: Shard = (0, 1)) -> Iterator[tuple[np.ndarray, int, int, Draws | None]]:
+    """The seeded schedule both modes follow: per global batch of ``order`` its image indices, this shard's
+    [lo, hi) and the augmentation draws for the whole global batch.
+
+    Each batch's draws are taken from ``rng`` when that batch is asked for, so callers that draw from the same
+    ``rng`` between batches (subnet sampling) see one stream in both modes.
+    """
     shard_bounds(batch_size, shard)  # validates the shard before anything is drawn
-    order = rng.permutation(n_all)[:n] if rng is not None else np.arange(n)
-    for start in range(0, n, batch_size):
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         draws = draw_augment(rng or np.random.default_rng(start), len(idx), size, hflip) if augment else None
         yield (idx, *shard_bounds(len(idx), shard), draws)
