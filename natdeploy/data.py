@@ -75,11 +75,13 @@ class ImageData:
         x_all, y_all = (self.train_x, self.train_y) if split == "train" else (self.val_x, self.val_y)
         dev = torch.device(device) if device is not None else x_all.device
         order = epoch_order(len(y_all), rng, limit)
-        for idx, lo, hi, draws in batch_plan(order, batch_size, rng, augment, int(x_all.shape[-1]), self.hflip,
-                                             shard):
-            part = torch.from_numpy(idx[lo:hi]).to(x_all.device)
+        order_t = torch.from_numpy(order).to(x_all.device)  # one upload per pass, not per batch
+        mean, std = stats_tensors(self.mean, self.std, dev)
+        plan = batch_plan(order, batch_size, rng, augment, int(x_all.shape[-1]), self.hflip, shard)
+        for b, (_, lo, hi, draws) in enumerate(plan):
+            part = order_t[b * batch_size + lo:b * batch_size + hi]
             u = crop_flip(x_all, part, *_slice(draws, lo, hi)) if draws is not None else x_all[part]
-            yield prepare(u.to(dev, non_blocking=True), resolution, self.mean, self.std), y_all[part].to(dev)
+            yield prepare(u.to(dev, non_blocking=True), resolution, mean, std), y_all[part].to(dev)
 
 
 Draws = tuple[np.ndarray, np.ndarray]  # per image of a batch: crop offsets (n x 2: top, left) and flips (n,)
@@ -152,12 +154,17 @@ def crop_flip(x: torch.Tensor, idx: torch.Tensor | None, offs: np.ndarray, flips
     return torch.gather(xi, 3, cols.view(n, 1, 1, s).expand(n, c, s, s))
 
 
-def prepare(u: torch.Tensor, resolution: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """A uint8 batch as the network takes it: scaled to 0..1, resized, normalised, channels_last (on its device)."""
+def stats_tensors(mean: Sequence[float], std: Sequence[float], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
+def prepare(u: torch.Tensor, resolution: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch as the network takes it: scaled to 0..1, resized, normalised with ``mean`` and ``std``
+    (1 x 3 x 1 x 1 on ``u``'s device, from :func:`stats_tensors`), channels_last."""
     x = resize(u.float().div_(255), resolution)
-    m = torch.tensor(mean, device=u.device).view(1, 3, 1, 1)
-    sd = torch.tensor(std, device=u.device).view(1, 3, 1, 1)
-    return ((x - m) / sd).contiguous(memory_format=torch.channels_last)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:

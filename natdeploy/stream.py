@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from natdeploy.data import (DECODE_ERRORS, DataError, ImageData, Shard, _stats, batch_plan, crop_flip, decode_image,
                             epoch_order, list_folder, load_digits_data, load_image_folder, prepare, shard_bounds,
-                            split_indices)
+                            split_indices, stats_tensors)
 from natdeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class StreamData:
             lo, hi = shard_bounds(len(idx), shard)
             parts.append(idx[lo:hi].tolist())
         loader = _loader(files, self.size, parts, self.workers, pin=dev.type == "cuda" and torch.cuda.is_available())
+        mean, std = stats_tensors(self.mean, self.std, dev)
         for (idx, lo, hi, draws), (keep, u, bad) in zip(plan, loader):
             if bad:
                 self._note_bad(split, files, bad)
@@ -186,7 +187,7 @@ class StreamData:
             if draws is not None:
                 k = keep.numpy()
                 u = crop_flip(u, None, draws[0][lo:hi][k], draws[1][lo:hi][k])
-            yield prepare(u, resolution, self.mean, self.std), y.to(dev)
+            yield prepare(u, resolution, mean, std), y.to(dev)
 
 
 def stream_image_folder(root: str | Path, val: str | Path | None = None, size: int = 64, val_fraction: float = 0.2,
