@@ -155,7 +155,8 @@ def crop_flip(x: torch.Tensor, idx: torch.Tensor | None, offs: np.ndarray, flips
 
 
 def stats_tensors(mean: Sequence[float], std: Sequence[float], device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation statistics as 1 x 3 x 1 x 1 float32 tensors on ``device`` (made once per pass)."""
     return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
             torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
 
@@ -179,7 +180,8 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, hflip: bool = True) -> t
     return crop_flip(x, None, *draw_augment(rng, len(x), int(x.shape[-1]), hflip))
 
 
-def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale, 4 decimals) of uint8 images: the normalisation statistics."""
     f = x.float().div(255)
     mean = f.mean((0, 2, 3))
     std = f.std((0, 2, 3)).clamp_min(1e-3)
@@ -213,7 +215,7 @@ def load_digits_data(size: int = 32, val_fraction: float = 0.2, seed: int = 0) -
     x = img.mul(255).round().clamp(0, 255).to(torch.uint8)
     y = torch.from_numpy(digits.target).long()
     tx, ty, vx, vy = _split(x, y, val_fraction, seed)
-    mean, std = _stats(tx)
+    mean, std = channel_stats(tx)
     return ImageData(tx, ty, vx, vy, [str(i) for i in range(10)], "sklearn digits (embedded default)", mean, std,
                      notes=["no --data given: using scikit-learn's bundled 8x8 digits, upsampled"], hflip=False)
 
@@ -296,7 +298,7 @@ def load_image_folder(root: str | Path, val: str | Path | None = None, size: int
         tx, ty, skipped = x, y, skipped + vskipped
     else:
         tx, ty, vx, vy = _split(x, y, val_fraction, seed)
-    mean, std = _stats(tx)
+    mean, std = channel_stats(tx)
     return ImageData(tx, ty, vx, vy, classes, str(root), mean, std, skipped=skipped)
 
 

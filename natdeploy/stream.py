@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from natdeploy.data import (DECODE_ERRORS, DataError, ImageData, Shard, _stats, batch_plan, crop_flip, decode_image,
-                            epoch_order, list_folder, load_digits_data, load_image_folder, prepare, shard_bounds,
-                            split_indices, stats_tensors)
+from natdeploy.data import (DECODE_ERRORS, DataError, ImageData, Shard, batch_plan, channel_stats, crop_flip,
+                            decode_image, epoch_order, list_folder, load_digits_data, load_image_folder, prepare,
+                            shard_bounds, split_indices, stats_tensors)
 from natdeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def stream_image_folder(root: str | Path, val: str | Path | None = None, size: i
     decoded = torch.cat(chunks)
     if not len(decoded):
         raise DataError(f"no readable images among {len(sample)} training files sampled under {root}")
-    data.mean, data.std = _stats(decoded)  # type: ignore[assignment]
+    data.mean, data.std = channel_stats(decoded)  # type: ignore[assignment]
     return data
 
 
