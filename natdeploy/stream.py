@@ -175,7 +175,9 @@ class StreamData:
             idx = order[start:start + batch_size]
             lo, hi = shard_bounds(len(idx), shard)
             parts.append(idx[lo:hi].tolist())
-        loader = _loader(files, self.size, parts, self.workers, pin=dev.type == "cuda" and torch.cuda.is_available())
+        # No more workers than batches: a short pass (BN recalibration, a capped evaluation) starts fewer processes.
+        loader = _loader(files, self.size, parts, min(self.workers, len(parts)),
+                         pin=dev.type == "cuda" and torch.cuda.is_available())
         mean, std = stats_tensors(self.mean, self.std, dev)
         for (idx, lo, hi, draws), (keep, u, bad) in zip(plan, loader):
             if bad:
