@@ -105,8 +105,10 @@ class _Collate:
 
 def _loader(paths: Sequence[Path], size: int, index_batches: list[list[int]], workers: int,
             pin: bool) -> DataLoader:
+    # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG, which
+    # would shift the dropout masks of training against memory mode. Workers draw no random numbers.
     return DataLoader(_Files(paths, size), batch_sampler=index_batches, num_workers=workers,
-                      collate_fn=_Collate(size), pin_memory=pin)
+                      collate_fn=_Collate(size), pin_memory=pin, generator=torch.Generator().manual_seed(0))
 
 
 @dataclass

@@ -168,3 +168,20 @@ def test_cuda_batches_match_cpu_in_both_modes(tmp_path):
         assert all(x.is_cuda for x in gx)
         torch.testing.assert_close(torch.cat(gx).cpu(), torch.cat(cpu_x), rtol=0, atol=1e-4)
         assert torch.equal(torch.cat(gy).cpu(), torch.cat(cpu_y))
+
+
+def test_train_epochs_runs_the_same_on_memory_and_stream_data(tmp_path):
+    from natdeploy.space import SearchSpace
+    from natdeploy.supernet import OFAMobileNetV3Supernet
+    from natdeploy.train import train_epochs
+
+    root = _folder(tmp_path / "train", n=4)
+    space = SearchSpace(resolutions=(32,), widths=(1.0,))
+    nets = []
+    for data in (load_image_folder(root, size=32), stream_image_folder(root, size=32, workers=1)):
+        torch.manual_seed(0)
+        net = OFAMobileNetV3Supernet(n_classes=3)
+        train_epochs(net, data, space, 1, lambda rng, n: space.sample(rng, n), 1, seed=0, batch_size=3)
+        nets.append(net)
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
