@@ -217,14 +217,15 @@ def stream_image_folder(root: str | Path, val: str | Path | None = None, size: i
     n = len(train_files)
     sample = (np.arange(n) if n <= stats_images
               else np.sort(np.random.default_rng(seed).choice(n, stats_images, replace=False)))
-    chunks = []
-    for keep, u, bad in _loader(train_files, size, [sample[i:i + 64].tolist() for i in range(0, len(sample), 64)],
-                                workers, pin=False):
+    chunks = [torch.empty(0, 3, size, size, dtype=torch.uint8)]
+    index_batches = [sample[i:i + 64].tolist() for i in range(0, len(sample), 64)]
+    for _, u, bad in _loader(train_files, size, index_batches, min(workers, len(index_batches)), pin=False):
         data._note_bad("train", train_files, bad)
         chunks.append(u)
     decoded = torch.cat(chunks)
-    if not len(decoded):
-        raise DataError(f"no readable images among {len(sample)} training files sampled under {root}")
+    if len(decoded) < 2:
+        raise DataError(f"fewer than 2 readable images among {len(sample)} training files sampled under "
+                        f"{root}; the folder needs more images")
     data.mean, data.std = channel_stats(decoded)  # type: ignore[assignment]
     return data
 
