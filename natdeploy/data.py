@@ -305,9 +305,15 @@ def load_image_folder(root: str | Path, val: str | Path | None = None, size: int
         tx, ty, vx, vy = _split(x, y, val_fraction, seed)
     mean, std = channel_stats(tx)
     return ImageData(tx, ty, vx, vy, classes, str(root), mean, std, skipped=skipped,
-                     loaded_with={"source": str(root.resolve()), "val": None if val is None else str(Path(val).resolve()),
-                                  "limit_per_class": limit_per_class, "val_limit_per_class": val_limit_per_class,
-                                  "val_fraction": val_fraction, "seed": seed})
+                     loaded_with=folder_loader_args(root, val, limit_per_class, val_limit_per_class, val_fraction, seed))
+
+
+def folder_loader_args(root: str | Path, val: str | Path | None, limit_per_class: int | None,
+                       val_limit_per_class: int | None, val_fraction: float, seed: int) -> dict:
+    """What :meth:`ImageData.describe` records of an ImageFolder's loading, for :func:`load_described`."""
+    return {"source": str(Path(root).resolve()), "val": None if val is None else str(Path(val).resolve()),
+            "limit_per_class": limit_per_class, "val_limit_per_class": val_limit_per_class,
+            "val_fraction": val_fraction, "seed": seed}
 
 
 def load_described(desc: dict, seed: int = 0) -> ImageData:

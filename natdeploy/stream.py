@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from natdeploy.data import (DECODE_ERRORS, DataError, ImageData, Shard, batch_plan, channel_stats, crop_flip,
-                            decode_image, epoch_order, list_folder, load_digits_data, load_image_folder, prepare,
-                            shard_bounds, split_indices, stats_tensors)
+                            decode_image, epoch_order, folder_loader_args, list_folder, load_digits_data,
+                            load_image_folder, prepare, shard_bounds, split_indices, stats_tensors)
 from natdeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class StreamData:
     notes: list[str] = field(default_factory=list)
     hflip: bool = True
     bad: dict[str, dict[int, str]] = field(default_factory=lambda: {"train": {}, "val": {}})
+    loaded_with: dict = field(default_factory=dict)  # as ImageData.loaded_with
 
     @property
     def n_classes(self) -> int:
@@ -148,7 +149,8 @@ class StreamData:
         """What a run records about its data (the keys of :meth:`ImageData.describe`)."""
         return {"source": self.source, "classes": self.classes, "n_train": len(self.train_y),
                 "n_val": len(self.val_y), "storage_size": self.size, "mean": list(self.mean),
-                "std": list(self.std), "skipped_images": self.skipped, "color_order": "RGB", "scale": "0..1"}
+                "std": list(self.std), "skipped_images": self.skipped, "color_order": "RGB", "scale": "0..1",
+                **self.loaded_with}
 
     def to(self, device: torch.device | str) -> "StreamData":
         """The same data, yielding its batches on ``device`` by default (as :meth:`ImageData.to`)."""
@@ -213,7 +215,9 @@ def stream_image_folder(root: str | Path, val: str | Path | None = None, size: i
         tr, va = split_indices(y, val_fraction, seed)
         train_files, val_files = [paths[i] for i in tr.tolist()], [paths[i] for i in va.tolist()]
         train_y, val_y = y[tr], y[va]
-    data = StreamData(train_files, train_y, val_files, val_y, classes, str(root), size, workers=workers)
+    data = StreamData(train_files, train_y, val_files, val_y, classes, str(root), size, workers=workers,
+                      loaded_with=folder_loader_args(root, val, limit_per_class, val_limit_per_class, val_fraction,
+                                                     seed))
     n = len(train_files)
     sample = (np.arange(n) if n <= stats_images
               else np.sort(np.random.default_rng(seed).choice(n, stats_images, replace=False)))
