@@ -119,6 +119,24 @@ def test_report_content(run_dir, tmp_path, table_path):
         write_report(tmp_path / "empty")
 
 
+def test_two_devices_get_a_panel_and_a_best_each(run_dir, tmp_path, table_path):
+    """The same run's state as if it had searched a second device twice as slow (no second search needed)."""
+    state = RunFolder(run_dir).read_state()
+    for e in state.archive:
+        e.latency_ms["slow"] = 2 * e.latency_ms["cpu"]
+    state.devices.append("slow")
+    state.budgets["slow"] = 2 * state.budgets["cpu"]
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / RunFolder.STATE).write_text(state.to_json())
+    page = write_report(twin, tables={"cpu": table_path, "slow": tmp_path / "missing.json"}).read_text()
+    assert "Best within all budgets of the run" in page
+    assert "Best with only cpu &le;" in page and "Best with only slow &le;" in page
+    assert "<th>HV cpu</th>" in page and "<th>HV slow</th>" in page
+    assert "could not be loaded: TableError: latency table" in page and "does not exist" in page
+    assert page.count("not exported") >= 2
+
+
 def best_arch_depths(arch: str) -> list[int]:
     from natdeploy.space import Arch
 

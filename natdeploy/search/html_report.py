@@ -145,9 +145,12 @@ def _fronts_png(archive: Sequence[ArchiveEntry], devices: Sequence[str], budgets
     for ax, device in zip(axes[0], devices):
         pts = np.array([[e.latency_ms[device], 100 * e.accuracy] for e in archive], dtype=float)
         ax.scatter(pts[:, 0], pts[:, 1], c=[cmap(i / last) for i in its], s=14, alpha=0.45)
+        right = pts[:, 0].max()
         for i in sorted(set(its.tolist())):
             front = _front_2d(pts[its <= i])
-            ax.step(front[:, 0], front[:, 1], where="post", color=cmap(i / last), lw=1.6, label=f"front, iter {i}")
+            front = np.vstack([front, [right, front[-1, 1]]])  # carried to the right edge: one point still shows
+            ax.step(front[:, 0], front[:, 1], where="post", color=cmap(i / last), lw=1.6, marker=".",
+                    label=f"front, iter {i}")
         if device in budgets:
             ax.axvline(budgets[device], color="crimson", ls="--", lw=1.2, label=f"budget {budgets[device]:g} ms")
         ax.set_title(device)
@@ -228,13 +231,16 @@ def _measured(exports: Sequence[tuple[Path, dict]], arch: str, device: str) -> s
 
 
 def _best_section(state: SearchState, exports: Sequence[tuple[Path, dict]]) -> str:
-    cases = [("all budgets of the run" if state.budgets else "no budget (most accurate)", dict(state.budgets))]
+    cases = [("Best within all budgets of the run" if state.budgets else "Most accurate (the run has no budget)",
+              dict(state.budgets))]
     if len(state.budgets) > 1:
-        cases += [(f"{d} within {b:g} ms only", {d: b}) for d, b in state.budgets.items()]
-    parts = []
+        cases += [(f"Best with only {_e(d)} &le; {b:g} ms", {d: b}) for d, b in state.budgets.items()]
+    parts = ["<p>Each Arch: the five elastic stages by their four blocks, k = kernel, e = expand ratio; colour: "
+             "kernel (light 3, mid 5, dark 7), bold: expand 6, hatched: a skipped block. Predicted latencies are the "
+             "search's; measured ones come from the export bundles in the run folder.</p>"]
     for label, budgets in cases:
         entry = best_within(state.archive, budgets)
-        parts.append(f"<div class='best'><h3>Best within {_e(label)}</h3>")
+        parts.append(f"<div class='best'><h3>{label}</h3>")  # label is HTML already (names escaped above)
         if entry is None:
             parts.append("<p>no archive member meets these budgets</p></div>")
             continue
@@ -260,10 +266,14 @@ def _tables_section(loaded: Sequence[tuple[str, str, Any]]) -> str:
         prov = dict(table.provenance)
         keys = [k for k in PROVENANCE_FIRST if k in prov] + sorted(k for k in prov if k not in PROVENANCE_FIRST)
         rows = [("ops measured", len(table.ops)), ("whole subnets measured", len(table.e2e)),
-                ("statistic", table.statistic), ("drift", f"{table.drift:.4f}"),
+                ("predictions use", table.statistic), ("drift", f"{table.drift:.4f}"),
                 ("speed elasticity", table.speed_elasticity), ("fingerprint", table.fingerprint()[:16])]
         parts.append(_kv_table([(k, prov[k]) for k in keys] + rows) + "</div>")
     return "".join(parts)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else _e(value)
 
 
 def _iterations_table(state: SearchState, hv: Mapping[str, list[tuple[int, float]]]) -> str:
@@ -277,7 +287,7 @@ def _iterations_table(state: SearchState, hv: Mapping[str, list[tuple[int, float
         t = tau.get(i, {})
         hvs = "".join(f"<td>{dict(series).get(i, '-')}</td>" for series in hv.values())
         rows.append(f"<tr><td>{i}</td><td>{sum(e.iteration <= i for e in state.archive)}</td>"
-                    f"<td>{_e(t.get('kendall_tau_unseen', '-'))}</td><td>{_e(t.get('kendall_tau_cv', '-'))}</td>"
+                    f"<td>{_number(t.get('kendall_tau_unseen'))}</td><td>{_number(t.get('kendall_tau_cv'))}</td>"
                     f"<td>{_e(t.get('surrogate', '-'))}</td>{hvs}<td>{_e(timing.get(i, {}).get('total_s', '-'))}</td>"
                     "</tr>")
     return f"<table class='iters'>{head}{''.join(rows)}</table>"
