@@ -126,6 +126,10 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _data_uri(png_b64: str) -> str:
+    return f"data:image/png;base64,{png_b64}"
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -326,16 +330,17 @@ def render_report(run_dir: str | os.PathLike, tables: Mapping[str, TableSource] 
     body = [f"<h1>{_e(title)}</h1>", summary]
     body.append("<section id='fronts'><h2>Accuracy-latency front per iteration</h2>")
     if archive and devices:
+        fronts = _data_uri(_fronts_png(archive, devices, state.budgets))
         body.append("<p>Each step line is the front of the archive members evaluated up to that iteration; dots are "
                     "all members, coloured by the iteration that added them; dashed lines are the budgets.</p>"
-                    f"<img alt='accuracy-latency fronts' src='data:image/png;base64,{_fronts_png(archive, devices, state.budgets)}'>")
+                    f"<img alt='accuracy-latency fronts' src='{fronts}'>")
     else:
         body.append("<p>the archive is empty or the run searched no device: no front to draw</p>")
     body.append("</section><section id='best'><h2>Best subnet per budget</h2>")
     body.append(_best_section(state, exports) if archive else "<p>the archive is empty</p>")
     body.append("</section><section id='progress'><h2>Surrogate and hypervolume per iteration</h2>")
     if archive:
-        body.append(f"<img alt='tau and hypervolume' src='data:image/png;base64,{_progress_png(state.tau_history, hv)}'>")
+        body.append(f"<img alt='tau and hypervolume' src='{_data_uri(_progress_png(state.tau_history, hv))}'>")
     body.append(f"<p>Hypervolume of the (error, predicted latency) front per device, each objective normalised by "
                 f"the whole archive's range, reference point ({HV_REFERENCE:g}, {HV_REFERENCE:g}); at most "
                 f"{HV_REFERENCE ** 2:.2f}.</p>{_iterations_table(state, hv)}</section>")
