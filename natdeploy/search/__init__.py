@@ -11,6 +11,7 @@ import torch
 from natdeploy.data import ImageData
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError
+from natdeploy.search.html_report import write_report
 from natdeploy.search.report import check_budgets, pareto_front, summary_table, write_outputs
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
@@ -56,5 +57,6 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
              "n_classes": state.n_classes, "space": state.space, "kendall_tau": state.tau_history,
              "timings": state.timings, "notes": notes}
     record = write_outputs(run_dir, archive, state.devices, state.budgets, state.config["objectives"], extra)
+    write_report(run_dir, tables={d: p.table for d, p in predictors.items()})
     record["summary"] = summary_table(pareto_front(archive, state.devices, state.config["objectives"]), state.devices)
     return record
