@@ -61,6 +61,8 @@ SLOW = {
     "--out bundles/fast": "exports that run",
     "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx": "exports that run",
     "natdeploy export runs/cpu-small-s0 --format tflite,onnx --int8": "exports that run",
+    "natdeploy report runs/cpu-small-s0": "reports that run",
+    "natdeploy report runs/cpu-small-s0 --out cpu-report.html": "reports that run",
 }
 RUN_SLOW = os.environ.get("NATDEPLOY_RUN_SLOW_EXAMPLES") == "1"
 

@@ -8,11 +8,11 @@ import sys
 from typing import Sequence
 
 from natdeploy import __version__
-from natdeploy.cli import arch, devices, export, predict, profile, search, tables
+from natdeploy.cli import arch, devices, export, predict, profile, report, search, supernets, tables
 from natdeploy.cli.errors import run_command
 from natdeploy.cli.parsing import add_common_flags, examples
 
-COMMANDS = (devices, arch, profile, predict, search, export, tables)  # the order of `natdeploy --help`
+COMMANDS = (devices, arch, profile, predict, search, export, report, tables, supernets)  # the order of `natdeploy --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

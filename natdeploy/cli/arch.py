@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from natdeploy.cli.parsing import add_command, examples
+from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, read_arch
 
 HELP = "Describe an Arch: MAdds, params, dict, genome."
 # A valid JSON form for the example: kernels and expand ratios of 20 blocks, depths of 5 stages.
@@ -17,16 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "arch", HELP, examples("natdeploy arch w1.0-r224-3354-7376-3333-5476-7473 --space ofa",
                                                 f"natdeploy arch '{_JSON_EXAMPLE}' --n-classes 10"))
     p.add_argument("arch", help="Arch string (w<width>-r<resolution>-<kernel/expand digit pairs per stage>) "
-                                "or JSON dict")
+                                "or JSON dict, or the path of an OFA net.config")
+    p.add_argument("--resolution", type=int, help=RESOLUTION_HELP)
     p.add_argument("--n-classes", type=int, default=1000)
     p.add_argument("--space", help="also print the genome in this search-space preset (nat, ofa, small)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from natdeploy.space import Arch, SearchSpace, madds, params
+    from natdeploy.space import SearchSpace, madds, params
 
-    arch = Arch.parse(args.arch)
+    arch = read_arch(args.arch, args.resolution)
     info = {"string": str(arch), "dict": arch.to_dict(), "madds": madds(arch, args.n_classes),
             "params": params(arch, args.n_classes)}
     if args.space:

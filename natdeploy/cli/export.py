@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from natdeploy.cli.parsing import add_command, examples, parse_budget
+from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, parse_budget, read_arch
 from natdeploy.export.options import ExportOptions
 
 HELP = ("Export one subnet as a verified bundle (model.tflite / model.onnx, labels.txt, metadata.json, "
@@ -26,12 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy export w1.0-r224-3354-7376-3333-5476-7473 --supernet ofa_mbv3_d234_e346_k357_w1.0 "
         "--data ./flowers --device cpu --out bundles/flowers"))
     p.add_argument("source", metavar="RUN_DIR|ARCH_SPEC",
-                   help="a finished run folder, or an Arch string / JSON dict (then --supernet is required)")
+                   help="a finished run folder, or an Arch string / JSON dict / OFA net.config path (then "
+                        "--supernet is required)")
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--max-latency", "--budget", dest="budget", nargs="+", metavar="MS",
                       help="pick the most accurate archive Arch within this budget: 30ms for every device of the "
                            "run, or DEVICE=30ms (default: the run's own budgets)")
-    pick.add_argument("--arch", help="export this Arch (string or JSON dict) from the run instead")
+    pick.add_argument("--arch", help="export this Arch (string, JSON dict or OFA net.config path) from the run instead")
+    p.add_argument("--resolution", type=int, help=RESOLUTION_HELP)
     p.add_argument("--format", default=formats if isinstance(formats, str) else ",".join(formats),
                    help="comma list of tflite, onnx (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="quantise model.tflite to int8 (post-training, calibrated)")
@@ -63,8 +65,6 @@ def _data(args: argparse.Namespace) -> Any:
     """The ImageData named by --data, stored at --data-size (else the run's storage size, else the Arch's r)."""
     from natdeploy.data import load_digits_data, load_image_folder
     from natdeploy.export import read_run
-    from natdeploy.space import Arch
-
     if not args.data:
         return None
     size = args.data_size
@@ -72,7 +72,7 @@ def _data(args: argparse.Namespace) -> Any:
         if Path(args.source).is_dir():
             size = int(read_run(args.source).state.data.get("storage_size", 0)) or None
         if size is None:
-            size = Arch.parse(args.arch or args.source).r
+            size = read_arch(args.arch or args.source, args.resolution).r
     if args.data == "digits":
         return load_digits_data(size=size)
     return load_image_folder(args.data, size=size)
@@ -81,7 +81,8 @@ def _data(args: argparse.Namespace) -> Any:
 def options(args: argparse.Namespace) -> ExportOptions:
     """The :class:`ExportOptions` the flags ask for."""
     budget = parse_budget(args.budget, "--max-latency/--budget")
-    return ExportOptions(formats=args.format, arch=args.arch, budget=budget,
+    arch = str(read_arch(args.arch, args.resolution)) if args.arch else None
+    return ExportOptions(formats=args.format, arch=arch, budget=budget,
                          supernet=args.supernet, data=_data(args), devices=args.device, int8=args.int8,
                          int8_io=args.int8_io, calibration_images=args.calibration_images,
                          parity_images=args.parity_images, bn_images=args.bn_images,
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     quiet = getattr(args, "quiet", False)  # absent when the parser lacks the common flags (tests build their own)
     say = None if quiet else (lambda msg: print(f"[natdeploy] {msg}", file=sys.stderr, flush=True))
-    res = export_bundle(args.source, args.out, options(args), on_event=say)
+    source = args.source if Path(args.source).is_dir() else str(read_arch(args.source, args.resolution))
+    res = export_bundle(source, args.out, options(args), on_event=say)
     meta = res.metadata
     print(f"exported {res.arch} -> {res.out_dir} ({', '.join(res.files)}) and {res.zip_path}")
     acc = meta["accuracy"].get("val_top1_fp32")

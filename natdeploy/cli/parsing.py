@@ -82,3 +82,21 @@ def add_command(sub: argparse._SubParsersAction, name: str, help_: str, epilog: 
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
     return p
+
+
+RESOLUTION_HELP = "input resolution for an OFA net.config ARCH (that file records none)"
+
+
+def read_arch(text: str, resolution: int | None = None):
+    """An Arch from an Arch string, a JSON dict, or the path of an OFA ``net.config`` (either of OFA's layouts; its
+    resolution from ``resolution``, else the file or a ``run.config`` beside it)."""
+    from pathlib import Path
+
+    from natdeploy.space import Arch
+
+    if Path(text).is_file():
+        return Arch.from_ofa_file(text, resolution=resolution)
+    if resolution is not None:
+        raise ConfigError(f"--resolution applies to an OFA net.config file; {text!r} is no file (an Arch string "
+                          "names its own resolution: w1.0-r<R>-...)")
+    return Arch.parse(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from natdeploy.cli.parsing import add_command, examples
+from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, read_arch
 
 HELP = "Predict the latency of Archs on a device, with the parts of the prediction."
 
@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy predict --device cpu-litert --arch w1.0-r32-3333-3333-3333-3333-3333 "
         "w1.0-r48-7676-7676-7676-7676-7676"))
     p.add_argument("--device", required=True)
-    p.add_argument("--arch", required=True, nargs="+", help="Arch string(s) or JSON dict(s)")
+    p.add_argument("--arch", required=True, nargs="+", help="Arch string(s), JSON dict(s) or OFA net.config path(s)")
+    p.add_argument("--resolution", type=int, help=RESOLUTION_HELP)
     p.add_argument("--table", help="table path (default latency_tables/<device>.json)")
     p.add_argument("--n-classes", type=int, help="classifier width (default: the table's)")
     p.set_defaults(func=run)
@@ -23,10 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from natdeploy.latency.store import predictor_for
-    from natdeploy.space import Arch
 
     predictor = predictor_for(args.device, table=args.table)
-    archs = [Arch.parse(a) for a in args.arch]
+    archs = [read_arch(a, args.resolution) for a in args.arch]
     for arch, p in zip(archs, predictor.predict_parts(archs, args.n_classes)):
         print(f"{arch}: {p.latency_ms:.3f} ms  (ops sum {p.lut_ms:.3f} ms over {p.n_ops} ops, {p.n_missing} "
               f"estimated by XGBoost = {p.estimated_ms:.3f} ms; whole-network factor {p.residual_factor:.3f})")

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation ImageFolder (default: a seeded 20%% split of --data)")
     p.add_argument("--train-per-class", type=int, help="use a seeded subset of this many training images per class")
     p.add_argument("--val-per-class", type=int, help="use at most this many validation images per class")
-    p.add_argument("--supernet", default="scratch", help="OFA or natdeploy checkpoint path, or 'scratch' (default)")
+    p.add_argument("--supernet", default="scratch", help="'scratch' (default), an OFA or natdeploy checkpoint path, or an OFA name such as "
+                   "ofa_mbv3_d234_e346_k357_w1.0 (fetched once into the cache; `natdeploy supernets` lists them)")
     p.add_argument("--space", default="small", help="search-space preset: small (default), ofa, nat")
     p.add_argument("--resolutions", type=int, nargs="+", help="override the preset's resolutions")
     p.add_argument("--objectives", help="comma list from error,latency,madds,params (default error,latency)")

@@ -16,6 +16,7 @@ from natdeploy.run_folder import ArchiveEntry, RunFolder, RunFolderError, Search
 from natdeploy.search.nat import NATConfig, SearchError
 from natdeploy.space import Arch
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
+from natdeploy.supernet.hub import resolve_supernet
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def from_arch(arch: Arch | str, supernet: str | Path, data: ImageData | None = N
     """Resolve an export of one Arch from a supernet checkpoint, with optional data for BN, calibration and checks."""
     chosen = Arch.parse(arch) if isinstance(arch, str) else arch
     try:
-        net = load_supernet(supernet)
+        net = load_supernet(resolve_supernet(supernet))
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
     _check_fits(net, chosen, net.n_classes)

@@ -15,6 +15,7 @@ from natdeploy.search.html_report import write_report
 from natdeploy.search.report import check_budgets, pareto_front, summary_table, write_outputs
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
+from natdeploy.supernet.hub import resolve_supernet
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,13 @@ __all__ = ["run_search", "NATConfig", "NATSearch", "ArchiveEntry", "SearchError"
 
 
 def initial_supernet(source: str, n_classes: int, width: float, seed: int) -> OFAMobileNetV3Supernet:
-    """``scratch`` (seeded random initialisation) or a checkpoint path (natdeploy's or OFA's)."""
+    """``scratch`` (seeded random initialisation), a checkpoint path (natdeploy's or OFA's), or one of OFA's
+    published supernets by name (fetched into the cache on first use)."""
     if source == "scratch":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return OFAMobileNetV3Supernet(n_classes=n_classes, width=width)
-    net = load_supernet(source, n_classes=n_classes)
+    net = load_supernet(resolve_supernet(source), n_classes=n_classes)
     return net
 
 
