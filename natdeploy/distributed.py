@@ -311,13 +311,28 @@ def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None,
     return flat[n_grad + len(params):].tolist()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is again a sum over ranks: the gradient of sum_r f_r(S) with S = sum_r s_r
+    with respect to each s_r is the sum of every rank's dL_r/dS."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = t.clone()
+        _collective("summing BN statistics", lambda: dist.all_reduce(out))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = grad.contiguous().clone()
+        _collective("summing BN statistics' gradients", lambda: dist.all_reduce(out))
+        return out
+
+
 def stats_reducer(runtime: Runtime | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """An autograd-aware sum over ranks for BN batch statistics (None with one process: plain BatchNorm)."""
     if not _active(runtime):
         return None
-    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
-
-    return lambda t: _collective("summing BN statistics", lambda: differentiable_all_reduce(t))
+    return _SumOverRanks.apply
 
 
 # ----- precision ---------------------------------------------------------------------------------------------------

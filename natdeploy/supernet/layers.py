@@ -136,16 +136,19 @@ def _synced_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, c: int, reduce: Stat
     update on every process (the unbiased variance of the global batch), so they stay identical across processes.
     """
     xf = x.float()
-    n = torch.tensor([float(x.numel() // max(x.shape[1], 1))], device=x.device)
-    packed = reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), n]))
+    # float64 sums: the variance is E[x^2] - E[x]^2, whose cancellation float32 sums would turn into visible noise
+    n = torch.tensor([float(x.numel() // max(x.shape[1], 1))], dtype=torch.float64, device=x.device)
+    packed = reduce(torch.cat([xf.sum((0, 2, 3), dtype=torch.float64), (xf * xf).sum((0, 2, 3), dtype=torch.float64),
+                               n]))
     total = packed[-1]
-    mean = packed[:c] / total
-    var = (packed[c:2 * c] / total - mean * mean).clamp_min(0)
+    mean64 = packed[:c] / total
+    var = (packed[c:2 * c] / total - mean64 * mean64).clamp_min(0).float()
+    mean = mean64.float()
     if bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            unbiased = var.detach() * (total / (total - 1).clamp_min(1))
+            unbiased = var.detach() * float(total / (total - 1).clamp_min(1))
             bn.running_mean[:c].mul_(1 - factor).add_(mean.detach(), alpha=factor)
             bn.running_var[:c].mul_(1 - factor).add_(unbiased, alpha=factor)
     scale = torch.rsqrt(var + bn.eps) * bn.weight[:c]
