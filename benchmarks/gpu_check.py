@@ -148,7 +148,8 @@ def end_to_end(cfg: dict, space: SearchSpace) -> dict:
     t1 = time.perf_counter()
     accs = evaluate_archs(net, archs, data, bn_batches=2, batch_size=cfg["batch"], runtime=rt)
     t_eval = time.perf_counter() - t1
-    return {"precision": rt.precision, "train_images_per_s": len(data.train_y) / t_train, "train_s": t_train, "steps": res["steps"],
+    return {"precision": rt.precision, "train_images_per_s": len(data.train_y) / t_train, "train_s": t_train,
+            "steps": res["steps"],
             "final_loss": res["final_loss"], "mid_phase_checkpoints": len(states),
             "eval_s_per_subnet": t_eval / len(archs), "accuracies": accs}
 

@@ -169,9 +169,7 @@ def peer_failures(what: str, runtime: Runtime | None = None) -> Iterator[None]:
         return
     try:
         yield
-    except NatDeployError:
-        raise
-    except Exception as exc:  # gloo and NCCL raise RuntimeError subclasses (DistBackendError, DistStoreError ...)
+    except dist.DistError as exc:  # DistBackendError, DistStoreError ...: not the block's own errors
         raise DistributedError(f"rank {runtime.rank}: {what} failed: another rank died, stalled past the timeout "
                                f"or crashed ({_first_line(exc)}); rerun with --resume to continue from the last "
                                "checkpoint") from exc

@@ -200,7 +200,8 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
         if scaler is not None and resume_from.get("scaler"):
             scaler.load_state_dict(resume_from["scaler"])
         step, start_epoch, skip = int(resume_from["step"]), int(resume_from["epoch"]), int(resume_from["batch"])
-        epoch_rng, losses, torch_states = resume_from["numpy_rng"], list(resume_from["losses"]), resume_from["torch_rng"]
+        epoch_rng, torch_states = resume_from["numpy_rng"], resume_from["torch_rng"]
+        losses = list(resume_from["losses"])
     fork_devices = [rt.device] if rt.device.type == "cuda" else []
     last_ckpt = time.monotonic()
 
