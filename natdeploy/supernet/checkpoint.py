@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "natdeploy.supernet"
 FORMAT_VERSION = 1
+TRAIN_STATE_FORMAT = "natdeploy.train_state"
 
 # Key spellings that OFA's own loader maps onto each other (older releases named blocks' convs
 # "mobile_inverted_conv" and wrapped dynamic layers one level more or less deep).
@@ -26,15 +27,47 @@ _ALTERNATES = ((".bn.bn.", ".bn."), (".conv.conv.weight", ".conv.weight"), (".li
                (".linear.", ".linear.linear."), ("bn.", "bn.bn."), ("conv.weight", "conv.conv.weight"))
 
 
-def save_supernet(supernet: OFAMobileNetV3Supernet, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write a natdeploy supernet checkpoint atomically (temporary file, then rename)."""
-    path = Path(path)
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": supernet.config,
-               "state_dict": supernet.state_dict(), "extra": extra or {}}
+def cpu_copy(obj: Any) -> Any:
+    """A copy of nested dicts, lists and tuples with every tensor copied to the CPU (detached), so that a snapshot
+    neither follows later in-place updates nor depends on the device it was taken on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+def _write(path: Path, payload: Any) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def save_supernet(supernet: OFAMobileNetV3Supernet, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write a natdeploy supernet checkpoint atomically (temporary file, then rename).
+
+    Tensors are stored on the CPU whatever device the supernet is on, so the file loads on any machine.
+    """
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": supernet.config,
+               "state_dict": cpu_copy(supernet.state_dict()), "extra": extra or {}}
+    return _write(Path(path), payload)
+
+
+def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a mid-phase training state (``train_epochs``' ``on_checkpoint`` argument) atomically, on the CPU."""
+    return _write(Path(path), cpu_copy(state))
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a state written by :func:`save_training_state` (onto the CPU; ``train_epochs`` moves it to its device)."""
+    path = Path(path)
+    obj = _read(path)
+    if not isinstance(obj, dict) or obj.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a natdeploy training state; it is written by save_training_state")
+    return obj
 
 
 def _read(path: Path) -> Any:
@@ -54,10 +87,12 @@ def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
     return dict(obj.get("extra") or {}) if isinstance(obj, dict) and obj.get("format") == FORMAT else {}
 
 
-def load_supernet(path: str | os.PathLike, n_classes: int | None = None) -> OFAMobileNetV3Supernet:
+def load_supernet(path: str | os.PathLike, n_classes: int | None = None,
+                  device: str | torch.device | None = None) -> OFAMobileNetV3Supernet:
     """Load a supernet from natdeploy's checkpoint format or from an OFA MobileNetV3 checkpoint.
 
     When ``n_classes`` differs from the checkpoint's head, the classifier is re-initialised (logged as a warning).
+    The file is read onto the CPU (whatever device wrote it), then the supernet moves to ``device`` if given.
     """
     path = Path(path)
     obj = _read(path)
@@ -83,7 +118,7 @@ def load_supernet(path: str | os.PathLike, n_classes: int | None = None) -> OFAM
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         state.update({k: v for k, v in net.state_dict().items() if k.startswith("classifier.")})
     _load_into(path, net, state)
-    return net
+    return net if device is None else net.to(device)
 
 
 def _classifier_classes(path: Path, state: dict[str, torch.Tensor]) -> int:

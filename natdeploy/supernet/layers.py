@@ -6,6 +6,9 @@ Parameter names follow Once-for-All's state-dict layout (``conv``, ``bn``, ``bn.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +59,7 @@ class ConvBNAct(nn.Module):
                  bn: bool = True, se_mid: int = 0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.bn = BatchNorm2d(cout) if bn else nn.Identity()
         self.act = activation(act)
         self.se = SqueezeExcite(cout, se_mid) if se_mid else nn.Identity()
 
@@ -119,8 +122,55 @@ class DynamicPointConv(nn.Module):
         return F.conv2d(x, self.weight(cout, x.shape[1]))
 
 
+# ----- BatchNorm, optionally with batch statistics summed over processes ------------------------------------------
+# A reducer sums a tensor over every process that trains the same model, with autograd (so the gradient flows
+# through the global statistics). Layers never know how many processes there are: natdeploy.distributed hands the
+# reducer in through sync_batch_norm(), and without one every BN is plain PyTorch BatchNorm.
+StatsReducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _synced_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, c: int, reduce: StatsReducer) -> torch.Tensor:
+    """Training-mode BN over the leading ``c`` channels with statistics of the global batch.
+
+    Per-channel sum, sum of squares and count travel in one reduction; the running statistics then get the same
+    update on every process (the unbiased variance of the global batch), so they stay identical across processes.
+    """
+    xf = x.float()
+    # float64 sums: the variance is E[x^2] - E[x]^2, whose cancellation float32 sums would turn into visible noise
+    n = torch.tensor([float(x.numel() // max(x.shape[1], 1))], dtype=torch.float64, device=x.device)
+    packed = reduce(torch.cat([xf.sum((0, 2, 3), dtype=torch.float64), (xf * xf).sum((0, 2, 3), dtype=torch.float64),
+                               n]))
+    total = packed[-1]
+    mean64 = packed[:c] / total
+    var = (packed[c:2 * c] / total - mean64 * mean64).clamp_min(0).float()
+    mean = mean64.float()
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var.detach() * float(total / (total - 1).clamp_min(1))
+            bn.running_mean[:c].mul_(1 - factor).add_(mean.detach(), alpha=factor)
+            bn.running_var[:c].mul_(1 - factor).add_(unbiased, alpha=factor)
+    scale = torch.rsqrt(var + bn.eps) * bn.weight[:c]
+    shift = bn.bias[:c] - mean * scale
+    return (xf * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)).to(x.dtype)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that, inside :func:`sync_batch_norm`, trains on the statistics of the global batch."""
+
+    stats_reducer: StatsReducer | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.stats_reducer is not None:
+            return _synced_batch_norm(x, self, x.shape[1], self.stats_reducer)
+        return super().forward(x)
+
+
 class DynamicBN(nn.Module):
     """BatchNorm over the leading channels of a wider BN; running statistics update in place on the slice."""
+
+    stats_reducer: StatsReducer | None = None
 
     def __init__(self, max_channels: int) -> None:
         super().__init__()
@@ -128,6 +178,8 @@ class DynamicBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn, c = self.bn, x.shape[1]
+        if bn.training and self.stats_reducer is not None:
+            return _synced_batch_norm(x, bn, c, self.stats_reducer)
         if c == bn.num_features:
             return bn(x)
         factor = 0.0
@@ -136,6 +188,23 @@ class DynamicBN(nn.Module):
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
                             bn.training or not bn.track_running_stats, factor, bn.eps)
+
+
+@contextmanager
+def sync_batch_norm(module: nn.Module, reducer: StatsReducer | None) -> Iterator[nn.Module]:
+    """Within this block, every natdeploy BN in ``module`` normalises training batches with statistics summed by
+    ``reducer`` (None: plain per-process BN). The reducer is an instance attribute, removed on exit."""
+    layers = [m for m in module.modules() if isinstance(m, (BatchNorm2d, DynamicBN))]
+    if reducer is None or not layers:
+        yield module
+        return
+    for m in layers:
+        m.stats_reducer = reducer
+    try:
+        yield module
+    finally:
+        for m in layers:
+            del m.stats_reducer
 
 
 class DynamicDWConv(nn.Module):

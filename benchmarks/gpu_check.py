@@ -1,0 +1,211 @@
+"""One script for the GPU machine: training throughput fp32 against bf16, the data pipeline's rate, and the CUDA
+paths end to end, inside about 10 minutes.
+
+The GPU machine has Python 3.12 and torch 2.11 but not natdeploy's pins (no pymoo, xgboost or TensorFlow), so this
+imports only the training path (torch, numpy). Run it from the source tree:
+
+    PYTHONPATH=$PWD python benchmarks/gpu_check.py [--out gpu_check.json] [--budget-s 540]
+    PYTHONPATH=$PWD python benchmarks/gpu_check.py --dry-run     # tiny, on whatever device is there (CPU here)
+
+Sections (each skipped when the time budget is spent):
+1. the device, and checks: a checkpoint written on the GPU loads on the CPU and back; bf16 support;
+2. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
+3. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
+   training step's consumption;
+4. ``train_epochs`` (bf16 on a GPU) and ``evaluate_archs`` end to end on synthetic data: data, device, precision,
+   mid-phase checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from natdeploy.data import ImageData  # noqa: E402
+from natdeploy.distributed import Runtime, grad_scaler, init_runtime  # noqa: E402
+from natdeploy.space import SearchSpace  # noqa: E402
+from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet  # noqa: E402
+from natdeploy.train import evaluate_archs, make_optimizer, sandwich_backward, train_epochs  # noqa: E402
+
+FULL = {"resolution": 224, "batch": 128, "warmup": 3, "steps": 10, "n_images": 2048, "storage": 256,
+        "data_batch": 256, "e2e_images": 1024, "e2e_archs": 4, "classes": 100}
+DRY = {"resolution": 32, "batch": 4, "warmup": 0, "steps": 1, "n_images": 64, "storage": 40,
+       "data_batch": 16, "e2e_images": 8, "e2e_archs": 2, "classes": 4}
+
+
+class Clock:
+    def __init__(self, budget_s: float) -> None:
+        self.t0, self.budget_s = time.monotonic(), budget_s
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.t0)
+
+
+def sync(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+
+
+def synthetic_data(n: int, storage: int, classes: int) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, storage, storage), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % classes
+    nv = max(classes, n // 8)
+    return ImageData(x, y, x[:nv].clone(), y[:nv].clone(), [str(i) for i in range(classes)], "synthetic")
+
+
+def device_section(rt: Runtime) -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "device": str(rt.device), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if rt.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(rt.device)
+        info["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
+    with tempfile.TemporaryDirectory() as tmp:
+        net = OFAMobileNetV3Supernet(n_classes=10).to(rt.device)
+        path = save_supernet(net, Path(tmp) / "sn.pt")
+        on_cpu = load_supernet(path)
+        back = load_supernet(path, device=rt.device)
+        same = all(torch.equal(a.cpu(), b) and torch.equal(a, c) for a, b, c in
+                   zip(net.state_dict().values(), on_cpu.state_dict().values(), back.state_dict().values()))
+        info["checkpoint_device_round_trip"] = bool(same and next(on_cpu.parameters()).device.type == "cpu")
+    return info
+
+
+def step_rate(precision: str, cfg: dict, space: SearchSpace) -> dict:
+    """Sandwich-step images/s under ``precision`` on synthetic batches already on the device."""
+    rt = init_runtime("auto", precision)
+    torch.manual_seed(0)
+    net = OFAMobileNetV3Supernet(n_classes=cfg["classes"]).to(rt.device, memory_format=torch.channels_last).train()
+    opt, scaler = make_optimizer(net, 0.01), grad_scaler(rt)
+    rng = np.random.default_rng(0)
+    r, b = cfg["resolution"], cfg["batch"]
+    x = torch.randn(b, 3, r, r, device=rt.device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, cfg["classes"], (b,), device=rt.device)
+    times = []
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        archs = space.sample(rng, 2) + [space.smallest()]
+        sync(rt)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        sandwich_backward(net, x, y, space.largest(), archs, 1.0, rt, scaler)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sync(rt)
+        if i >= cfg["warmup"]:
+            times.append(time.perf_counter() - t0)
+    out = {"precision": precision, "images_per_s": b * len(times) / sum(times),
+           "step_ms_median": 1e3 * float(np.median(times))}
+    if rt.device.type == "cuda":
+        out["max_memory_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
+    return out
+
+
+def data_rate(cfg: dict) -> dict:
+    """images/s of the in-memory pipeline (crop, flip, resize, normalise) at the training resolution."""
+    data = synthetic_data(cfg["n_images"], cfg["storage"], cfg["classes"])
+    out = {}
+    for augment in (True, False):
+        rng = np.random.default_rng(0)
+        t0, n = time.perf_counter(), 0
+        for x, _ in data.batches("train", cfg["data_batch"], cfg["resolution"], rng=rng, augment=augment):
+            n += len(x)
+        out["augment" if augment else "plain"] = n / (time.perf_counter() - t0)
+    out["cpu_threads"] = torch.get_num_threads()
+    return out
+
+
+def end_to_end(cfg: dict, space: SearchSpace) -> dict:
+    # bf16 on the GPU; on a CPU (the dry run) fp32, since bf16 training on CPU is already timed above and is slow
+    rt = init_runtime("auto", "bf16" if torch.cuda.is_available() else "fp32")
+    data = synthetic_data(cfg["e2e_images"], cfg["storage"], cfg["classes"])
+    torch.manual_seed(0)
+    net = OFAMobileNetV3Supernet(n_classes=cfg["classes"])
+    states: list[int] = []
+    t0 = time.perf_counter()
+    res = train_epochs(net, data, space, 1, lambda g, n: space.sample(g, n), 2, seed=0, batch_size=cfg["batch"],
+                       include_smallest=True, runtime=rt, on_checkpoint=lambda s: states.append(s["step"]),
+                       checkpoint_every_s=30)
+    sync(rt)
+    t_train = time.perf_counter() - t0
+    archs = [space.smallest(), space.largest()] + space.sample(np.random.default_rng(1), cfg["e2e_archs"] - 2)
+    t1 = time.perf_counter()
+    accs = evaluate_archs(net, archs, data, bn_batches=2, batch_size=cfg["batch"], runtime=rt)
+    t_eval = time.perf_counter() - t1
+    return {"precision": rt.precision, "train_images_per_s": len(data.train_y) / t_train, "train_s": t_train,
+            "steps": res["steps"],
+            "final_loss": res["final_loss"], "mid_phase_checkpoints": len(states),
+            "eval_s_per_subnet": t_eval / len(archs), "accuracies": accs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, to check the script end to end on CPU")
+    ap.add_argument("--budget-s", type=float, default=540, help="stop starting sections after this many seconds")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON results (default: $OUT/gpu_check.json when $OUT is set)")
+    args = ap.parse_args()
+    cfg = DRY if args.dry_run else FULL
+    out_path = args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+    torch.backends.cudnn.benchmark = True
+    clock = Clock(args.budget_s)
+    space = SearchSpace(resolutions=(cfg["resolution"],), widths=(1.0,))
+    rt = init_runtime("auto", "fp32")
+    results: dict = {"mode": "dry-run" if args.dry_run else "full", "config": cfg}
+
+    def save() -> None:
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(results, indent=1))
+
+    def section(name: str, fn, min_left: float) -> None:
+        if clock.left() < min_left:
+            results[name] = {"skipped": f"{clock.left():.0f} s of the budget left"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                results[name] = fn()
+            except Exception as exc:  # report and go on: one failing section must not hide the others
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[name]["section_s"] = round(time.perf_counter() - t0, 1)
+        print(f"[{name}] {json.dumps(results[name])}", flush=True)
+        save()
+
+    section("device", lambda: device_section(rt), 0)
+    precisions = ["fp32", "bf16"] + (["fp16"] if rt.device.type == "cuda" else [])
+    for p in precisions:
+        section(f"train_{p}", lambda p=p: step_rate(p, cfg, space), 60)
+    section("data_pipeline", lambda: data_rate(cfg), 45)
+    section("end_to_end", lambda: end_to_end(cfg, space), 120)
+    fp32, bf16 = results.get("train_fp32", {}), results.get("train_bf16", {})
+    if "images_per_s" in fp32 and "images_per_s" in bf16:
+        results["bf16_over_fp32"] = bf16["images_per_s"] / fp32["images_per_s"]
+        print(f"bf16/fp32 training speed: {results['bf16_over_fp32']:.2f}x (target >= 1.5x on the GPU)")
+    pipe = results.get("data_pipeline", {})
+    best = max((r.get("images_per_s", 0) for r in (fp32, bf16)), default=0)
+    if "augment" in pipe and best:
+        results["pipeline_over_training"] = pipe["augment"] / best
+        print(f"data pipeline / fastest training step: {results['pipeline_over_training']:.2f}x "
+              "(>= 1.5 means the data keeps up)")
+    print(f"total {time.monotonic() - clock.t0:.0f} s")
+    save()
+
+
+if __name__ == "__main__":
+    main()
