@@ -165,7 +165,8 @@ def test_specs_asking_for_a_precision_their_runtime_cannot_build_are_refused(tmp
 def test_precision_specs_and_backend_guard():
     assert load_device("cpu-litert-int8").precision == "int8"
     phone = load_device("pixel4-int8")
-    assert phone.precision == "int8" and phone.transport == "adb" and phone.resolutions == load_device("pixel4").resolutions
+    assert phone.precision == "int8" and phone.transport == "adb"
+    assert phone.resolutions == load_device("pixel4").resolutions
     gpu = load_device("pixel4-gpu").with_overrides(precision="fp16")  # fp16 is for the GPU delegate over adb
     assert gpu.precision == "fp16"
     with pytest.raises(ConfigError, match="needs runtime litert"):
