@@ -14,7 +14,30 @@ from natdeploy.errors import ConfigError, DeviceSpecError
 
 TRANSPORTS = ("local", "adb", "cuda")
 RUNTIMES = ("onnxruntime", "litert", "torch")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def precision_problem(runtime: str, precision: str, gpu_delegate: bool, transport: str) -> str | None:
+    """Why ``runtime`` cannot build models of ``precision`` (None when it can).
+
+    int8 and fp16 models are built only by TFLite post-training quantisation (natdeploy.convert.tflite, the
+    exporter's ``--int8``): onnxruntime and torch models are fp32. fp16 is float16 quantisation for the GPU
+    delegate (which natdeploy applies over adb, through benchmark_model); the CPU kernels dequantise its weights and
+    run fp32, so an fp16 CPU table would be an fp32 one.
+    """
+    if precision == "fp32":
+        return None
+    if runtime != "litert":
+        return (f"precision {precision} needs runtime litert: natdeploy quantises only TFLite models, and its "
+                f"{runtime} models are fp32")
+    if precision == "fp16" and not (gpu_delegate and transport == "adb"):
+        return ("precision fp16 is TFLite float16 quantisation for the GPU delegate, which natdeploy runs over adb "
+                "(transport: adb, gpu_delegate: true); on the CPU, LiteRT dequantises fp16 weights and runs fp32, "
+                "so use fp32 or int8 there")
+    if precision == "int8" and gpu_delegate:
+        return ("precision int8 with gpu_delegate: the GPU delegate computes in floating point; use fp16 (or fp32) "
+                "on the GPU, or int8 on the CPU")
+    return None
 
 
 def devices_dir() -> Path:
@@ -104,6 +127,9 @@ class DeviceSpec:
                 raise ConfigError(f"device {self.name!r}: {exc}") from None
         if self.transport == "adb" and self.runtime != "litert":
             raise ConfigError(f"device {self.name!r}: the adb transport runs TFLite's benchmark_model; use runtime litert")
+        why = precision_problem(self.runtime, self.precision, self.gpu_delegate, self.transport)
+        if why:
+            raise ConfigError(f"device {self.name!r}: {why}")
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
 
     def with_overrides(self, **changes: Any) -> "DeviceSpec":

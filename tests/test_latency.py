@@ -51,7 +51,7 @@ def test_ofa_tables_import_exact_at_imported_resolutions(shared_data, tmp_path):
     space = SearchSpace.preset("ofa", widths=[1.2])
     for arch in space.sample(np.random.default_rng(1), 20):
         arch = arch.replace(r=int(np.random.default_rng(arch.d[0]).choice([160, 176, 192, 208, 224])))
-        expected = sum(table.ops[op.key].mean_ms for op in arch_ops(arch))
+        expected = sum(table.op_at(op.key, arch.r).mean_ms for op in arch_ops(arch))  # its own resolution's value
         part = predictor.predict_parts([arch])[0]
         assert part.n_missing == 0 and part.latency_ms == pytest.approx(expected, rel=1e-12)
         # In between imported resolutions, XGBoost fills the gaps and the prediction lies between the neighbours.

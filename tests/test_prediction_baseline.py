@@ -2,7 +2,9 @@
 
 tests/data/prediction_baseline.json holds 2,000 seeded random Archs per table (small + nat presets on the shipped
 cpu and cpu-litert tables; ofa + nat presets on OFA's Note10 tables imported from ../shared/data), written by
-tests/make_prediction_baseline.py at the commit it records.
+tests/make_prediction_baseline.py at the commit it records. The note10 cases were regenerated since (the file's
+``note10_regenerated``): imported OFA tables now keep each resolution's own values of the ops that several
+resolutions share, so their sums are OFA's own (tests/test_ofa_import.py checks them against the YAML files).
 """
 
 import json

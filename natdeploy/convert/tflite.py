@@ -1,4 +1,4 @@
-"""torch -> Keras 3 (NHWC) -> TFLite, for whole subnets and single ops, fp32 or int8.
+"""torch -> Keras 3 (NHWC) -> TFLite, for whole subnets and single ops, fp32, int8 or fp16.
 
 The Keras model is rebuilt layer by layer from the static torch modules (no ONNX detour), in NHWC, with BN
 folded into the preceding convolution. Stride-2 convolutions get an explicit symmetric ZeroPadding2D and
@@ -220,10 +220,13 @@ def _calibration_samples(calibration: Iterable[Any], input_shape_nchw: Sequence[
 
 
 def tflite_bytes(module: nn.Module, input_shape_nchw: Sequence[int], int8: bool = False,
-                 calibration: Iterable[Any] | None = None, int8_io: bool = False) -> bytes:
-    """The serialised TFLite flatbuffer of eval-mode ``module``; see :func:`to_tflite`."""
+                 calibration: Iterable[Any] | None = None, int8_io: bool = False, fp16: bool = False) -> bytes:
+    """The serialised TFLite flatbuffer of eval-mode ``module``; see :func:`to_tflite`. ``fp16``: float16
+    weights (TFLite's float16 quantisation, what GPU delegates run)."""
     if int8_io and not int8:
         raise ConversionError("int8_io=True needs int8=True: int8 inputs and outputs exist only in a quantised model")
+    if int8 and fp16:
+        raise ConversionError("int8=True and fp16=True exclude each other: pick one precision")
     if int8 and calibration is None:
         raise ConversionError("int8 quantisation needs calibration data: pass calibration=<iterable of NCHW "
                               "float batches> (a few hundred representative, preprocessed images)")
@@ -244,7 +247,7 @@ def tflite_bytes(module: nn.Module, input_shape_nchw: Sequence[int], int8: bool 
     try:
         for route in _converter_routes(tf, model, input_shape_nchw):
             try:
-                return _convert(route(), int8, samples, int8_io, tf)
+                return _convert(route(), int8, samples, int8_io, tf, fp16)
             except Exception as exc:  # noqa: BLE001 - the converter raises many types; try the next route
                 log.debug("TFLite conversion route %s failed: %s", route.__name__, exc)
                 errors.append(f"{route.__name__}: {type(exc).__name__}: {exc}")
@@ -277,7 +280,11 @@ def _converter_routes(tf: Any, model: Any, input_shape_nchw: Sequence[int]) -> l
     return [frozen, tracked]
 
 
-def _convert(converter: Any, int8: bool, samples: list[np.ndarray], int8_io: bool, tf: Any) -> bytes:
+def _convert(converter: Any, int8: bool, samples: list[np.ndarray], int8_io: bool, tf: Any,
+             fp16: bool = False) -> bytes:
+    if fp16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
     if int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(samples)
@@ -307,3 +314,32 @@ def to_tflite(module: nn.Module, input_shape_nchw: Sequence[int], path: str | os
     arrays or torch tensors, or ``(images, labels)`` tuples), which is required.
     """
     return atomic_write_bytes(path, tflite_bytes(module, input_shape_nchw, int8, calibration, int8_io))
+
+
+PRECISIONS = ("fp32", "int8", "fp16")
+CALIBRATION_SAMPLES = 8  # batches of random calibration input where no images are given
+
+
+def random_calibration(input_shape_nchw: Sequence[int], n: int = CALIBRATION_SAMPLES,
+                       seed: int = 0) -> list[np.ndarray]:
+    """``n`` seeded standard-normal NCHW float32 batches of ``input_shape_nchw``: the statistics of normalised
+    images (zero mean, unit variance), as calibration input for a model that is timed, not used (latency tables).
+    The quantisation ranges they set change the values an int8 model computes, not the work it does."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in input_shape_nchw)
+    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(n)]
+
+
+def tflite_bytes_at(module: nn.Module, input_shape_nchw: Sequence[int], precision: str,
+                    calibration: Iterable[Any] | None = None, int8_io: bool = False) -> bytes:
+    """The TFLite flatbuffer of ``module`` at ``precision`` (fp32, int8 or fp16), through the same conversion
+    and post-training quantisation as the exporter (:func:`tflite_bytes`). int8 calibrates on ``calibration``,
+    or on :func:`random_calibration` of the input shape when none is given."""
+    if precision not in PRECISIONS:
+        raise ConversionError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "int8":
+        calib = calibration if calibration is not None else random_calibration(input_shape_nchw)
+        return tflite_bytes(module, input_shape_nchw, int8=True, calibration=calib, int8_io=int8_io)
+    if int8_io:
+        raise ConversionError(f"int8_io=True needs precision int8, not {precision}")
+    return tflite_bytes(module, input_shape_nchw, fp16=precision == "fp16")

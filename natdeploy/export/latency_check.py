@@ -94,6 +94,27 @@ def _artifact(spec: DeviceSpec, files: Mapping[str, bytes]) -> tuple[str | None,
     return fmt, None
 
 
+def _precision_mismatch(device: str, spec: DeviceSpec, files: Mapping[str, bytes], precision: Mapping[str, str],
+                        predictor: LatencyPredictor | None) -> str | None:
+    """What to say when the file this device runs (its backend's format) has another precision than the models
+    its table measured (an int8 file against an fp32 table), or None when they agree."""
+    from natdeploy.devices import known_devices
+    from natdeploy.latency.backends import backend_class
+
+    fmt = backend_class(spec).artifact_format
+    if fmt is None or fmt not in files:
+        return None
+    shipped = precision.get(fmt, "fp32")
+    measured = predictor.table.precision if predictor is not None else spec.precision
+    if shipped == measured:
+        return None
+    sibling = f"{device}-{shipped}"
+    hint = (f"; search with --device {sibling} for {shipped} latency" if sibling in known_devices()
+            else f"; search with a {shipped} device spec for {shipped} latency")
+    return (f"{FILE_OF_FORMAT[fmt]} is {shipped}, but the latency table of {device} measured {measured} models: its "
+            f"prediction and budget describe a {measured} model, not the shipped file{hint}")
+
+
 def _measure(spec: DeviceSpec, fmt: str, model: bytes, arch: Arch, out: DeviceLatency,
              predictor: LatencyPredictor | None) -> None:
     from natdeploy.latency.backends import get_backend
@@ -121,7 +142,9 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
                   precision: Mapping[str, str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Per device: predicted (its table), measured (the exported file, same backend), budget; and the warnings.
 
-    ``files`` maps a format (onnx, tflite) to the bytes shipped; ``precision`` maps a format to fp32/int8.
+    ``files`` maps a format (onnx, tflite) to the bytes shipped; ``precision`` maps a format to fp32/int8. A file
+    whose precision differs from the models its device's table measured is named in a warning (and the device's
+    notes): an int8 file checked against an fp32 table.
     """
     report: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
@@ -139,10 +162,11 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
                 out.not_measured = why
             else:
                 _measure(spec, fmt, files[fmt], arch, out, predictor)
-                shipped = (precision or {}).get(fmt, "fp32")
-                if out.measured_ms is not None and shipped != spec.precision:
-                    out.notes.append(f"the file is {shipped} but the table measured {spec.precision} models: "
-                                     "the prediction describes the latter")
+            mismatch = _precision_mismatch(device, spec, files, precision or {}, predictor)
+            if mismatch:
+                out.notes.append(mismatch)
+                warnings.append(mismatch)
+                log.warning(mismatch)
         if out.measured_ms is not None and out.budget_ms is not None:
             out.tolerance_ms = max(NOISE_FRACTION, out.relative_noise or 0.0) * out.budget_ms
             # at the table's machine speed where the anchor allows: the budget was set against its predictions

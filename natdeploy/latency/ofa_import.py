@@ -19,7 +19,10 @@ _NAME = re.compile(r"(\d+)_lookup_table\.yaml")
 def import_ofa_tables(folder: str | Path, device: str) -> LatencyTable:
     """Read every ``<r>_lookup_table.yaml`` in ``folder`` into one natdeploy table for ``device``.
 
-    OFA publishes mean, std and count per op, not a median; the mean is used as the table's statistic.
+    OFA publishes mean, std and count per op, not a median; the mean is used as the table's statistic. An op found
+    in several files (the head, and the last stage's small maps, shared between resolutions) keeps each file's own
+    value for its resolution (``LatencyTable.resolution_ops``), so that the table's sum at an imported resolution is
+    OFA's own sum there; ``ops`` holds the value of the last file that has the op (what other resolutions use).
     """
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*_lookup_table.yaml") if _NAME.fullmatch(p.name)) if folder.is_dir() else []
@@ -27,7 +30,9 @@ def import_ofa_tables(folder: str | Path, device: str) -> LatencyTable:
         raise TableError(f"{folder} holds no OFA lookup tables (files named <resolution>_lookup_table.yaml)")
     table = LatencyTable(device=device, statistic="mean")
     classes = set()
+    per_file: dict[int, dict[str, Measurement]] = {}
     for path in files:
+        own = per_file.setdefault(int(_NAME.fullmatch(path.name).group(1)), {})
         try:
             entries = yaml.safe_load(path.read_text())
             if not isinstance(entries, dict):
@@ -35,18 +40,24 @@ def import_ofa_tables(folder: str | Path, device: str) -> LatencyTable:
             for key, stats in entries.items():
                 op = OpSig.from_key(key)
                 mean = float(stats["mean"])
-                table.add_op(op, Measurement(median_ms=mean, mean_ms=mean, std_ms=float(stats.get("std", 0.0)),
-                                             count=int(stats.get("count", 0)), warmup=0))
+                m = Measurement(median_ms=mean, mean_ms=mean, std_ms=float(stats.get("std", 0.0)),
+                                count=int(stats.get("count", 0)), warmup=0)
+                table.add_op(op, m)
+                own[op.key] = m
                 if op.kind == "Logits":
                     classes.add(op.out_c)
         except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
             raise TableError(f"OFA lookup table {path} is not readable ({type(exc).__name__}: {exc})") from None
+    for r, own in per_file.items():
+        differs = {k: m for k, m in own.items() if table.ops[k] != m}
+        if differs:
+            table.resolution_ops[r] = differs
     table.n_classes = classes.pop() if len(classes) == 1 else 1000
     table.provenance = {
         "device": device, "source": f"OFA published lookup tables imported from {folder}",
         "runtime": "tflite (as published by OFA)", "runtime_version": None, "threads": None, "host": None,
         "precision": "fp32", "statistic": "mean (OFA publishes no median)",
-        "resolutions": [int(_NAME.fullmatch(p.name).group(1)) for p in files],
+        "resolutions": sorted(per_file),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "natdeploy_version": __version__,
     }
     return table

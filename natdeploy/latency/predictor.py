@@ -180,7 +180,9 @@ class _Compiled:
         self.bpar = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.flat, self.fmac, self.fpar = (np.zeros((n_r, n_w)) for _ in range(3))
         cells: list[tuple[tuple, OpSig, int, int]] = []
+        lat_parts = []
         for ri, r in enumerate(space.resolutions):
+            first = len(cells)
             for wi, w in enumerate(space.widths):
                 for c in range(N_CHOICES):
                     k, e = choice_kernel_expand(c)
@@ -193,7 +195,8 @@ class _Compiled:
                             b += 1
                         elif c == 0:
                             cells.append(((ri, wi), op_of_layer(layer), mac, par))
-        lat = predictor.op_latency([op for _, op, _, _ in cells])
+            lat_parts.append(predictor.op_latency([op for _, op, _, _ in cells[first:]], r))
+        lat = np.concatenate(lat_parts) if lat_parts else np.zeros(0)
         for (idx, _, mac, par), ms in zip(cells, lat):
             if len(idx) == 4:
                 self.blat[idx], self.bmac[idx], self.bpar[idx] = ms, mac, par
@@ -275,9 +278,10 @@ class LatencyPredictor:
         return pred
 
     # ----- prediction ---------------------------------------------------------------------------------------
-    def op_latency(self, ops: Sequence[OpSig]) -> np.ndarray:
-        """Per-op latency at the table's machine speed: its measurement normalised by the speed model, or the op
-        kind's regressor where the table lacks the op."""
+    def op_latency(self, ops: Sequence[OpSig], resolution: int | None = None) -> np.ndarray:
+        """Per-op latency at the table's machine speed: its measurement (in a subnet of input ``resolution``,
+        where the table holds per-resolution values) normalised by the speed model, or the op kind's regressor
+        where the table lacks the op."""
         import xgboost as xgb
 
         missing = {op.key: op for op in ops if op.key not in self.table.ops and op.key not in self._op_cache}
@@ -290,9 +294,9 @@ class LatencyPredictor:
             y = model.predict(xgb.DMatrix(np.array([op_features(op) for op in group])))
             for op, v in zip(group, y):
                 self._op_cache[op.key] = float(np.exp(v) * _op_work(op))
-        measured = self.table.ops
-        return np.array([self.speed.normalise(measured[op.key]) if op.key in measured else self._op_cache[op.key]
-                         for op in ops])
+        measured = [self.table.op_at(op.key, resolution) for op in ops]
+        return np.array([self._op_cache[op.key] if m is None else self.speed.normalise(m)
+                         for op, m in zip(ops, measured)])
 
     def compiled(self, space: SearchSpace, n_classes: int | None = None) -> _Compiled:
         n_classes = self.table.n_classes if n_classes is None else n_classes
@@ -337,7 +341,7 @@ class LatencyPredictor:
         out = []
         for arch, latency in zip(archs, total):
             ops = arch_ops(arch, n_classes)
-            ms = self.op_latency(ops)
+            ms = self.op_latency(ops, arch.r)
             missing = np.array([op.key not in self.table.ops for op in ops])
             lut = float(ms.sum())
             out.append(Prediction(float(latency), lut, float(ms[missing].sum()), len(ops), int(missing.sum()),

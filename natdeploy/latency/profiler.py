@@ -64,6 +64,10 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     statistic = backend.statistic
     if out.exists():
         table = LatencyTable.load(out)
+        mismatch = table.precision_mismatch(provenance.get("precision"))
+        if mismatch:  # not even with --force: an int8 op's cost is not an fp32 op's
+            raise TableError(f"{out}: {mismatch}, and {spec.name} measures {spec.precision} models; a table never "
+                             "mixes precisions: use --out for a new table")
         why = table.incompatibility(provenance)
         if why and not force:
             raise TableError(f"{out} was measured under different conditions ({why}); mixing them would corrupt "

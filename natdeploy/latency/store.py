@@ -31,7 +31,8 @@ def has_table(device: str) -> bool:
 
 def predictor_for(device: str, table: str | os.PathLike | None = None) -> LatencyPredictor:
     """The latency predictor of a device's table (``table``: another table file); warns when a local table was
-    measured on another CPU."""
+    measured on another CPU. A table of another precision than the device spec's (an fp32 table for an int8
+    device) is refused."""
     path = Path(table) if table else table_path(device)
     if not path.exists() and not table:
         raise TableError(f"no latency table for {device!r} at {path}; build it with "
@@ -39,9 +40,15 @@ def predictor_for(device: str, table: str | os.PathLike | None = None) -> Latenc
     predictor = LatencyPredictor.load(path)
     measured_on = predictor.table.provenance.get("host")
     try:
-        local = load_device(device).transport == "local"
+        spec = load_device(device)
     except (NatDeployError, ValueError):  # an imported table may name no device spec
-        local = False
+        spec = None
+    if spec is not None:
+        mismatch = predictor.table.precision_mismatch(spec.precision)
+        if mismatch:
+            raise TableError(f"latency table {path} cannot predict for {device!r}: {mismatch}, and {device} runs "
+                             f"{spec.precision} models; profile it with `natdeploy profile --device {device}`")
+    local = spec is not None and spec.transport == "local"
     if local and measured_on and measured_on != host_cpu():
         log.warning("latency table %s was measured on %r, but this host is %r: predictions describe that machine. "
                     "Run `natdeploy profile --device %s --out <new table>` to measure this one", path, measured_on,

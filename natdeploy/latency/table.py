@@ -20,6 +20,7 @@ FORMAT = "natdeploy.latency_table"
 FORMAT_VERSION = 1
 # Provenance fields that must agree before measurements may share one table.
 COMPAT_FIELDS = ("runtime", "runtime_version", "threads", "host", "precision", "cpu_mask", "batch_size")
+DEFAULT_PRECISION = "fp32"  # what a table that records no precision measured: every table before int8 existed
 
 
 class TableError(NatDeployError):
@@ -28,7 +29,12 @@ class TableError(NatDeployError):
 
 @dataclass
 class LatencyTable:
-    """Op key -> :class:`Measurement`, plus end-to-end subnet measurements and provenance."""
+    """Op key -> :class:`Measurement`, plus end-to-end subnet measurements and provenance.
+
+    ``resolution_ops`` holds, per input resolution, the ops whose value at that resolution differs from ``ops``:
+    tables imported from per-resolution files (OFA's), in which an op shared between resolutions (the head, the
+    last stage's small maps) was measured once per file. Measured tables leave it empty.
+    """
 
     device: str
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -41,9 +47,24 @@ class LatencyTable:
     # The fitted part of the table's speed model (natdeploy.latency.speed): how anchor ratios change with the
     # machine's speed; 0 = they do not.
     speed_elasticity: float = 0.0
+    resolution_ops: dict[int, dict[str, Measurement]] = field(default_factory=dict)
 
     def add_op(self, op: OpSig, m: Measurement) -> None:
         self.ops[op.key] = m
+
+    def op_at(self, key: str, resolution: int | None = None) -> Measurement | None:
+        """The measurement of op ``key`` in a subnet of input ``resolution`` (that resolution's own value where
+        the table has one, else the op's), or None when the table lacks the op."""
+        if resolution is not None:
+            m = self.resolution_ops.get(resolution, {}).get(key)
+            if m is not None:
+                return m
+        return self.ops.get(key)
+
+    @property
+    def precision(self) -> str:
+        """The precision of the models the table measured (fp32, int8, fp16)."""
+        return self.provenance.get("precision") or DEFAULT_PRECISION
 
     def add_e2e(self, arch: Arch, m: Measurement) -> None:
         self.e2e[arch.to_string()] = m
@@ -77,7 +98,11 @@ class LatencyTable:
                 "provenance": self.provenance, "reference_ms": self.reference,
                 "reference_anchor_ms": self.reference_anchor, "drift": round(self.drift, 4),
                 "ops": {k: m.to_dict() for k, m in sorted(self.ops.items())},
-                "e2e": {k: m.to_dict() for k, m in self.e2e.items()}}
+                "e2e": {k: m.to_dict() for k, m in self.e2e.items()},
+                # optional (absent when empty): tables without it keep their content and fingerprint
+                **({"resolution_ops": {str(r): {k: m.to_dict() for k, m in sorted(ops.items())}
+                                       for r, ops in sorted(self.resolution_ops.items())}}
+                   if self.resolution_ops else {})}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -100,11 +125,16 @@ class LatencyTable:
             for k in ops:
                 OpSig.from_key(k)
             e2e = {k: Measurement.from_dict(v) for k, v in raw.get("e2e", {}).items()}
+            by_res = {int(r): {k: Measurement.from_dict(v) for k, v in res.items()}
+                      for r, res in raw.get("resolution_ops", {}).items()}
+            for res in by_res.values():
+                for k in res:
+                    OpSig.from_key(k)
             return cls(device=raw["device"], provenance=raw.get("provenance", {}), ops=ops, e2e=e2e,
                        n_classes=int(raw.get("n_classes", 1000)), reference=list(raw.get("reference_ms", [])),
                        reference_anchor=list(raw.get("reference_anchor_ms", [])),
                        statistic=raw.get("statistic", "p10"),
-                       speed_elasticity=float(raw.get("speed_elasticity", 0.0)))
+                       speed_elasticity=float(raw.get("speed_elasticity", 0.0)), resolution_ops=by_res)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TableError(f"latency table {path} is corrupt ({type(exc).__name__}: {exc}); "
                              "delete it and profile again, or restore it from version control") from None
@@ -114,3 +144,11 @@ class LatencyTable:
         diffs = [f"{k}: table has {self.provenance.get(k)!r}, now {provenance.get(k)!r}" for k in COMPAT_FIELDS
                  if k in self.provenance and self.provenance.get(k) != provenance.get(k)]
         return "; ".join(diffs) or None
+
+    def precision_mismatch(self, precision: str | None) -> str | None:
+        """Why this table cannot serve models of ``precision`` (None when it can; a table that records none is
+        fp32). Unlike :meth:`incompatibility`, never to be overridden: an int8 op cost is not an fp32 one."""
+        precision = precision or DEFAULT_PRECISION
+        if self.precision == precision:
+            return None
+        return f"the table measured {self.precision} models, not {precision}"

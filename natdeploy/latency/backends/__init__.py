@@ -72,8 +72,12 @@ class Backend(ABC):
     artifact_format: str | None = None
     statistic: str = "p10"  # the Measurement statistic a table filled by this backend predicts from
     op_batch_size: int = 1  # ops per measure_ops call in the profiler
+    precisions: tuple[str, ...] = ("fp32",)  # the model precisions this backend builds
 
     def __init__(self, spec: DeviceSpec) -> None:
+        if spec.precision not in self.precisions:  # never time fp32 models for a table that says otherwise
+            raise BackendError(f"device {spec.name!r}: the {type(self).__name__} builds {'/'.join(self.precisions)} "
+                               f"models, not {spec.precision}")
         self.spec = spec
         self._anchor: list[Callable[[], Any]] = []  # runners of the anchor subnet's sessions, built on first use
         if self.interleaves:
@@ -97,6 +101,11 @@ class Backend(ABC):
     @abstractmethod
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
         """The runnable artifact of an eval-mode module for an NCHW input shape."""
+
+    def build_op(self, module: nn.Module, input_shape: tuple[int, ...]) -> Any:
+        """The runnable artifact of one op (default: as :meth:`build`; LiteRT int8 keeps the op's input and
+        output int8, as they are inside an int8 network)."""
+        return self.build(module, input_shape)
 
     @abstractmethod
     def measure(self, artifact: Any, input_shape: tuple[int, ...], warmup: int, runs: int) -> Measurement:
@@ -146,7 +155,7 @@ class Backend(ABC):
 
         layer = op.to_layer()
         shape = self._shape(op_input_shape(layer))
-        return self.build(build_op_module(layer, seed), shape), shape
+        return self.build_op(build_op_module(layer, seed), shape), shape
 
     def built_arch(self, arch: Arch, n_classes: int) -> tuple[Any, tuple[int, ...]]:
         """(artifact, input shape) of one whole subnet."""

@@ -112,15 +112,13 @@ class AdbBackend(Backend):
 
     runtime = "litert"
     artifact_format = "tflite"
+    precisions = ("fp32", "int8", "fp16")
     statistic = "mean"
 
     def __init__(self, spec: DeviceSpec, *, transport: AdbTransport | None = None,
                  cache_dir: str | os.PathLike[str] | None = None) -> None:
         if spec.transport != "adb":
             raise BackendError(f"device {spec.name!r} has transport {spec.transport!r}; AdbBackend needs 'adb'")
-        if spec.precision != "fp32":
-            raise BackendError(f"device {spec.name!r}: precision {spec.precision!r} over ADB is not supported yet "
-                               "(the LiteRT build path makes fp32 models); use precision fp32")
         super().__init__(spec)
         self.options = adb_options(spec)
         self.op_batch_size = max(1, int(self.options["batch_size"]))
@@ -241,6 +239,9 @@ class AdbBackend(Backend):
     def build(self, module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         return self._litert.build(module, input_shape)
 
+    def build_op(self, module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+        return self._litert.build_op(module, input_shape)
+
     def _store(self, model: bytes) -> Path:
         """The model's file in the local cache, named by its sha256 (written once, atomically)."""
         with self._build_lock:  # the background builder writes here too
@@ -263,7 +264,8 @@ class AdbBackend(Backend):
         with self._build_lock:
             if key not in self._artifacts:
                 module, shape = make()
-                self._artifacts[key] = self._store(self.build(module, shape))
+                build = self.build_op if key[0] == "op" else self.build
+                self._artifacts[key] = self._store(build(module, shape))
             return self._artifacts[key]
 
     def _op_key(self, op: OpSig, seed: int) -> tuple[Any, ...]:
