@@ -6,6 +6,11 @@ Files, and who reads them:
 - ``supernet.pt``: the supernet as of ``state.json``; ``supernet.prev.pt`` is the one before it.
 - ``archive.jsonl``: one :class:`ArchiveEntry` per line, for people and scripts.
 - ``pareto.json``, ``best.json``, ``pareto.png``: the outputs of a finished (or resumed) run.
+- ``phase.pt``: the training state inside a long phase (warm-up or one iteration's adaptation), written every
+  epoch and every few minutes, so that a kill loses at most that much; it is removed when the phase's checkpoint
+  commits, and resume uses it only for the phase it names.
+- ``metrics.jsonl``: one JSON record per training step and per iteration, appended as the run goes (steps after
+  the last checkpoint are logged again when a killed run resumes).
 
 A checkpoint writes the supernet first (moving the previous one to ``supernet.prev.pt``), then ``state.json``,
 then ``archive.jsonl``. A kill at any point thus leaves a state whose supernet is one of the two files; each
@@ -25,7 +30,7 @@ from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 from natdeploy.errors import CheckpointError, NatDeployError
 from natdeploy.fileio import atomic_write_bytes, atomic_write_text
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet
-from natdeploy.supernet.checkpoint import checkpoint_extra
+from natdeploy.supernet.checkpoint import checkpoint_extra, load_training_state, save_training_state
 
 STATE_VERSION = 1
 
@@ -111,6 +116,8 @@ class RunFolder:
     PARETO = "pareto.json"
     BEST = "best.json"
     PLOT = "pareto.png"
+    PHASE = "phase.pt"
+    METRICS = "metrics.jsonl"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -180,6 +187,31 @@ class RunFolder:
         state.archive = list(archive)
         atomic_write_text(self.state_path, state.to_json())
         atomic_write_text(self.path / self.ARCHIVE, "".join(json.dumps(asdict(e)) + "\n" for e in archive))
+
+    def write_phase(self, tag: str, state: dict[str, Any]) -> None:
+        """Save the training state of the phase ``tag`` (e.g. ``warmup``, ``adapt-3``) inside that phase."""
+        save_training_state(self.path / self.PHASE, {**state, "phase_tag": tag})
+
+    def read_phase(self, tag: str) -> dict[str, Any] | None:
+        """The saved training state of phase ``tag``, or None when there is none (or it is of another phase)."""
+        path = self.path / self.PHASE
+        if not path.is_file():
+            return None
+        try:
+            state = load_training_state(path)
+        except CheckpointError as exc:
+            raise RunFolderError(f"{path} is damaged ({exc}); delete it to redo that phase from its start") from None
+        return state if state.get("phase_tag") == tag else None
+
+    def clear_phase(self) -> None:
+        """Forget the in-phase state (after the phase's checkpoint has committed)."""
+        (self.path / self.PHASE).unlink(missing_ok=True)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (one write per line, flushed)."""
+        with open(self.path / self.METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
 
     def write_outputs(self, front: Sequence[ArchiveEntry], record: dict, plot_png: bytes | None = None) -> None:
         """pareto.json (the front), best.json (``record``) and, when given, the rendered pareto.png."""

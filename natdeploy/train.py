@@ -76,12 +76,20 @@ def evaluate_arch(supernet: OFAMobileNetV3Supernet, arch: Arch, data: ImageData,
 
 def evaluate_archs(supernet: OFAMobileNetV3Supernet, archs: Sequence[Arch], data: ImageData, bn_batches: int = 4,
                    batch_size: int = 256, seed: int = 0, val_limit: int | None = None,
-                   runtime: Runtime | None = None) -> list[float]:
+                   runtime: Runtime | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[float]:
     """:func:`evaluate_arch` of every Arch, split over the ranks in contiguous shards and gathered, so that every
-    rank returns the same full list in the order of ``archs``. Every rank must hold the same supernet."""
-    lo, hi = shard_range(len(archs), runtime)
-    mine = [evaluate_arch(supernet, a, data, bn_batches, batch_size, seed, val_limit, runtime) for a in archs[lo:hi]]
-    return gather(mine, runtime)
+    rank returns the same full list in the order of ``archs``. Every rank must hold the same supernet.
+
+    ``progress(done, total)`` follows this rank's shard, scaled to the whole list."""
+    rt = runtime or LOCAL
+    lo, hi = shard_range(len(archs), rt)
+    mine = []
+    for i, a in enumerate(archs[lo:hi]):
+        mine.append(evaluate_arch(supernet, a, data, bn_batches, batch_size, seed, val_limit, rt))
+        if progress:
+            progress(min(len(archs), (i + 1) * rt.world_size), len(archs))
+    return gather(mine, rt)
 
 
 def _kd_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -141,10 +149,11 @@ def sandwich_backward(supernet: OFAMobileNetV3Supernet, x: torch.Tensor, y: torc
 
 def _fingerprint(supernet: OFAMobileNetV3Supernet, epochs: int, seed: int, lr: float, batch_size: int,
                  n_sampled: int, kd_alpha: float, include_smallest: bool, schedule: tuple[int, int] | None,
-                 n_batches: int, precision: str) -> dict[str, Any]:
+                 n_batches: int, precision: str, weight_decay: float) -> dict[str, Any]:
     return {"width": supernet.width, "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
             "n_sampled": n_sampled, "kd_alpha": kd_alpha, "include_smallest": include_smallest,
-            "schedule": list(schedule) if schedule else None, "n_batches": n_batches, "precision": precision}
+            "schedule": list(schedule) if schedule else None, "n_batches": n_batches, "precision": precision,
+            "weight_decay": weight_decay}
 
 
 def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: SearchSpace, epochs: int,
@@ -153,7 +162,8 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                  progress: Callable[[int, int], None] | None = None,
                  schedule: tuple[int, int] | None = None, runtime: Runtime | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every_s: float | None = None,
-                 resume_from: dict | None = None) -> dict:
+                 resume_from: dict | None = None, weight_decay: float = 3e-5,
+                 on_step: Callable[[dict], None] | None = None) -> dict:
     """Train the supernet for ``epochs`` epochs.
 
     Each step trains the largest subnet on the labels, then ``n_sampled`` subnets drawn by ``sample_archs``
@@ -163,6 +173,10 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
     The learning rate follows a cosine from ``lr`` to 0 over these epochs, or, with ``schedule=(done, total)``,
     the stretch of one cosine over ``total`` epochs that starts after ``done`` of them (NAT's adaptation spreads
     one schedule over all its iterations instead of restarting it at ``lr`` every iteration).
+
+    ``weight_decay`` applies to convolution and linear weights (not BN, biases or kernel transforms).
+    ``on_step(info)`` gets, after every optimiser step, the step, the total, the global batch's mean label loss of
+    the largest subnet, the images of the global batch, and the step's seconds (for metrics and throughput).
 
     Mid-phase checkpoints: ``on_checkpoint(state)`` is called on the main rank after every epoch but the last, and
     after the first step that ends ``checkpoint_every_s`` seconds after the previous checkpoint. ``state`` is a
@@ -178,7 +192,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
     # channels_last: 1.5-2.5x faster CPU training; the default layout spends most of its time in 7x7 depthwise
     # convolutions on tiny maps (measured here).
     supernet.to(device=rt.device, memory_format=CL).train()
-    opt = make_optimizer(supernet, lr)
+    opt = make_optimizer(supernet, lr, weight_decay)
     scaler = grad_scaler(rt)
     n_batches = (len(data.train_y) + batch_size - 1) // batch_size
     done, total = schedule or (0, epochs)
@@ -187,7 +201,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
     offset, span = done * n_batches, max(1, total * n_batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * (offset + s) / span)))
     fingerprint = _fingerprint(supernet, epochs, seed, lr, batch_size, n_sampled, kd_alpha, include_smallest,
-                               schedule, n_batches, rt.precision)
+                               schedule, n_batches, rt.precision, weight_decay)
     losses: list[float] = []
     step = start_epoch = skip = 0
     epoch_rng = rng.bit_generator.state
@@ -219,6 +233,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
         torch.manual_seed(seed + rt.rank)
         if torch_states is not None:
             _restore_torch_rng(torch_states, rt)
+        t_last = time.perf_counter()
         for epoch in range(start_epoch, epochs):
             if epoch == start_epoch:
                 rng.bit_generator.state = epoch_rng
@@ -246,6 +261,11 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                 step += 1
                 if progress:
                     progress(step, epochs * n_batches)
+                if on_step:  # seconds since the previous step: data loading included
+                    now = time.perf_counter()
+                    on_step({"step": step, "total": epochs * n_batches, "loss": loss_sum, "images": len(y),
+                             "seconds": now - t_last})
+                    t_last = now
                 if due_sum > 0 and b + 1 < n_batches:
                     checkpoint(epoch, b + 1, epoch_rng)
                     last_ckpt = time.monotonic()

@@ -100,3 +100,19 @@ def read_arch(text: str, resolution: int | None = None):
         raise ConfigError(f"--resolution applies to an OFA net.config file; {text!r} is no file (an Arch string "
                           "names its own resolution: w1.0-r<R>-...)")
     return Arch.parse(text)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+    """``8GB``, ``500MB``, ``2GiB`` or a plain number of bytes -> bytes (positive)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{flag} {text!r}: write a size like 8GB, 500MB or 2GiB")
+    value = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise ConfigError(f"{flag} {text!r} must be positive")
+    return value

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from natdeploy import settings
-from natdeploy.cli.parsing import add_command, examples, parse_budget, per_device
+from natdeploy.cli.parsing import add_command, examples, parse_budget, parse_bytes, per_device
 from natdeploy.errors import ConfigError
 
 HELP = "Run NAT: adapt the supernet to your data while searching subnets for the devices."
@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"natdeploy search --device cpu --max-latency 2ms {_TINY}",
         "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa",
         "natdeploy search --device pixel4 --device cpu --max-latency pixel4=30ms cpu=8ms --data ./flowers",
-        "natdeploy search --device cpu --max-latency 2ms --settings quick --resume"))
+        "natdeploy search --device cpu --max-latency 2ms --settings quick --resume",
+        "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa --supernet "
+        "ofa_mbv3_d234_e346_k357_w1.0 --accelerator cuda --precision bf16 --workers 8",
+        "torchrun --nproc-per-node 2 -m natdeploy search --device cpu --max-latency 2ms " + _TINY))
     p.add_argument("--device", action="append", required=True, help="device to search for (repeatable)")
     p.add_argument("--max-latency", nargs="+", help="budget: 30ms, one per device, or DEVICE=30ms")
     p.add_argument("--data", help="ImageFolder directory (default: scikit-learn's bundled digits)")
@@ -50,6 +53,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="parent folder of the run (default runs/)")
     p.add_argument("--name", help="run name (default <devices>-<space>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
+    g = p.add_argument_group("where and how it trains (see also torchrun)")
+    g.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): CUDA when a GPU is visible, else the CPU")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default); bf16 or fp16 autocast (fp16 with a gradient scaler, CUDA only)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores available, divided "
+                                               "among the processes on this node)")
+    g.add_argument("--data-loading", choices=["auto", "memory", "stream"], default="auto",
+                   help="memory: decode every image once; stream: DataLoader workers decode on the fly; auto "
+                        "(default): memory when the decoded images fit --memory-budget")
+    g.add_argument("--memory-budget", help="bytes the decoded images may take in memory, e.g. 8GB or 500MB "
+                                          "(default: half of the memory available)")
+    g.add_argument("--workers", type=int, help="stream mode: decoding processes (default: the cores available)")
+    g.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="save the training state inside long phases at least this often (default 10; also "
+                        "after every epoch)")
     p.set_defaults(func=run)
 
 
@@ -67,15 +86,20 @@ def parse_objectives(text: str | None) -> tuple[str, ...] | None:
 
 
 class Progress:
-    """Prints phases; a tqdm bar for training steps and evaluations (off when quiet or not a terminal)."""
+    """Prints phases; a tqdm bar for training steps and evaluations (off when quiet or not a terminal), with the
+    training throughput and an ETA over the whole run's remaining training steps."""
 
     def __init__(self, quiet: bool) -> None:
         self.disable, self.quiet, self.bar, self.kind = settings.progress_disable(quiet), quiet, None, None
+        self.run_total = self.run_done = self.last_step = 0
+        self.step_s: float | None = None  # running mean of seconds per step
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
-        if kind == "phase":
+        if kind == "plan":
+            self.run_total, self.run_done = info["steps_total"], info["steps_done"]
+        elif kind == "phase":
             self.close()
             if not self.quiet:
                 print(f"[natdeploy] {info['name']}", file=sys.stderr, flush=True)
@@ -84,55 +108,93 @@ class Progress:
             print(f"[natdeploy] iteration {info['iteration']} done: archive {info['archive']}, surrogate Kendall "
                   f"tau on the new candidates {info['kendall_tau_unseen']}, cross-validated on the archive "
                   f"{info.get('kendall_tau_cv')}", file=sys.stderr, flush=True)
-        elif kind in ("step", "evaluated"):
+        elif kind in ("step", "evaluated", "reevaluated"):
             total = info["total"]
             if self.bar is None or self.kind != kind or self.bar.total != total:
                 self.close()
-                self.bar = tqdm(total=total, unit="step" if kind == "step" else "subnet", leave=False,
+                desc = {"step": "training", "evaluated": "evaluating", "reevaluated": "re-evaluating"}[kind]
+                self.bar = tqdm(total=total, desc=desc, unit="step" if kind == "step" else "subnet", leave=False,
                                 disable=self.disable)
                 self.kind = kind
+            if kind == "step":
+                self._step(info)
             self.bar.n = info.get("step", info.get("done"))
             self.bar.refresh()
+
+    def _step(self, info: dict[str, Any]) -> None:
+        step = info["step"]
+        self.run_done += step - self.last_step if step > self.last_step else step
+        self.last_step = step
+        s = max(info["seconds"], 1e-9)
+        self.step_s = s if self.step_s is None else 0.9 * self.step_s + 0.1 * s
+        left = max(0, self.run_total - self.run_done) * self.step_s
+        self.bar.set_postfix_str(f"{info['images'] / s:.0f} img/s, training ETA for the run "
+                                 f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
+                                 refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self.last_step = 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from natdeploy.data import load_digits_data, load_image_folder
+    import logging
+    import time
+
+    from natdeploy.distributed import destroy, init_runtime
     from natdeploy.latency.store import predictor_for
     from natdeploy.search import NATConfig, run_search
     from natdeploy.space import SearchSpace
+    from natdeploy.stream import load_image_data
 
+    t_start = time.perf_counter()
     devices = list(dict.fromkeys(args.device))
     budgets = per_device(parse_budget(args.max_latency, "--max-latency", devices), devices)
     objectives = parse_objectives(args.objectives)
+    memory_budget = parse_bytes(args.memory_budget, "--memory-budget") if args.memory_budget else None
+    if args.checkpoint_minutes <= 0:
+        raise ConfigError(f"--checkpoint-minutes {args.checkpoint_minutes:g} must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1")
+    _check_loading_flags(args)
     space = SearchSpace.preset(args.space, resolutions=args.resolutions)
-    if args.data:
-        data = load_image_folder(args.data, val=args.val, size=max(space.resolutions), seed=args.seed,
-                                 limit_per_class=args.train_per_class, val_limit_per_class=args.val_per_class)
-    else:
-        data = load_digits_data(size=max(space.resolutions), seed=args.seed)
-        print("note: no --data given; searching on scikit-learn's bundled digits (the embedded default)",
-              file=sys.stderr)
-    predictors = {d: predictor_for(d) for d in devices}
-    overrides = {k: v for k, v in {
-        "iterations": args.iterations, "epochs_per_iter": args.epochs_per_iter, "warmup_epochs": args.warmup_epochs,
-        "initial_archs": args.initial_archs, "population": args.population, "generations": args.generations,
-        "candidates_per_iter": args.candidates, "surrogate": args.surrogate, "batch_size": args.batch_size,
-        "objectives": objectives, "seed": args.seed,
-    }.items() if v is not None}
-    config = NATConfig.quick(**overrides) if args.settings == "quick" else NATConfig(**overrides)
-    name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
-    run_dir = Path(args.out) / name
-    progress = Progress(args.quiet)
+    runtime = init_runtime(args.accelerator, args.precision)
     try:
-        record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
-                            resume=args.resume, on_event=progress, extend=args.iterations is not None)
+        _set_threads(args.threads)
+        if not runtime.is_main:  # one voice: rank 0 prints progress and results, the others only warnings
+            logging.getLogger().setLevel(logging.WARNING)
+        quiet = args.quiet or not runtime.is_main
+        if runtime.distributed and runtime.is_main:
+            print(f"[natdeploy] {runtime.world_size} processes on {runtime.device.type}", file=sys.stderr)
+        data = load_image_data(args.data, val=args.val, size=max(space.resolutions), seed=args.seed,
+                               limit_per_class=args.train_per_class, val_limit_per_class=args.val_per_class,
+                               mode=args.data_loading, memory_budget_bytes=memory_budget, workers=args.workers)
+        if not args.data and not quiet:
+            print("note: no --data given; searching on scikit-learn's bundled digits (the embedded default)",
+                  file=sys.stderr)
+        predictors = {d: predictor_for(d) for d in devices}
+        overrides = {k: v for k, v in {
+            "iterations": args.iterations, "epochs_per_iter": args.epochs_per_iter,
+            "warmup_epochs": args.warmup_epochs, "initial_archs": args.initial_archs,
+            "population": args.population, "generations": args.generations, "candidates_per_iter": args.candidates,
+            "surrogate": args.surrogate, "batch_size": args.batch_size, "objectives": objectives, "seed": args.seed,
+        }.items() if v is not None}
+        config = NATConfig.preset(args.settings, pretrained=args.supernet != "scratch", **overrides)
+        name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
+        run_dir = Path(args.out) / name
+        progress = Progress(quiet)
+        try:
+            record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
+                                resume=args.resume, on_event=progress, extend=args.iterations is not None,
+                                runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes)
+        finally:
+            progress.close()
     finally:
-        progress.close()
+        destroy()
+    if not runtime.is_main:
+        return 0
     print(record["summary"])
     best = record["best"]
     if best:
@@ -140,5 +202,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nbest within budget: {best['arch']}  accuracy {100 * best['accuracy']:.2f}%  ({lat})")
     else:
         print("\nno evaluated subnet meets every budget")
-    print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json supernet.pt")
+    print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json report.html metrics.jsonl "
+          f"supernet.pt")
+    print(f"elapsed {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _check_loading_flags(args: argparse.Namespace) -> None:
+    """Data-loading flags that the chosen mode would not use are refused, never ignored."""
+    if not args.data and (args.data_loading == "stream" or args.workers is not None or args.memory_budget):
+        raise ConfigError("--data-loading stream, --workers and --memory-budget need --data (the embedded digits "
+                          "are always held in memory)")
+    if args.workers is not None and args.data_loading == "memory":
+        raise ConfigError("--workers applies to streamed data; drop it or use --data-loading stream or auto")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers {args.workers} must be 0 or more")
+    if args.memory_budget and args.data_loading != "auto":
+        raise ConfigError(f"--memory-budget chooses the mode under --data-loading auto; with "
+                          f"--data-loading {args.data_loading} it has nothing to choose")
+
+
+def _set_threads(threads: int | None) -> None:
+    """torch's CPU threads: ``threads``; else as OMP_NUM_THREADS says (torchrun sets 1 per process), else the cores
+    this process may use, shared among this node's processes."""
+    import os
+
+    import torch
+
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return
+    if threads is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, local))
+    torch.set_num_threads(threads)

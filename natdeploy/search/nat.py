@@ -1,7 +1,14 @@
 """The NAT loop (Lu et al., TPAMI 2021): archive -> surrogate -> NSGA-II/III -> subset -> supernet adaptation.
 
 Every iteration ends with a checkpoint (archive, state, supernet); ``resume`` continues a killed run exactly,
-because every random stream is derived from (seed, iteration, phase) rather than carried in memory.
+because every random stream is derived from (seed, iteration, phase) rather than carried in memory. Inside the
+long phases (warm-up, adaptation) the training state is saved every epoch and every ``checkpoint_every_s``.
+
+The same loop runs in one process or in every process of a ``torchrun`` job (:mod:`natdeploy.distributed`):
+training shards each global batch, evaluation shards the subnets and gathers their accuracies, the surrogate fit,
+NSGA and subset selection run on rank 0 and are broadcast, and only rank 0 writes the run folder. Nothing in the
+state depends on the number of processes, so a run resumes with another. With several nodes, the run folder must
+be on a filesystem that every node sees.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from natdeploy.data import ImageData
+from natdeploy.distributed import LOCAL, Runtime, barrier, broadcast_object, check_same_config
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.run_folder import STATE_VERSION, ArchiveEntry, RunFolder, RunFolderError, SearchState
 from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet
-from natdeploy.train import evaluate_arch, train_epochs
+from natdeploy.train import evaluate_archs, train_epochs
 
 log = logging.getLogger(__name__)
 __all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION"]
@@ -47,6 +55,7 @@ class NATConfig:
     surrogate: str = "rbf"
     objectives: tuple[str, ...] = ("error", "latency")
     lr: float = 0.05
+    weight_decay: float = 3e-5
     # subnets other than the largest learn from alpha * KD(largest) + (1 - alpha) * CE(labels); 0.5 is OFA's CE + KD
     # (halved). Pure KD (1.0) caps them at a teacher that is itself still learning the new task.
     kd_alpha: float = 0.5
@@ -63,6 +72,17 @@ class NATConfig:
                     top_archs=20, subnets_per_step=2, epochs_per_iter=1, warmup_epochs=2, batch_size=64)
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def preset(cls, settings: str = "paper", pretrained: bool = False, **overrides: Any) -> "NATConfig":
+        """``paper`` (NAT's reference values) or ``quick`` settings, with the learning recipe of where the supernet
+        starts: from scratch, a sandwich-rule warm-up at lr 0.05 and weight decay 3e-5; from a pre-trained
+        checkpoint, NAT's published adaptation recipe (:data:`PRETRAINED_RECIPE`: lr 2.5e-3, weight decay 3e-4,
+        4 subnets per step distilled from the largest, no warm-up)."""
+        if settings not in ("paper", "quick"):
+            raise SearchError(f"unknown settings {settings!r}; use paper or quick")
+        base = {**(PRETRAINED_RECIPE if pretrained else {}), **overrides}
+        return cls.quick(**base) if settings == "quick" else cls(**base)
 
     def to_record(self) -> dict[str, Any]:
         """The settings as a run's state.json records them (JSON types only)."""
@@ -81,6 +101,11 @@ class NATConfig:
         return cls(**values)
 
 
+# NAT's adaptation of a pre-trained supernet (moea-nas-framework's settings): a small learning rate and OFA's weight
+# decay keep what the supernet learned on ImageNet; the subnets learn from the largest one's outputs (kd_alpha).
+PRETRAINED_RECIPE: dict[str, Any] = {"lr": 2.5e-3, "weight_decay": 3e-4, "subnets_per_step": 4, "warmup_epochs": 0}
+
+
 def _rng(seed: int, iteration: int, phase: int) -> np.random.Generator:
     return np.random.default_rng([seed, iteration + 1, phase])
 
@@ -89,9 +114,14 @@ class NATSearch:
     """One NAT run in ``run_dir``. Build it with :meth:`create` or :meth:`resume`, then call :meth:`run`."""
 
     def __init__(self, run_dir: Path, state: SearchState, supernet: OFAMobileNetV3Supernet, data: ImageData,
-                 predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry]) -> None:
-        self.run_dir, self.state, self.supernet, self.data = run_dir, state, supernet, data
+                 predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry],
+                 runtime: Runtime | None = None, checkpoint_every_s: float | None = 600.0) -> None:
+        self.rt = runtime or LOCAL
+        self.run_dir, self.state, self.supernet = run_dir, state, supernet.to(self.rt.device)
+        # in-memory images go to the accelerator once, so batches are cut and augmented there
+        self.data = data.to(self.rt.device) if self.rt.device.type != "cpu" else data
         self.predictors, self.archive = predictors, archive
+        self.checkpoint_every_s = checkpoint_every_s
         self.folder = RunFolder(run_dir) if run_dir is not None else None
         self.cfg = NATConfig.from_record(state.config)
         self.space = SearchSpace(resolutions=tuple(state.space["resolutions"]), widths=tuple(state.space["widths"]),
@@ -103,9 +133,11 @@ class NATSearch:
     @classmethod
     def create(cls, run_dir: Path, config: NATConfig, space: SearchSpace, data: ImageData,
                predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
-               supernet: OFAMobileNetV3Supernet, supernet_source: str = "scratch") -> "NATSearch":
+               supernet: OFAMobileNetV3Supernet, supernet_source: str = "scratch", runtime: Runtime | None = None,
+               checkpoint_every_s: float | None = 600.0) -> "NATSearch":
         if RunFolder(run_dir).has_state():
             raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
+        barrier(runtime)  # every rank has looked before rank 0 writes
         if supernet.width not in space.widths:
             raise SearchError(f"the supernet's width {supernet.width} is not in the search space {space.widths}")
         space = SearchSpace(resolutions=space.resolutions, widths=(supernet.width,), name=space.name)
@@ -114,14 +146,15 @@ class NATSearch:
                             space={"name": space.name, "resolutions": list(space.resolutions),
                                    "widths": list(space.widths)},
                             data=data.describe(), n_classes=data.n_classes, supernet_source=str(supernet_source))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        search = cls(run_dir, state, supernet, data, predictors, [])
+        _check_ranks_agree(state, runtime)
+        search = cls(run_dir, state, supernet, data, predictors, [], runtime, checkpoint_every_s)
         search._checkpoint()
         return search
 
     @classmethod
     def resume(cls, run_dir: Path, data: ImageData, predictors: dict[str, LatencyPredictor],
-               iterations: int | None = None) -> "NATSearch":
+               iterations: int | None = None, runtime: Runtime | None = None,
+               checkpoint_every_s: float | None = 600.0) -> "NATSearch":
         """Continue the run in ``run_dir`` (optionally extended to ``iterations``)."""
         folder = RunFolder(run_dir)
         if not folder.has_state():
@@ -141,7 +174,8 @@ class NATSearch:
             supernet = folder.load_supernet(state)
         except RunFolderError as exc:
             raise SearchError(str(exc)) from None
-        return cls(run_dir, state, supernet, data, predictors, list(state.archive))
+        _check_ranks_agree(state, runtime)
+        return cls(run_dir, state, supernet, data, predictors, list(state.archive), runtime, checkpoint_every_s)
 
     # ----- the loop -----------------------------------------------------------------------------------------
     def run(self, on_event: Callable[[str, dict], None] | None = None) -> list[ArchiveEntry]:
@@ -149,6 +183,7 @@ class NATSearch:
         from scratch is first warmed up with the sandwich rule."""
         emit = on_event or (lambda kind, info: None)
         cfg = self.cfg
+        emit("plan", self._plan())
         if self.state.completed_iteration < 0:
             if self.state.supernet_source == "scratch" and cfg.warmup_epochs > 0 and not self.state.warmed_up:
                 emit("phase", {"name": f"warm-up: {cfg.warmup_epochs} sandwich-rule epochs from scratch"})
@@ -156,7 +191,7 @@ class NATSearch:
                 train_epochs(self.supernet, self.data, self.space, cfg.warmup_epochs,
                              lambda rng, n: self.space.sample(rng, n), cfg.subnets_per_step, seed=cfg.seed,
                              lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha, include_smallest=True,
-                             progress=lambda s, t: emit("step", {"step": s, "total": t}))
+                             **self._phase_args("warmup", emit))
                 self.state.timings.append({"phase": "warmup", "seconds": round(time.perf_counter() - t0, 1)})
                 self.state.warmed_up = True
                 self._checkpoint()
@@ -167,35 +202,52 @@ class NATSearch:
             self._evaluate_new(genomes, iteration=0, predicted=None, emit=emit)
             self.state.completed_iteration = 0
             self._checkpoint()
+            self._log_iteration(0)
         while self.state.completed_iteration < cfg.iterations:
             it = self.state.completed_iteration + 1
             self._iteration(it, emit)
             self.state.completed_iteration = it
             self._checkpoint()
+            self._log_iteration(it)
             emit("iteration", {"iteration": it, "archive": len(self.archive), **self.state.tau_history[-1]})
         return self.archive
+
+    def _plan(self) -> dict[str, int]:
+        """Training steps of the whole run and of what is already done (for a whole-run ETA)."""
+        cfg, st = self.cfg, self.state
+        per_epoch = -(-len(self.data.train_y) // cfg.batch_size)
+        warmup = cfg.warmup_epochs * per_epoch if st.supernet_source == "scratch" else 0
+        adapt = cfg.epochs_per_iter * per_epoch
+        done = (warmup if st.warmed_up or st.completed_iteration >= 0 else 0) + \
+            adapt * max(0, st.completed_iteration)
+        return {"steps_total": warmup + adapt * cfg.iterations, "steps_done": done}
 
     def _iteration(self, it: int, emit: Callable[[str, dict], None]) -> None:
         from natdeploy.search.surrogates import AdaptiveSwitching, cross_validated_tau, kendall_tau, make_surrogate
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        X = np.array([e.genome for e in self.archive], dtype=float)
-        y = np.array([1.0 - e.accuracy for e in self.archive])
-        surrogate = make_surrogate(cfg.surrogate, seed=cfg.seed + it).fit(X, y)
-        t_fit = time.perf_counter() - t0
-        candidates = self._nsga(surrogate, it)
-        chosen = self._select_subset(candidates, surrogate, cfg.candidates_per_iter)
-        t_search = time.perf_counter() - t0
+        plan = None
+        if self.rt.is_main:  # the search's decisions are made once and broadcast, so every rank follows the same
+            X = np.array([e.genome for e in self.archive], dtype=float)
+            y = np.array([1.0 - e.accuracy for e in self.archive])
+            surrogate = make_surrogate(cfg.surrogate, seed=cfg.seed + it).fit(X, y)
+            t_fit = time.perf_counter() - t0
+            candidates = self._nsga(surrogate, it)
+            chosen = self._select_subset(candidates, surrogate, cfg.candidates_per_iter)
+            t_search = time.perf_counter() - t0
+            predicted = 1.0 - surrogate.predict(chosen.astype(float)) if len(chosen) else np.zeros(0)
+            # The same question over the whole archive: 5-fold cross-validation, each member ranked by a surrogate
+            # that did not see it (adaptive switching has just computed it for its pick). The new candidates sit
+            # close together on the front, so their tau is the harder and noisier of the two.
+            cv_tau = (surrogate.scores[surrogate.chosen] if isinstance(surrogate, AdaptiveSwitching) else
+                      cross_validated_tau(lambda: make_surrogate(cfg.surrogate, seed=cfg.seed + it), X, y, 5,
+                                          cfg.seed))
+            plan = (chosen, predicted, float(cv_tau), getattr(surrogate, "chosen", cfg.surrogate), t_fit, t_search)
+        chosen, predicted, cv_tau, surrogate_name, t_fit, t_search = broadcast_object(plan, self.rt)
         emit("phase", {"name": f"iteration {it}: evaluating {len(chosen)} candidates"})
-        predicted = 1.0 - surrogate.predict(chosen.astype(float)) if len(chosen) else np.zeros(0)
         new = self._evaluate_new(chosen, it, predicted, emit)
         tau = kendall_tau(np.array([e.accuracy for e in new]), predicted) if len(new) >= 2 else float("nan")
-        # The same question over the whole archive: 5-fold cross-validation, each member ranked by a surrogate that
-        # did not see it (adaptive switching has just computed it for its pick). The new candidates sit close
-        # together on the front, so their tau is the harder and noisier of the two.
-        cv_tau = (surrogate.scores[surrogate.chosen] if isinstance(surrogate, AdaptiveSwitching) else
-                  cross_validated_tau(lambda: make_surrogate(cfg.surrogate, seed=cfg.seed + it), X, y, 5, cfg.seed))
         emit("phase", {"name": f"iteration {it}: adapting the supernet ({cfg.epochs_per_iter} epochs)"})
         t1 = time.perf_counter()
         sampler = self._adaptation_sampler(it)
@@ -204,15 +256,15 @@ class NATSearch:
         train_epochs(self.supernet, self.data, self.space, cfg.epochs_per_iter, sampler, cfg.subnets_per_step,
                      seed=cfg.seed * 1000 + it, lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha,
                      schedule=((it - 1) * cfg.epochs_per_iter, cfg.iterations * cfg.epochs_per_iter),
-                     progress=lambda s, t: emit("step", {"step": s, "total": t}))
+                     **self._phase_args(f"adapt-{it}", emit))
         t_train = time.perf_counter() - t1
         if cfg.reevaluate_archive:
             emit("phase", {"name": f"iteration {it}: re-evaluating the archive ({len(self.archive)} subnets)"})
-            for entry in self.archive:
-                entry.accuracy = self._accuracy(self.space.decode(entry.genome))
+            accs = self._accuracies([self.space.decode(e.genome) for e in self.archive], emit, "reevaluated")
+            for entry, acc in zip(self.archive, accs):
+                entry.accuracy = acc
         self.state.tau_history.append({"iteration": it, "kendall_tau_unseen": round(float(tau), 4),
-                                       "kendall_tau_cv": round(float(cv_tau), 4),
-                                       "surrogate": getattr(surrogate, "chosen", cfg.surrogate)})
+                                       "kendall_tau_cv": round(float(cv_tau), 4), "surrogate": surrogate_name})
         self.state.timings.append({"iteration": it, "surrogate_fit_s": round(t_fit, 3),
                                    "search_overhead_s": round(t_search, 3), "train_s": round(t_train, 1),
                                    "total_s": round(time.perf_counter() - t0, 1)})
@@ -312,30 +364,73 @@ class NATSearch:
         return sample
 
     # ----- evaluation and bookkeeping -----------------------------------------------------------------------
-    def _accuracy(self, arch: Any) -> float:
+    def _accuracies(self, archs: list, emit: Callable[[str, dict], None], kind: str = "evaluated") -> list[float]:
         # Every subnet's BN statistics are recalibrated on the same training images (OFA does the same): with
         # other images per subnet, their accuracies would differ by BN-sampling noise too (measured: up to 0.4
         # points SD with 4 batches of 256), which the surrogates would then have to learn as signal.
-        return evaluate_arch(self.supernet, arch, self.data, self.cfg.bn_batches, seed=self.cfg.seed,
-                             val_limit=self.cfg.val_limit)
+        return evaluate_archs(self.supernet, archs, self.data, self.cfg.bn_batches, seed=self.cfg.seed,
+                              val_limit=self.cfg.val_limit, runtime=self.rt,
+                              progress=lambda done, total: emit(kind, {"done": done, "total": total}))
 
     def _evaluate_new(self, genomes: np.ndarray, iteration: int, predicted: np.ndarray | None,
                       emit: Callable[[str, dict], None]) -> list[ArchiveEntry]:
+        archs = [self.space.decode(g) for g in genomes]
+        accuracies = self._accuracies(archs, emit)
         new = []
-        for i, g in enumerate(genomes):
-            arch = self.space.decode(g)
+        for i, (g, arch, acc) in enumerate(zip(genomes, archs, accuracies)):
             g2 = canonical(g[None])
             lat = {d: float(p.predict_genomes(self.space, g2, self.state.n_classes)[0])
                    for d, p in self.predictors.items()}
             m, p = self.costs(g2)
-            entry = ArchiveEntry([int(v) for v in g2[0]], str(arch), self._accuracy(arch), lat,
-                                 int(m[0]), int(p[0]), iteration,
+            entry = ArchiveEntry([int(v) for v in g2[0]], str(arch), acc, lat, int(m[0]), int(p[0]), iteration,
                                  None if predicted is None else round(float(predicted[i]), 5))
             new.append(entry)
             self.archive.append(entry)
-            emit("evaluated", {"done": i + 1, "total": len(genomes), "arch": entry.arch, "accuracy": entry.accuracy})
         return new
 
+    def _phase_args(self, tag: str, emit: Callable[[str, dict], None]) -> dict[str, Any]:
+        """train_epochs' arguments for the long phase ``tag``: this run's runtime and weight decay, progress and
+        metrics, and the in-phase checkpoints (saved by rank 0; a resumed run continues from the phase's own)."""
+        def on_step(info: dict) -> None:
+            emit("step", info)
+            if self.rt.is_main:
+                self.folder.append_metrics({"kind": "step", "phase": tag, **info,
+                                            "images_per_s": round(info["images"] / max(info["seconds"], 1e-9), 2)})
+
+        resume_from = self.folder.read_phase(tag)
+        if resume_from is not None:
+            emit("phase", {"name": f"{tag}: continuing from its checkpoint at step {resume_from['step']}"})
+        return {"runtime": self.rt, "weight_decay": self.cfg.weight_decay, "on_step": on_step,
+                "on_checkpoint": lambda state: self.folder.write_phase(tag, state),
+                "checkpoint_every_s": self.checkpoint_every_s, "resume_from": resume_from}
+
+    def _log_iteration(self, it: int) -> None:
+        """Per-iteration archive statistics in metrics.jsonl: best accuracy within the budgets, hypervolume, tau."""
+        if not self.rt.is_main:
+            return
+        from natdeploy.run_folder import best_within
+        from natdeploy.search.html_report import hypervolume_history
+
+        best = best_within(self.archive, self.state.budgets)
+        self.folder.append_metrics({
+            "kind": "iteration", "iteration": it, "archive": len(self.archive),
+            "best_accuracy_within_budget": None if best is None else best.accuracy,
+            "best_accuracy": max(e.accuracy for e in self.archive),
+            "hypervolume": {d: dict(hypervolume_history(self.archive, d)).get(it) for d in self.state.devices},
+            **({k: v for k, v in self.state.tau_history[-1].items() if k != "iteration"} if it > 0 else {})})
+
     def _checkpoint(self) -> None:
-        """Commit the state, archive and supernet through the run folder (supernet first, state.json last)."""
-        self.folder.write_checkpoint(self.state, self.archive, self.supernet)
+        """Commit the state, archive and supernet through the run folder (supernet first, state.json last); only
+        rank 0 writes, the others wait for it."""
+        if self.rt.is_main:
+            self.folder.write_checkpoint(self.state, self.archive, self.supernet)
+            self.folder.clear_phase()
+        barrier(self.rt)
+
+
+def _check_ranks_agree(state: SearchState, runtime: Runtime | None) -> None:
+    """Ranks started with other arguments or data fail here at once, naming the ranks, instead of hanging later."""
+    check_same_config({"config": state.config, "devices": state.devices, "budgets": state.budgets,
+                       "space": state.space, "data": {k: v for k, v in state.data.items() if k != "source"},
+                       "n_classes": state.n_classes, "completed_iteration": state.completed_iteration},
+                      runtime, what="search configuration and data")

@@ -71,12 +71,17 @@ def pareto_front(archive: Sequence[ArchiveEntry], devices: Sequence[str], object
     return sorted((archive[i] for i in front), key=lambda e: -e.accuracy)
 
 
+def best_record(archive: Sequence[ArchiveEntry], budgets: dict[str, float], extra: dict | None = None) -> dict:
+    """What best.json holds: the budgets, the most accurate entry within them, and ``extra``."""
+    best = best_within(archive, budgets)
+    return {"budgets_ms": budgets, "best": asdict(best) if best else None, **(extra or {})}
+
+
 def write_outputs(run_dir: Path, archive: Sequence[ArchiveEntry], devices: Sequence[str], budgets: dict[str, float],
                   objectives: Sequence[str], extra: dict | None = None) -> dict:
     """pareto.json, best.json and pareto.png in ``run_dir``; returns the best entry's record."""
     front = pareto_front(archive, devices, objectives)
-    best = best_within(archive, budgets)
-    record = {"budgets_ms": budgets, "best": asdict(best) if best else None, **(extra or {})}
+    record = best_record(archive, budgets, extra)
     png = pareto_png(archive, front, devices[0], budgets.get(devices[0])) if devices else None
     RunFolder(run_dir).write_outputs(front, record, png)
     return record
