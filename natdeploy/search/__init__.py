@@ -11,8 +11,8 @@ import torch
 
 from natdeploy.data import ImageData
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.search.engine import (AccuracyModel, SearchEngineError, SearchResult, accuracy_model,
-                                     genomes_to_archs, load_callable, search_front)
+from natdeploy.search.engine import (AccuracyModel, OFAAccuracyPredictor, SearchEngineError, SearchResult,
+                                     accuracy_model, genomes_to_archs, load_callable, search_front)
 from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError
 from natdeploy.search.report import check_budgets, pareto_front, summary_table, write_outputs
 from natdeploy.space import SearchSpace
@@ -21,7 +21,8 @@ from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
 log = logging.getLogger(__name__)
 
 __all__ = ["run_search", "NATConfig", "NATSearch", "ArchiveEntry", "SearchError", "search_front", "SearchResult",
-           "SearchEngineError", "AccuracyModel", "accuracy_model", "load_callable", "genomes_to_archs"]
+           "SearchEngineError", "AccuracyModel", "accuracy_model", "load_callable", "genomes_to_archs",
+           "OFAAccuracyPredictor"]
 
 
 def initial_supernet(source: str, n_classes: int, width: float, seed: int) -> OFAMobileNetV3Supernet:

@@ -28,7 +28,7 @@ from natdeploy.search.nsga import nsga2, rank_and_crowding
 from natdeploy.space import GENOME_LENGTH, Arch, SearchSpace
 
 __all__ = ["search_front", "SearchResult", "SearchEngineError", "AccuracyModel", "accuracy_model", "load_callable",
-           "genomes_to_archs", "pymoo_population"]
+           "genomes_to_archs", "pymoo_population", "OFAAccuracyPredictor"]
 
 Takes = Literal["genomes", "archs"]
 
@@ -86,7 +86,7 @@ class AccuracyModel:
     def __init__(self, accuracy: Any, space: SearchSpace, takes: Takes, predicts: Literal["accuracy", "error"]):
         self.accuracy, self.space, self.takes, self.predicts = accuracy, space, takes, predicts
         self._call = accuracy.predict if callable(getattr(accuracy, "predict", None)) else accuracy
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
         self.calls = 0
         self.evaluations = 0
 
@@ -98,9 +98,10 @@ class AccuracyModel:
             batch: Any = genomes_to_archs(self.space, g)
         else:
             batch = np.asarray(X, dtype=float) if self._call is not self.accuracy else g
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = self._call(batch)
         self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.thread_time() - c0
         self.calls += 1
         self.evaluations += len(g)
         values = _as_vector(out, len(g), f"the accuracy predictor {self.accuracy!r}")
@@ -136,18 +137,77 @@ def accuracy_model(accuracy: Any, space: SearchSpace, takes: Takes | None = None
     return AccuracyModel(accuracy, space, takes, predicts)
 
 
+class OFAAccuracyPredictor:
+    """OFA's accuracy MLP as an accuracy predictor on genomes: the one-hot features it was trained on, built for a
+    whole batch at once, then one forward pass of ``model`` (a torch module from (N, D) float features to (N,) or
+    (N, 1) accuracies).
+
+    ``layout="tutorial"`` is the 128-feature input of OFA's tutorial predictor (``ofa/tutorial``): per block a
+    kernel one-hot (3 x 20), then per block an expand one-hot (3 x 20), then 8 resolution bins ``(r - 112) // 16``;
+    skipped blocks are all zero. ``layout="nas"`` is ``ofa.nas.accuracy_predictor.MobileNetArchEncoder``'s: a
+    resolution one-hot over ``image_sizes`` first, then the kernel and expand one-hots. Load OFA's weights into a
+    module of the same shape yourself (``torch.load(..., weights_only=True)``); nothing is downloaded here.
+    """
+
+    takes = "genomes"
+    predicts = "accuracy"
+
+    def __init__(self, model: Any, space: SearchSpace, layout: Literal["tutorial", "nas"] = "tutorial",
+                 image_sizes: Sequence[int] | None = None, device: Any = "cpu") -> None:
+        if layout not in ("tutorial", "nas"):
+            raise SearchEngineError(f"unknown OFA feature layout {layout!r}; allowed: ['tutorial', 'nas']")
+        res = np.asarray(space.resolutions)
+        if layout == "tutorial":
+            if res.min() < 112 or res.max() >= 240:
+                raise SearchEngineError(f"OFA's tutorial predictor encodes resolutions 112..239 only; the space has "
+                                        f"{list(space.resolutions)} (use layout='nas' with image_sizes)")
+            self._r_col = 120 + (res - 112) // 16
+            self.n_features = 128
+        else:
+            sizes = list(space.resolutions if image_sizes is None else image_sizes)
+            missing = sorted(set(space.resolutions) - set(sizes))
+            if missing:
+                raise SearchEngineError(f"resolutions {missing} of the space are not among image_sizes {sizes}")
+            self._r_col = np.array([sizes.index(r) for r in space.resolutions])
+            self.n_features = len(sizes) + 120
+        self.model, self.space, self.layout, self.device = model, space, layout, device
+
+    def features(self, genomes: np.ndarray) -> np.ndarray:
+        """(N, n_features) float32 one-hot features of canonical genomes."""
+        g = np.asarray(genomes, dtype=np.int64)
+        choice, active = self.space.block_choices(g)
+        k_idx, e_idx = choice % 3, choice // 3
+        n = len(g)
+        out = np.zeros((n, self.n_features), dtype=np.float32)
+        offset = 0 if self.layout == "tutorial" else self.n_features - 120
+        rows, blocks = np.nonzero(active)
+        out[rows, offset + 3 * blocks + k_idx[rows, blocks]] = 1.0
+        out[rows, offset + 60 + 3 * blocks + e_idx[rows, blocks]] = 1.0
+        out[np.arange(n), self._r_col[g[:, 0]]] = 1.0
+        return out
+
+    def __call__(self, genomes: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(self.features(genomes)).to(self.device)
+        with torch.no_grad():
+            y = self.model(x)
+        return y.reshape(-1).float().cpu().numpy().astype(float)
+
+
 class _TimedPredictor:
     """A latency predictor whose ``predict_genomes`` time is added up (the engine's own time excludes it)."""
 
     def __init__(self, predictor: LatencyPredictor) -> None:
-        self.predictor, self.seconds = predictor, 0.0
+        self.predictor, self.seconds, self.cpu_seconds = predictor, 0.0, 0.0
 
     def predict_genomes(self, space: SearchSpace, genomes: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return self.predictor.predict_genomes(space, genomes, n_classes)
         finally:
             self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.thread_time() - c0
 
 
 # ----- the result ------------------------------------------------------------------------------------------------
@@ -157,7 +217,8 @@ class SearchResult:
 
     ``values`` holds ``accuracy``, ``error``, ``latency:<device>`` for every device, ``madds`` and ``params``.
     ``columns`` are the objective columns searched (``latency`` expanded per device). Rows are sorted by the first
-    cost objective, then by error. ``timings`` splits the wall time into the predictors' and the engine's own.
+    cost objective, then by error. ``timings`` splits the wall time into the predictors' and the engine's own
+    (``engine_s``; ``engine_cpu_s`` is the same in CPU time of the calling thread).
     """
 
     space: SearchSpace
@@ -274,7 +335,7 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
         raise SearchEngineError("no objectives to search: give at least one of error, latency, madds, params")
     if algorithm not in ("fast", "pymoo"):
         raise SearchEngineError(f"unknown algorithm {algorithm!r}; allowed: ['fast', 'pymoo']")
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.thread_time()
     model = accuracy_model(accuracy, space, takes, predicts)
     timed = {d: _TimedPredictor(p) for d, p in predictors.items()}
     if n_classes is None:
@@ -319,10 +380,14 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
     order = np.lexsort((values["error"], F[:, next((i for i, c in enumerate(columns) if c != "error"), 0)]))
     ordered = {k: values[k][order] for k in ["accuracy", "error", *(f"latency:{d}" for d in predictors),
                                              "madds", "params"]}
-    total = time.perf_counter() - t_start
+    total, cpu = time.perf_counter() - t_start, time.thread_time() - c_start
     latency_s = sum(t.seconds for t in timed.values())
+    latency_cpu = sum(t.cpu_seconds for t in timed.values())
+    # the engine's own time, wall-clock and this thread's CPU (the latter is what contention on shared cores
+    # disturbs least)
     timings = {"total_s": total, "accuracy_s": model.seconds, "latency_s": latency_s,
-               "engine_s": total - model.seconds - latency_s}
+               "engine_s": total - model.seconds - latency_s,
+               "engine_cpu_s": cpu - model.cpu_seconds - latency_cpu}
     return SearchResult(space, X[order], ordered, columns, budgets, int(n_eval), timings)
 
 

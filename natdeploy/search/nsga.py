@@ -21,9 +21,13 @@ _MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are n
 
 
 def _domination(F: np.ndarray) -> np.ndarray:
-    """D[i, j]: row i dominates row j (no worse in every objective, better in one)."""
-    le = (F[:, None, :] <= F[None, :, :]).all(axis=2)
-    lt = (F[:, None, :] < F[None, :, :]).any(axis=2)
+    """D[i, j]: row i dominates row j (no worse in every objective, better in one). One objective at a time:
+    elementwise operations on (n, n) arrays are far cheaper than reductions over a length-2 axis."""
+    le = F[:, None, 0] <= F[None, :, 0]
+    lt = F[:, None, 0] < F[None, :, 0]
+    for j in range(1, F.shape[1]):
+        le &= F[:, None, j] <= F[None, :, j]
+        lt |= F[:, None, j] < F[None, :, j]
     return le & lt
 
 
@@ -75,88 +79,108 @@ def rank_and_crowding(F: np.ndarray, CV: np.ndarray, needed: int,
     return rank, _crowding(F, rank)
 
 
-def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Indices of the ``n`` survivors (whole fronts, the last one cut by crowding), with their rank and crowding."""
+def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``n`` survivors, best first: whole fronts, the last one cut by crowding, ties at random.
+    Infeasible rows rank after every feasible one, by violation, so this one order also decides tournaments."""
     rank, cd = rank_and_crowding(F, CV, n, rng)
-    keep = np.lexsort((rng.random(len(F)), -cd, rank))[:n]
-    return keep, rank[keep], cd[keep]
+    return np.lexsort((rng.random(len(F)), -cd, rank))[:n]
 
 
-def _tournament(rank: np.ndarray, cd: np.ndarray, CV: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` binary-tournament winners: lower violation, then lower rank, then larger crowding, else a coin."""
-    a, b = rng.integers(0, len(rank), k), rng.integers(0, len(rank), k)
-    key_a = np.stack([CV[a], rank[a], -cd[a]])
-    key_b = np.stack([CV[b], rank[b], -cd[b]])
-    with np.errstate(invalid="ignore"):
-        diff = np.where(key_a == key_b, 0.0, np.sign(key_a - key_b))
-    # the first key that differs decides
-    first = np.argmax(diff != 0, axis=0)
-    decided = diff[first, np.arange(k)]
-    coin = rng.random(k) < 0.5
-    return np.where((decided < 0) | ((decided == 0) & coin), a, b)
+def _tournament(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` binary-tournament winners among a population sorted best first (as :func:`_survive` leaves it): the
+    better of two is the one with the lower index (lower violation, then rank, then larger crowding)."""
+    return np.minimum(rng.integers(0, n, k), rng.integers(0, n, k))
 
 
 def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator,
          eta: float = 15.0, prob: float = 0.9, prob_var: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Bounded simulated binary crossover (Deb & Agrawal) of parent rows ``p1``, ``p2`` (floats)."""
+    """Bounded simulated binary crossover (Deb & Agrawal) of parent rows ``p1``, ``p2`` (floats); the spread
+    factors are computed only where a variable crosses over."""
     n, m = p1.shape
-    y1, y2 = np.minimum(p1, p2), np.maximum(p1, p2)
+    do = (rng.random((n, 1)) < prob) & (rng.random((n, m)) < prob_var) & (np.abs(p1 - p2) > 1e-14)
+    rows, cols = np.nonzero(do)
+    a, b = p1[rows, cols], p2[rows, cols]
+    y1, y2 = np.minimum(a, b), np.maximum(a, b)
+    lo, hi = xl[cols], xu[cols]
     delta = y2 - y1
-    do = ((rng.random((n, 1)) < prob) & (rng.random((n, m)) < prob_var) & (delta > 1e-14) & (xu > xl))
-    safe = np.where(delta > 1e-14, delta, 1.0)
-    u = rng.random((n, m))
+    u = rng.random(len(rows))
+    exp = 1.0 / (eta + 1.0)
 
     def betaq(beta: np.ndarray) -> np.ndarray:
         alpha = 2.0 - np.power(beta, -(eta + 1.0))
         ua = u * alpha
-        return np.where(u <= 1.0 / alpha, np.power(ua, 1.0 / (eta + 1.0)),
-                        np.power(1.0 / np.maximum(2.0 - ua, 1e-300), 1.0 / (eta + 1.0)))
+        return np.where(u <= 1.0 / alpha, ua, 1.0 / np.maximum(2.0 - ua, 1e-300)) ** exp
 
-    c1 = 0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - xl) / safe) * delta)
-    c2 = 0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (xu - y2) / safe) * delta)
-    swap = rng.random((n, m)) < 0.5
-    c1, c2 = np.where(swap, c2, c1), np.where(swap, c1, c2)
-    c1, c2 = np.clip(c1, xl, xu), np.clip(c2, xl, xu)
-    return np.where(do, c1, p1), np.where(do, c2, p2)
+    c1 = np.clip(0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - lo) / delta) * delta), lo, hi)
+    c2 = np.clip(0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (hi - y2) / delta) * delta), lo, hi)
+    swap = rng.random(len(rows)) < 0.5
+    k1, k2 = p1.copy(), p2.copy()
+    k1[rows, cols] = np.where(swap, c2, c1)
+    k2[rows, cols] = np.where(swap, c1, c2)
+    return k1, k2
 
 
 def _pm(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, eta: float = 20.0) -> np.ndarray:
-    """Bounded polynomial mutation (Deb), each variable with probability 1 / n_var."""
+    """Bounded polynomial mutation (Deb), each variable with probability 1 / n_var (variables with a single value
+    never move)."""
     n, m = X.shape
-    span = np.where(xu > xl, xu - xl, 1.0)
-    do = (rng.random((n, m)) < 1.0 / m) & (xu > xl)
-    u = rng.random((n, m))
-    d1, d2 = (X - xl) / span, (xu - X) / span
+    rows, cols = np.nonzero((rng.random((n, m)) < 1.0 / m) & (xu > xl))
+    x, lo, span = X[rows, cols], xl[cols], (xu - xl)[cols]
+    u = rng.random(len(rows))
+    d1, d2 = (x - lo) / span, (lo + span - x) / span
     power = 1.0 / (eta + 1.0)
     low = np.power(2.0 * u + (1.0 - 2.0 * u) * np.power(1.0 - d1, eta + 1.0), power) - 1.0
     high = 1.0 - np.power(2.0 * (1.0 - u) + 2.0 * (u - 0.5) * np.power(1.0 - d2, eta + 1.0), power)
-    moved = np.clip(X + np.where(u <= 0.5, low, high) * span, xl, xu)
-    return np.where(do, moved, X)
+    out = X.copy()
+    out[rows, cols] = np.clip(x + np.where(u <= 0.5, low, high) * span, lo, lo + span)
+    return out
 
 
-def _keys(X: np.ndarray) -> list[bytes]:
-    return [row.tobytes() for row in np.ascontiguousarray(X, dtype=np.int64)]
+def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """One exact complex key per genome: the mixed-radix value of each half of the genes (each below 2**53 for
+    any search space, so exact in a float) as real and imaginary parts; equal keys mean equal genomes."""
+    half = (X.shape[1] + 1) // 2
+    a, b = X[:, :half].astype(float) @ base[:half], X[:, half:].astype(float) @ base[half:]
+    return a + 1j * b
 
 
-def _offspring(X: np.ndarray, rank: np.ndarray, cd: np.ndarray, CV: np.ndarray, n: int, space: SearchSpace,
-               rng: np.random.Generator) -> np.ndarray:
-    """Up to ``n`` repaired offspring, none equal to a member of ``X`` or to another offspring."""
+def _radix(space: SearchSpace) -> np.ndarray:
+    size = space.upper_bounds.astype(float) + 1.0
+    half = (len(size) + 1) // 2
+    place = np.ones(len(size))
+    for part in (slice(0, half), slice(half, len(size))):
+        place[part] = np.concatenate([[1.0], np.cumprod(size[part][:-1])])
+        if np.prod(size[part]) >= 2.0 ** 53:
+            raise ValueError("genomes too wide for exact duplicate keys")
+    return place
+
+
+def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
+    another offspring. Each round mates enough pairs for the share of new offspring the last round had."""
     xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
-    seen = set(_keys(X))
+    base = _radix(space)
+    seen = _keys(X, base)
     out: list[np.ndarray] = []
+    found = 0
+    share = 0.5
     for _ in range(_MATING_ROUNDS):
-        pairs = (n - len(out) + 1) // 2
-        p1 = X[_tournament(rank, cd, CV, pairs, rng)].astype(float)
-        p2 = X[_tournament(rank, cd, CV, pairs, rng)].astype(float)
+        pairs = min(8 * n, int(np.ceil((n - found) / (2 * share))))
+        p1 = X[_tournament(len(X), pairs, rng)].astype(float)
+        p2 = X[_tournament(len(X), pairs, rng)].astype(float)
         c1, c2 = _sbx(p1, p2, xl, xu, rng)
         kids = space.repair(_pm(np.concatenate([c1, c2]), xl, xu, rng), rng)
-        for row, key in zip(kids, _keys(kids)):
-            if key not in seen:
-                seen.add(key)
-                out.append(row)
-        if len(out) >= n:
+        keys = _keys(kids, base)
+        # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
+        _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
+        new = np.sort(first[first >= len(seen)]) - len(seen)
+        out.append(kids[new])
+        seen = np.concatenate([seen, keys[new]])
+        found += len(new)
+        if found >= n:
             break
-    return np.array(out[:n], dtype=np.int64).reshape(-1, X.shape[1])
+        share = max(len(new) / len(kids), 1.0 / 16)
+    return np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
 
 
 def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population: int, generations: int,
@@ -170,16 +194,16 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
         raise ValueError("NSGA-II needs a non-empty start population")
     F, CV, V = evaluate(X)
     n_eval = len(X)
-    keep, rank, cd = _survive(F, CV, population, rng)
+    keep = _survive(F, CV, population, rng)
     X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     for _ in range(generations - 1):
-        kids = _offspring(X, rank, cd, CV, population, space, rng)
+        kids = _offspring(X, population, space, rng)
         if not len(kids):
             break  # every offspring the operators can make is already in the population
         Fk, CVk, Vk = evaluate(kids)
         n_eval += len(kids)
         X, F, CV = np.concatenate([X, kids]), np.concatenate([F, Fk]), np.concatenate([CV, CVk])
         V = {k: np.concatenate([V[k], Vk[k]]) for k in V}
-        keep, rank, cd = _survive(F, CV, population, rng)
+        keep = _survive(F, CV, population, rng)
         X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     return X, F, CV, V, n_eval
