@@ -310,7 +310,8 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
                  budgets: Mapping[str, float] | None = None, objectives: Sequence[str] = ("error", "latency"),
                  population: int = 100, generations: int = 100, seed: int = 0, initial: Any = None, *,
                  takes: Takes | None = None, predicts: Literal["accuracy", "error"] | None = None,
-                 n_classes: int | None = None, algorithm: Literal["fast", "pymoo"] = "fast") -> SearchResult:
+                 n_classes: int | None = None, algorithm: Literal["fast", "pymoo"] = "fast",
+                 mutation: float | None = 0.1) -> SearchResult:
     """Search ``space`` for the non-dominated front of ``objectives`` under ``budgets`` (max ms per device).
 
     ``accuracy``: a fitted surrogate or a callable on a batch of genomes or Archs (see :func:`accuracy_model` for
@@ -359,7 +360,7 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
         return F, np.maximum(G, 0.0).sum(axis=1), values
 
     if algorithm == "fast":
-        X, F, CV, values, n_eval = nsga2(evaluate, space, start, population, generations, rng)
+        X, F, CV, values, n_eval = nsga2(evaluate, space, start, population, generations, rng, mutation)
     else:
         problem = NATProblem(space, model, objectives, timed, budgets, costs)
         X, CV = pymoo_population(problem, space, start, population, generations, seed)

@@ -136,6 +136,16 @@ def _pm(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator,
     return out
 
 
+def _reset(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Random-reset mutation: each variable, with probability ``prob``, takes a uniformly random value in bounds
+    (the categorical counterpart of polynomial mutation, which after rounding rarely moves a small integer range)."""
+    do = rng.random(X.shape) < prob
+    rows, cols = np.nonzero(do)
+    out = X.copy()
+    out[rows, cols] = np.floor(xl[cols] + rng.random(len(rows)) * (xu[cols] - xl[cols] + 1.0))
+    return out
+
+
 def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
     """One exact complex key per genome: the mixed-radix value of each half of the genes (each below 2**53 for
     any search space, so exact in a float) as real and imaginary parts; equal keys mean equal genomes."""
@@ -155,7 +165,8 @@ def _radix(space: SearchSpace) -> np.ndarray:
     return place
 
 
-def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator,
+               mutation: float | None) -> np.ndarray:
     """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
     another offspring. Each round mates enough pairs for the share of new offspring the last round had."""
     xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
@@ -169,7 +180,8 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         p1 = X[_tournament(len(X), pairs, rng)].astype(float)
         p2 = X[_tournament(len(X), pairs, rng)].astype(float)
         c1, c2 = _sbx(p1, p2, xl, xu, rng)
-        kids = space.repair(_pm(np.concatenate([c1, c2]), xl, xu, rng), rng)
+        kids = np.concatenate([c1, c2])
+        kids = space.repair(_pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation), rng)
         keys = _keys(kids, base)
         # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
         _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
@@ -184,8 +196,10 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
 
 
 def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population: int, generations: int,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+          rng: np.random.Generator, mutation: float | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """Run NSGA-II from the canonical genomes ``start`` for ``generations`` (the first being ``start`` itself).
+    ``mutation``: None for polynomial mutation, else the per-variable probability of random-reset mutation.
     ``evaluate(genomes)`` returns (objectives, total violation, all values by column). Returns the final
     population's genomes, objectives, violations and values, and the number of evaluations."""
     X = np.unique(np.asarray(start, dtype=np.int64).reshape(-1, len(space.lower_bounds)), axis=0)
@@ -197,7 +211,7 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
     keep = _survive(F, CV, population, rng)
     X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     for _ in range(generations - 1):
-        kids = _offspring(X, population, space, rng)
+        kids = _offspring(X, population, space, rng, mutation)
         if not len(kids):
             break  # every offspring the operators can make is already in the population
         Fk, CVk, Vk = evaluate(kids)
