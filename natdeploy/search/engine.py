@@ -279,8 +279,8 @@ class SearchResult:
 # ----- the search --------------------------------------------------------------------------------------------------
 def _start_population(space: SearchSpace, initial: Any, population: int, rng: np.random.Generator,
                       feasible: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """The given genomes or Archs (a random ``population`` of them when more), then random Archs, drawn first among
-    those within the budgets (up to 20 batches), to fill the population."""
+    """The given genomes or Archs (a random ``population`` of them when more), then the smallest subnet, then random
+    Archs, drawn first among those within the budgets (up to 20 batches), to fill the population."""
     if initial is None or len(initial) == 0:
         start = np.zeros((0, GENOME_LENGTH), dtype=np.int64)
     elif isinstance(initial[0], Arch):
@@ -290,6 +290,9 @@ def _start_population(space: SearchSpace, initial: Any, population: int, rng: np
     start = np.unique(start, axis=0) if len(start) else start
     if len(start) > population:
         return start[rng.permutation(len(start))[:population]]
+    if len(start) < population:  # the smallest subnet meets any budget that anything meets
+        smallest = space.canonical(np.stack([space.encode(space.smallest(w)) for w in space.widths]))
+        start = np.unique(np.concatenate([start, smallest]), axis=0)[:population]
     need = population - len(start)
     fill: list[np.ndarray] = []
     spare: list[np.ndarray] = []
@@ -319,7 +322,11 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
     result, ``latency`` in ``objectives`` makes each one an objective. ``generations`` counts the initial population
     as the first, as pymoo does: at most ``population * generations`` accuracy evaluations. ``initial``: genomes or
     Archs to start from (may be empty). ``n_classes`` sizes the classifier for latency, MAdds and params (default:
-    the first latency table's). The same arguments and seed give the same result.
+    the first latency table's). The same arguments and seed give the same result. The front is empty when no
+    subnet the search met keeps the budgets.
+
+    ``algorithm="fast"`` mutates by random reset with probability ``mutation`` per gene (``None``: NAT's polynomial
+    mutation); ``"pymoo"`` is NAT's own pymoo path and ignores ``mutation``.
     """
     budgets = dict(budgets or {})
     unknown = sorted(set(budgets) - set(predictors))

@@ -228,7 +228,8 @@ class NATSearch:
                              self.costs)
         # Start from the archive's genomes (NAT seeds the search with what it has evaluated), then random ones.
         rng = _rng(cfg.seed, it, 2)
-        start = canonical(np.array([e.genome for e in self.archive], dtype=np.int64).reshape(-1, GENOME_LENGTH))
+        start = (canonical(np.array([e.genome for e in self.archive])) if self.archive
+                 else np.zeros((0, GENOME_LENGTH), dtype=np.int64))
         extra = max(0, cfg.population - len(start))
         if extra:
             rand = np.stack([self.space.encode(a) for a in self.space.sample(rng, extra)])
