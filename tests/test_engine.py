@@ -204,3 +204,23 @@ def test_ofa_predictor_adapter_with_an_mlp_of_the_same_shape(lat):
                                   np.stack([_ofa_reference_features(a, "nas", sizes) for a in small]))
     with pytest.raises(SearchEngineError, match="112..239"):
         OFAAccuracyPredictor(mlp, SPACE)
+
+
+def test_batch_repair_keeps_the_genome_rules():
+    from natdeploy.search.nsga import _repair
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 10, size=(300, 22)).astype(float) + rng.normal(0, 0.4, (300, 22))
+    raw[:, 0] = rng.uniform(-1, 6, 300)
+    raw[:, 1] = 0
+    raw[::3, 2:] = 0  # whole genomes of skipped blocks
+    fixed = _repair(SPACE, raw, rng)
+    SPACE.check_genomes(fixed)  # in bounds, two blocks or more per stage
+    assert (SPACE.canonical(fixed) == fixed).all()
+    valid = SPACE.repair(raw[1::3], np.random.default_rng(1))  # already valid rows come back as they were
+    assert (_repair(SPACE, valid.astype(float), rng) == valid).all()
+
+
+def test_polynomial_mutation_option(lat):
+    res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=1, mutation=None, **SMALL)
+    assert len(res) and (res.latency("cpu") <= 2.5).all()

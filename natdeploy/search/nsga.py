@@ -2,7 +2,7 @@
 
 Deb's NSGA-II with the operators NAT uses through pymoo (binary tournament on feasibility, rank and crowding; SBX
 with eta 15 on 90% of the pairs, each variable with probability 1/2; polynomial mutation with eta 20, one variable
-in n on average; rounding and :meth:`SearchSpace.repair`; offspring identical to a member or to each other
+in n on average; rounding and :meth:`SearchSpace.repair`'s rule; offspring identical to a member or to each other
 dropped and re-drawn), each step one array operation over the population instead of pymoo's per-individual
 objects. Constraint handling is Deb's: feasible before infeasible, infeasible ranked by total violation.
 All randomness comes from the Generator passed in.
@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from natdeploy.space import SearchSpace
+from natdeploy.space import DEPTHS, MAX_DEPTH, N_CHOICES, N_STAGES, SearchSpace
 
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
 _MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are new to the population
@@ -146,6 +146,23 @@ def _reset(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generat
     return out
 
 
+def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:meth:`SearchSpace.repair`'s rule (round, clip, give every stage at least two blocks by filling random empty
+    slots with random choices, canonicalise) drawn for the whole batch at once; NAT's loop keeps the row-by-row
+    original, whose random stream its runs were made with."""
+    g = np.clip(np.rint(X), space.lower_bounds, space.upper_bounds).astype(np.int64)
+    blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
+    need = DEPTHS[0] - (blocks != 0).sum(axis=2, keepdims=True)
+    if (need > 0).any():
+        # each empty slot gets a random key; the ``need`` lowest of a stage are filled
+        keys = np.where(blocks == 0, rng.random(blocks.shape), np.inf)
+        order = np.argsort(np.argsort(keys, axis=2), axis=2)
+        fill = order < need
+        blocks[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
+        g[:, 2:] = blocks.reshape(len(g), -1)
+    return space.canonical(g)
+
+
 def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
     """One exact complex key per genome: the mixed-radix value of each half of the genes (each below 2**53 for
     any search space, so exact in a float) as real and imaginary parts; equal keys mean equal genomes."""
@@ -181,7 +198,8 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         p2 = X[_tournament(len(X), pairs, rng)].astype(float)
         c1, c2 = _sbx(p1, p2, xl, xu, rng)
         kids = np.concatenate([c1, c2])
-        kids = space.repair(_pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation), rng)
+        kids = _repair(space, _pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation),
+                       rng)
         keys = _keys(kids, base)
         # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
         _, first = np.unique(np.concatenate([seen, keys]), return_index=True)

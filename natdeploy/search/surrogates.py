@@ -37,7 +37,8 @@ from natdeploy.space import GENOME_LENGTH, MAX_DEPTH, N_CHOICES, N_STAGES, Searc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Surrogate", "TrainableSurrogate", "NotFittedError", "RBFEnsemble", "GaussianProcess", "CART", "RandomForest", "MLP",
+__all__ = ["Surrogate", "TrainableSurrogate", "NotFittedError",
+           "RBFEnsemble", "GaussianProcess", "CART", "RandomForest", "MLP",
            "AdaptiveSwitching", "make_surrogate", "kendall_tau", "genome_features", "SURROGATE_NAMES", "ENCODINGS"]
 
 SURROGATE_NAMES = ("rbf", "gp", "cart", "rf", "mlp", "as")
