@@ -14,7 +14,8 @@ seeded per-block preference), so that it has the shape of a trained predictor.
   G generations; the best accuracy of its last population.
 
 Both make P + G * P accuracy evaluations. Reported per budget: best accuracy of each (mean over seeds), and each
-one's own time (everything except the accuracy and latency predictor calls), wall and CPU.
+one's own time: everything except the MLP's forward passes and the latency predictor's calls (building the MLP's
+one-hot input from genomes counts as the search's own work), wall-clock and CPU time of the searching thread.
 
     python benchmarks/search_engine.py [--space small] [--device cpu] [--budgets 6] [--generations 500] [--seeds 3]
 """
@@ -181,6 +182,7 @@ def main() -> None:
     n_classes = predictor.table.n_classes
     t0 = time.perf_counter()
     adapter = trained_predictor(space, layout, n_classes, seed=0)
+    net = adapter.model
     print(f"predictor: OFA-shaped MLP ({adapter.n_features} -> 400 x 3 -> 1, layout {layout}), fitted in "
           f"{time.perf_counter() - t0:.1f} s")
     fastest, slowest = latency_range(predictor, space, n_classes)
@@ -198,22 +200,26 @@ def main() -> None:
     for b in budgets:
         rows = []
         for seed in range(args.seeds):
-            found = {}
+            found, own = {}, {}
             for name, objectives in (("front", ("error", "latency")), ("best", ("error",))):
-                found[name] = search_front(space, adapter, {args.device: predictor}, {args.device: float(b)},
-                                           objectives=objectives, population=args.population,
-                                           generations=args.generations + 1, seed=seed, n_classes=n_classes)
-            acc_fn = Timed(adapter)
+                # only the MLP's forward pass counts as the predictor: building its input is the engine's job
+                adapter.model = mlp = Timed(net)
+                res = search_front(space, adapter, {args.device: predictor}, {args.device: float(b)},
+                                   objectives=objectives, population=args.population,
+                                   generations=args.generations + 1, seed=seed, n_classes=n_classes)
+                found[name] = res
+                own[name] = (res.timings["total_s"] - res.timings["latency_s"] - mlp.wall,
+                             res.timings["total_cpu_s"] - res.timings["latency_cpu_s"] - mlp.cpu)
+            adapter.model = mlp = Timed(net)
             lat_fn = Timed(lambda g: predictor.predict_genomes(space, g, n_classes))
             t, c = time.perf_counter(), time.thread_time()
-            base, base_evals = regularised_evolution(space, acc_fn, lat_fn, float(b), args.population,
+            base, base_evals = regularised_evolution(space, adapter, lat_fn, float(b), args.population,
                                                      args.generations, np.random.default_rng(seed))
-            base_wall = time.perf_counter() - t - acc_fn.wall - lat_fn.wall
-            base_cpu = time.thread_time() - c - acc_fn.cpu - lat_fn.cpu
+            base_wall = time.perf_counter() - t - mlp.wall - lat_fn.wall
+            base_cpu = time.thread_time() - c - mlp.cpu - lat_fn.cpu
             front, best = found["front"], found["best"]
             best_acc = [float(r.accuracy[r.best()]) if r.best() is not None else np.nan for r in (front, best)]
-            rows.append((*best_acc, base, front.n_evaluations, base_evals, front.timings["engine_s"],
-                         front.timings["engine_cpu_s"], base_wall, base_cpu))
+            rows.append((*best_acc, base, front.n_evaluations, base_evals, *own["front"], base_wall, base_cpu))
         r = np.array(rows)
         m = r.mean(axis=0)
         worst["front"] = min(worst["front"], float((r[:, 0] - r[:, 2]).min()))

@@ -394,7 +394,8 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
     # the engine's own time, wall-clock and this thread's CPU (the latter is what contention on shared cores
     # disturbs least)
     timings = {"total_s": total, "accuracy_s": model.seconds, "latency_s": latency_s,
-               "engine_s": total - model.seconds - latency_s,
+               "engine_s": total - model.seconds - latency_s, "total_cpu_s": cpu,
+               "accuracy_cpu_s": model.cpu_seconds, "latency_cpu_s": latency_cpu,
                "engine_cpu_s": cpu - model.cpu_seconds - latency_cpu}
     return SearchResult(space, X[order], ordered, columns, budgets, int(n_eval), timings)
 
