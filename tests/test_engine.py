@@ -224,3 +224,13 @@ def test_batch_repair_keeps_the_genome_rules():
 def test_polynomial_mutation_option(lat):
     res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=1, mutation=None, **SMALL)
     assert len(res) and (res.latency("cpu") <= 2.5).all()
+
+
+def test_initial_population_of_archs_or_genomes(lat):
+    archs = SPACE.sample(np.random.default_rng(3), 5)
+    a = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 3.0}, initial=archs, seed=0, **SMALL)
+    b = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 3.0}, initial=np.stack([SPACE.encode(x) for x in archs]),
+                     seed=0, **SMALL)
+    assert (a.genomes == b.genomes).all()
+    with pytest.raises(SearchEngineError, match="initial population: genome\\[0\\]=9 is out of range"):
+        search_front(SPACE, acc_genomes, {"cpu": lat}, initial=np.full((1, 22), 9), **SMALL)

@@ -281,12 +281,15 @@ def _start_population(space: SearchSpace, initial: Any, population: int, rng: np
                       feasible: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """The given genomes or Archs (a random ``population`` of them when more), then the smallest subnet, then random
     Archs, drawn first among those within the budgets (up to 20 batches), to fill the population."""
-    if initial is None or len(initial) == 0:
-        start = np.zeros((0, GENOME_LENGTH), dtype=np.int64)
-    elif isinstance(initial[0], Arch):
-        start = space.canonical(np.stack([space.encode(a) for a in initial]))
-    else:
-        start = space.canonical(space.check_genomes(np.asarray(initial)))
+    try:
+        if initial is None or len(initial) == 0:
+            start = np.zeros((0, GENOME_LENGTH), dtype=np.int64)
+        elif isinstance(initial[0], Arch):
+            start = space.canonical(np.stack([space.encode(a) for a in initial]))
+        else:
+            start = space.canonical(space.check_genomes(np.asarray(initial)))
+    except ValueError as exc:
+        raise SearchEngineError(f"initial population: {exc}") from None
     start = np.unique(start, axis=0) if len(start) else start
     if len(start) > population:
         return start[rng.permutation(len(start))[:population]]

@@ -38,15 +38,19 @@ def _crowding(F: np.ndarray, rank: np.ndarray) -> np.ndarray:
     if n == 0:
         return cd
     idx = np.arange(n)
+    first, last = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+    prev, nxt = np.empty(n), np.empty(n)
     for j in range(m):
         order = np.lexsort((F[:, j], rank))
         r, f = rank[order], F[order, j]
-        first = np.r_[True, r[1:] != r[:-1]]
-        last = np.r_[r[1:] != r[:-1], True]
+        np.not_equal(r[1:], r[:-1], out=first[1:])
+        last[:-1] = first[1:]
         lo = np.maximum.accumulate(np.where(first, idx, 0))
         hi = np.minimum.accumulate(np.where(last, idx, n - 1)[::-1])[::-1]
         span = f[hi] - f[lo]
-        gap = (np.r_[f[1:], f[-1]] - np.r_[f[0], f[:-1]]) / np.where(span > 0, span, 1.0)
+        prev[0], prev[1:] = f[0], f[:-1]
+        nxt[-1], nxt[:-1] = f[-1], f[1:]
+        gap = (nxt - prev) / np.where(span > 0, span, 1.0)
         gap[first | last] = np.inf
         cd[order] += gap
     return cd
@@ -153,13 +157,14 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
     g = np.clip(np.rint(X), space.lower_bounds, space.upper_bounds).astype(np.int64)
     blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
     need = DEPTHS[0] - (blocks != 0).sum(axis=2, keepdims=True)
-    if (need > 0).any():
+    rows = np.nonzero((need > 0).any(axis=(1, 2)))[0]
+    if len(rows):
         # each empty slot gets a random key; the ``need`` lowest of a stage are filled
-        keys = np.where(blocks == 0, rng.random(blocks.shape), np.inf)
-        order = np.argsort(np.argsort(keys, axis=2), axis=2)
-        fill = order < need
-        blocks[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
-        g[:, 2:] = blocks.reshape(len(g), -1)
+        sub = blocks[rows]
+        keys = np.where(sub == 0, rng.random(sub.shape), np.inf)
+        fill = np.argsort(np.argsort(keys, axis=2), axis=2) < need[rows]
+        sub[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
+        g[rows, 2:] = sub.reshape(len(rows), -1)
     return space.canonical(g)
 
 
