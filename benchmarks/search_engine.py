@@ -80,7 +80,7 @@ class Timed:
     """A callable whose time is added up (wall and this thread's CPU)."""
 
     def __init__(self, fn) -> None:
-        self.fn, self.wall, self.cpu, self.n = fn, 0.0, 0.0, 0
+        self.fn, self.wall, self.cpu = fn, 0.0, 0.0
 
     def __call__(self, *args):
         t, c = time.perf_counter(), time.thread_time()
