@@ -1,4 +1,5 @@
-"""NAT search: surrogates, the pymoo problem, the NAT loop, and its outputs."""
+"""NAT search: surrogates, the pymoo problem, the public search engine (:func:`search_front`), the NAT loop, and
+its outputs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from natdeploy.data import ImageData
 from natdeploy.distributed import Runtime, barrier, is_main
 from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.search.engine import (AccuracyModel, OFAAccuracyPredictor, SearchEngineError, SearchResult,
+                                     accuracy_model, genomes_to_archs, load_callable, search_front)
 from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError
 from natdeploy.search.html_report import write_report
 from natdeploy.search.report import best_record, check_budgets, pareto_front, summary_table, write_outputs
@@ -20,7 +23,9 @@ from natdeploy.supernet.hub import resolve_supernet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_search", "NATConfig", "NATSearch", "ArchiveEntry", "SearchError"]
+__all__ = ["run_search", "NATConfig", "NATSearch", "ArchiveEntry", "SearchError", "search_front", "SearchResult",
+           "SearchEngineError", "AccuracyModel", "accuracy_model", "load_callable", "genomes_to_archs",
+           "OFAAccuracyPredictor"]
 
 
 def initial_supernet(source: str, n_classes: int, width: float, seed: int,

@@ -27,7 +27,7 @@ from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.run_folder import STATE_VERSION, ArchiveEntry, RunFolder, RunFolderError, SearchState
 from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
-from natdeploy.space import SearchSpace
+from natdeploy.space import GENOME_LENGTH, SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet
 from natdeploy.train import evaluate_archs, train_epochs
 
@@ -270,15 +270,9 @@ class NATSearch:
                                    "total_s": round(time.perf_counter() - t0, 1)})
 
     def _nsga(self, surrogate: Any, it: int) -> np.ndarray:
-        from pymoo.algorithms.moo.nsga2 import NSGA2
-        from pymoo.algorithms.moo.nsga3 import NSGA3
-        from pymoo.operators.crossover.sbx import SBX
-        from pymoo.operators.mutation.pm import PM
-        from pymoo.operators.repair.rounding import RoundingRepair
-        from pymoo.optimize import minimize
-        from pymoo.util.ref_dirs import get_reference_directions
-
-        from natdeploy.search.problem import StageRepair
+        """Candidates from NSGA on the surrogate (pymoo, through the engine's shared core), seeded with the archive:
+        the final population's feasible genomes that are not in the archive yet."""
+        from natdeploy.search.engine import pymoo_population
 
         cfg = self.cfg
         seed = int(_rng(cfg.seed, it, 1).integers(2**31 - 1))
@@ -286,24 +280,14 @@ class NATSearch:
                              self.costs)
         # Start from the archive's genomes (NAT seeds the search with what it has evaluated), then random ones.
         rng = _rng(cfg.seed, it, 2)
-        start = canonical(np.array([e.genome for e in self.archive]))
+        start = (canonical(np.array([e.genome for e in self.archive])) if self.archive
+                 else np.zeros((0, GENOME_LENGTH), dtype=np.int64))
         extra = max(0, cfg.population - len(start))
         if extra:
             rand = np.stack([self.space.encode(a) for a in self.space.sample(rng, extra)])
             start = np.concatenate([start, rand])
         start = start[rng.permutation(len(start))[:cfg.population]] if len(start) > cfg.population else start
-        ops = dict(sampling=start.astype(float), crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-                   mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=StageRepair(self.space, seed),
-                   eliminate_duplicates=True)
-        if problem.n_obj <= 2:
-            algo = NSGA2(pop_size=cfg.population, **ops)
-        else:
-            ref = get_reference_directions("energy", problem.n_obj, cfg.population, seed=seed)
-            algo = NSGA3(ref_dirs=ref, pop_size=cfg.population, **ops)
-        res = minimize(problem, algo, ("n_gen", cfg.generations), seed=seed, verbose=False)
-        pop = res.pop
-        X = canonical(np.rint(pop.get("X")))
-        cv = pop.get("CV").ravel() if pop.get("CV") is not None else np.zeros(len(X))
+        X, cv = pymoo_population(problem, self.space, start, cfg.population, cfg.generations, seed)
         X = X[cv <= 0]
         seen = {tuple(e.genome) for e in self.archive}
         keep = [i for i, row in enumerate(X) if tuple(int(v) for v in row) not in seen]

@@ -11,7 +11,8 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.space import SearchSpace, madds, params
+from natdeploy.space import (GENOME_LENGTH, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, Arch, SearchSpace,
+                             choice_kernel_expand, layer_cost, layer_plan)
 
 OBJECTIVES = ("error", "latency", "madds", "params")
 
@@ -38,24 +39,40 @@ def repair_genomes(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) 
 
 @dataclass
 class CostCache:
-    """MAdds and params per genome, memoised (the search revisits genomes often)."""
+    """MAdds and params of a batch of genomes, by array indexing into per-(resolution, width, block, choice) costs
+    built once from :func:`natdeploy.space.layer_plan` (a subnet's cost is the sum of its layers' costs, and a
+    block's layer depends only on the resolution, width, slot and choice, never on the other blocks)."""
 
     space: SearchSpace
     n_classes: int
 
     def __post_init__(self) -> None:
-        self._cache: dict[tuple, tuple[int, int]] = {}
+        n_r, n_w = len(self.space.resolutions), len(self.space.widths)
+        self._block = np.zeros((2, n_r, n_w, N_BLOCKS, N_CHOICES), dtype=np.int64)
+        self._fixed = np.zeros((2, n_r, n_w), dtype=np.int64)
+        for ri, r in enumerate(self.space.resolutions):
+            for wi, w in enumerate(self.space.widths):
+                for c in range(N_CHOICES):
+                    k, e = choice_kernel_expand(c)
+                    arch = Arch(ks=[int(k)] * N_BLOCKS, e=[int(e)] * N_BLOCKS, d=[MAX_DEPTH] * N_STAGES, r=r, w=w)
+                    b = 0
+                    for layer in layer_plan(arch, self.n_classes):
+                        cost = layer_cost(layer)
+                        if layer.kind == "mbconv":
+                            self._block[:, ri, wi, b, c] = cost
+                            b += 1
+                        elif c == 0:
+                            self._fixed[:, ri, wi] += cost
 
     def __call__(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = []
-        for row in genomes:
-            key = tuple(int(v) for v in row)
-            if key not in self._cache:
-                arch = self.space.decode(row)
-                self._cache[key] = (madds(arch, self.n_classes), params(arch, self.n_classes))
-            out.append(self._cache[key])
-        arr = np.array(out, dtype=float).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, GENOME_LENGTH)
+        if not len(g):
+            return np.zeros(0), np.zeros(0)
+        ri, wi = g[:, 0], g[:, 1]
+        choice, active = self.space.block_choices(g)
+        per_block = self._block[:, ri[:, None], wi[:, None], np.arange(N_BLOCKS)[None, :], choice]
+        total = self._fixed[:, ri, wi] + (per_block * active).sum(axis=2)
+        return total[0].astype(float), total[1].astype(float)
 
 
 class NATProblem(Problem):

@@ -37,7 +37,8 @@ from natdeploy.space import GENOME_LENGTH, MAX_DEPTH, N_CHOICES, N_STAGES, Searc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Surrogate", "NotFittedError", "RBFEnsemble", "GaussianProcess", "CART", "RandomForest", "MLP",
+__all__ = ["Surrogate", "TrainableSurrogate", "NotFittedError",
+           "RBFEnsemble", "GaussianProcess", "CART", "RandomForest", "MLP",
            "AdaptiveSwitching", "make_surrogate", "kendall_tau", "genome_features", "SURROGATE_NAMES", "ENCODINGS"]
 
 SURROGATE_NAMES = ("rbf", "gp", "cart", "rf", "mlp", "as")
@@ -48,12 +49,18 @@ _CHUNK = 512  # query rows per RBF kernel block; measured 2-3x faster than 10k r
 
 @runtime_checkable
 class Surrogate(Protocol):
-    """What NAT needs of an accuracy predictor: fit on (genomes, targets), predict a batch of genomes."""
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "Surrogate":
-        ...
+    """What the search needs of an accuracy predictor: predict a batch of genomes (one row each). An already
+    trained predictor needs nothing else."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        ...
+
+
+@runtime_checkable
+class TrainableSurrogate(Surrogate, Protocol):
+    """A surrogate NAT refits on its archive every iteration: ``fit(genomes, targets)`` returns the fitted model."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "TrainableSurrogate":
         ...
 
 
@@ -514,9 +521,16 @@ class AdaptiveSwitching:
         return self.model.predict(X)
 
 
-def make_surrogate(name: str, seed: int, **options: Any) -> Surrogate:
-    """A new, unfitted surrogate by name (``rbf``, ``gp``, ``cart``, ``rf``, ``mlp``, ``as``); ``options`` go to
-    its constructor."""
+def make_surrogate(name: str | Surrogate, seed: int = 0, **options: Any) -> Surrogate:
+    """A new, unfitted surrogate by name (``rbf``, ``gp``, ``cart``, ``rf``, ``mlp``, ``as``), ``options`` going to
+    its constructor; or ``name`` itself when it is already a surrogate object (anything with ``predict``)."""
+    if not isinstance(name, str):
+        if not isinstance(name, Surrogate):
+            raise ValueError(f"a surrogate must be a name {list(SURROGATE_NAMES)} or an object with predict(X); "
+                             f"got {type(name).__name__}")
+        if options:
+            raise ValueError(f"options {sorted(options)} apply only to a surrogate made by name, not to {name!r}")
+        return name
     factories: dict[str, Callable[..., Surrogate]] = {**_CLASSES, "as": AdaptiveSwitching}
     if name not in factories:
         raise ValueError(f"unknown surrogate {name!r}; allowed: {list(SURROGATE_NAMES)}")

@@ -1,0 +1,246 @@
+"""NSGA-II on NumPy arrays, for the integer genomes of a :class:`SearchSpace`.
+
+Deb's NSGA-II with the operators NAT uses through pymoo (binary tournament on feasibility, rank and crowding; SBX
+with eta 15 on 90% of the pairs, each variable with probability 1/2; polynomial mutation with eta 20, one variable
+in n on average; rounding and :meth:`SearchSpace.repair`'s rule; offspring identical to a member or to each other
+dropped and re-drawn), each step one array operation over the population instead of pymoo's per-individual
+objects. Constraint handling is Deb's: feasible before infeasible, infeasible ranked by total violation.
+All randomness comes from the Generator passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from natdeploy.space import DEPTHS, MAX_DEPTH, N_CHOICES, N_STAGES, SearchSpace
+
+Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
+_MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are new to the population
+
+
+def _domination(F: np.ndarray) -> np.ndarray:
+    """D[i, j]: row i dominates row j (no worse in every objective, better in one). One objective at a time:
+    elementwise operations on (n, n) arrays are far cheaper than reductions over a length-2 axis."""
+    le = F[:, None, 0] <= F[None, :, 0]
+    lt = F[:, None, 0] < F[None, :, 0]
+    for j in range(1, F.shape[1]):
+        le &= F[:, None, j] <= F[None, :, j]
+        lt |= F[:, None, j] < F[None, :, j]
+    return le & lt
+
+
+def _crowding(F: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Crowding distance of every row within its front (all fronts at once); a front's extremes get inf."""
+    n, m = F.shape
+    cd = np.zeros(n)
+    if n == 0:
+        return cd
+    idx = np.arange(n)
+    first, last = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+    prev, nxt = np.empty(n), np.empty(n)
+    for j in range(m):
+        order = np.lexsort((F[:, j], rank))
+        r, f = rank[order], F[order, j]
+        np.not_equal(r[1:], r[:-1], out=first[1:])
+        last[:-1] = first[1:]
+        lo = np.maximum.accumulate(np.where(first, idx, 0))
+        hi = np.minimum.accumulate(np.where(last, idx, n - 1)[::-1])[::-1]
+        span = f[hi] - f[lo]
+        prev[0], prev[1:] = f[0], f[:-1]
+        nxt[-1], nxt[:-1] = f[-1], f[1:]
+        gap = (nxt - prev) / np.where(span > 0, span, 1.0)
+        gap[first | last] = np.inf
+        cd[order] += gap
+    return cd
+
+
+def rank_and_crowding(F: np.ndarray, CV: np.ndarray, needed: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, crowding) of each row. Feasible rows are ranked by non-dominated sorting until ``needed`` rows are
+    ranked (the rest get a rank past every front); infeasible rows follow, one rank each, by violation."""
+    n = len(F)
+    rank = np.full(n, n + 1, dtype=np.int64)
+    feas = np.nonzero(CV <= 0)[0]
+    r = 0
+    if len(feas):
+        D = _domination(F[feas])
+        count = D.sum(axis=0)
+        left = np.ones(len(feas), dtype=bool)
+        done = 0
+        while done < min(needed, len(feas)):
+            front = np.nonzero(left & (count == 0))[0]
+            rank[feas[front]] = r
+            left[front] = False
+            count -= D[front].sum(axis=0)
+            done += len(front)
+            r += 1
+    infeas = np.nonzero(CV > 0)[0]
+    if len(infeas):
+        order = infeas[np.lexsort((rng.random(len(infeas)), CV[infeas]))]
+        rank[order] = n + 2 + np.arange(len(order))
+    return rank, _crowding(F, rank)
+
+
+def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``n`` survivors, best first: whole fronts, the last one cut by crowding, ties at random.
+    Infeasible rows rank after every feasible one, by violation, so this one order also decides tournaments."""
+    rank, cd = rank_and_crowding(F, CV, n, rng)
+    return np.lexsort((rng.random(len(F)), -cd, rank))[:n]
+
+
+def _tournament(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` binary-tournament winners among a population sorted best first (as :func:`_survive` leaves it): the
+    better of two is the one with the lower index (lower violation, then rank, then larger crowding)."""
+    return np.minimum(rng.integers(0, n, k), rng.integers(0, n, k))
+
+
+def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator,
+         eta: float = 15.0, prob: float = 0.9, prob_var: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Bounded simulated binary crossover (Deb & Agrawal) of parent rows ``p1``, ``p2`` (floats); the spread
+    factors are computed only where a variable crosses over."""
+    n, m = p1.shape
+    do = (rng.random((n, 1)) < prob) & (rng.random((n, m)) < prob_var) & (np.abs(p1 - p2) > 1e-14)
+    rows, cols = np.nonzero(do)
+    a, b = p1[rows, cols], p2[rows, cols]
+    y1, y2 = np.minimum(a, b), np.maximum(a, b)
+    lo, hi = xl[cols], xu[cols]
+    delta = y2 - y1
+    u = rng.random(len(rows))
+    exp = 1.0 / (eta + 1.0)
+
+    def betaq(beta: np.ndarray) -> np.ndarray:
+        alpha = 2.0 - np.power(beta, -(eta + 1.0))
+        ua = u * alpha
+        return np.where(u <= 1.0 / alpha, ua, 1.0 / np.maximum(2.0 - ua, 1e-300)) ** exp
+
+    c1 = np.clip(0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - lo) / delta) * delta), lo, hi)
+    c2 = np.clip(0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (hi - y2) / delta) * delta), lo, hi)
+    swap = rng.random(len(rows)) < 0.5
+    k1, k2 = p1.copy(), p2.copy()
+    k1[rows, cols] = np.where(swap, c2, c1)
+    k2[rows, cols] = np.where(swap, c1, c2)
+    return k1, k2
+
+
+def _pm(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, eta: float = 20.0) -> np.ndarray:
+    """Bounded polynomial mutation (Deb), each variable with probability 1 / n_var (variables with a single value
+    never move)."""
+    n, m = X.shape
+    rows, cols = np.nonzero((rng.random((n, m)) < 1.0 / m) & (xu > xl))
+    x, lo, span = X[rows, cols], xl[cols], (xu - xl)[cols]
+    u = rng.random(len(rows))
+    d1, d2 = (x - lo) / span, (lo + span - x) / span
+    power = 1.0 / (eta + 1.0)
+    low = np.power(2.0 * u + (1.0 - 2.0 * u) * np.power(1.0 - d1, eta + 1.0), power) - 1.0
+    high = 1.0 - np.power(2.0 * (1.0 - u) + 2.0 * (u - 0.5) * np.power(1.0 - d2, eta + 1.0), power)
+    out = X.copy()
+    out[rows, cols] = np.clip(x + np.where(u <= 0.5, low, high) * span, lo, lo + span)
+    return out
+
+
+def _reset(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Random-reset mutation: each variable, with probability ``prob``, takes a uniformly random value in bounds
+    (the categorical counterpart of polynomial mutation, which after rounding rarely moves a small integer range)."""
+    do = rng.random(X.shape) < prob
+    rows, cols = np.nonzero(do)
+    out = X.copy()
+    out[rows, cols] = np.floor(xl[cols] + rng.random(len(rows)) * (xu[cols] - xl[cols] + 1.0))
+    return out
+
+
+def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:meth:`SearchSpace.repair`'s rule (round, clip, give every stage at least two blocks by filling random empty
+    slots with random choices, canonicalise) drawn for the whole batch at once; NAT's loop keeps the row-by-row
+    original, whose random stream its runs were made with."""
+    g = np.clip(np.rint(X), space.lower_bounds, space.upper_bounds).astype(np.int64)
+    blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
+    need = DEPTHS[0] - (blocks != 0).sum(axis=2, keepdims=True)
+    rows = np.nonzero((need > 0).any(axis=(1, 2)))[0]
+    if len(rows):
+        # each empty slot gets a random key; the ``need`` lowest of a stage are filled
+        sub = blocks[rows]
+        keys = np.where(sub == 0, rng.random(sub.shape), np.inf)
+        fill = np.argsort(np.argsort(keys, axis=2), axis=2) < need[rows]
+        sub[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
+        g[rows, 2:] = sub.reshape(len(rows), -1)
+    return space.canonical(g)
+
+
+def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """One exact complex key per genome: the mixed-radix value of each half of the genes (each below 2**53 for
+    any search space, so exact in a float) as real and imaginary parts; equal keys mean equal genomes."""
+    half = (X.shape[1] + 1) // 2
+    a, b = X[:, :half].astype(float) @ base[:half], X[:, half:].astype(float) @ base[half:]
+    return a + 1j * b
+
+
+def _radix(space: SearchSpace) -> np.ndarray:
+    size = space.upper_bounds.astype(float) + 1.0
+    half = (len(size) + 1) // 2
+    place = np.ones(len(size))
+    for part in (slice(0, half), slice(half, len(size))):
+        place[part] = np.concatenate([[1.0], np.cumprod(size[part][:-1])])
+        if np.prod(size[part]) >= 2.0 ** 53:
+            raise ValueError("genomes too wide for exact duplicate keys")
+    return place
+
+
+def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator,
+               mutation: float | None) -> np.ndarray:
+    """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
+    another offspring. Each round mates enough pairs for the share of new offspring the last round had."""
+    xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
+    base = _radix(space)
+    seen = _keys(X, base)
+    out: list[np.ndarray] = []
+    found = 0
+    share = 0.5
+    for _ in range(_MATING_ROUNDS):
+        pairs = min(8 * n, int(np.ceil((n - found) / (2 * share))))
+        p1 = X[_tournament(len(X), pairs, rng)].astype(float)
+        p2 = X[_tournament(len(X), pairs, rng)].astype(float)
+        c1, c2 = _sbx(p1, p2, xl, xu, rng)
+        kids = np.concatenate([c1, c2])
+        kids = _repair(space, _pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation),
+                       rng)
+        keys = _keys(kids, base)
+        # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
+        _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
+        new = np.sort(first[first >= len(seen)]) - len(seen)
+        out.append(kids[new])
+        seen = np.concatenate([seen, keys[new]])
+        found += len(new)
+        if found >= n:
+            break
+        share = max(len(new) / len(kids), 1.0 / 16)
+    return np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
+
+
+def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population: int, generations: int,
+          rng: np.random.Generator, mutation: float | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+    """Run NSGA-II from the canonical genomes ``start`` for ``generations`` (the first being ``start`` itself).
+    ``mutation``: None for polynomial mutation, else the per-variable probability of random-reset mutation.
+    ``evaluate(genomes)`` returns (objectives, total violation, all values by column). Returns the final
+    population's genomes, objectives, violations and values, and the number of evaluations."""
+    X = np.unique(np.asarray(start, dtype=np.int64).reshape(-1, len(space.lower_bounds)), axis=0)
+    X = X[rng.permutation(len(X))]
+    if not len(X):
+        raise ValueError("NSGA-II needs a non-empty start population")
+    F, CV, V = evaluate(X)
+    n_eval = len(X)
+    keep = _survive(F, CV, population, rng)
+    X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
+    for _ in range(generations - 1):
+        kids = _offspring(X, population, space, rng, mutation)
+        if not len(kids):
+            break  # every offspring the operators can make is already in the population
+        Fk, CVk, Vk = evaluate(kids)
+        n_eval += len(kids)
+        X, F, CV = np.concatenate([X, kids]), np.concatenate([F, Fk]), np.concatenate([CV, CVk])
+        V = {k: np.concatenate([V[k], Vk[k]]) for k in V}
+        keep = _survive(F, CV, population, rng)
+        X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
+    return X, F, CV, V, n_eval

@@ -1,0 +1,236 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.search import (NATConfig, NATSearch, OFAAccuracyPredictor, SearchEngineError, load_callable,
+                              search_front)
+from natdeploy.search.problem import CostCache
+from natdeploy.search.surrogates import Surrogate, make_surrogate
+from natdeploy.space import Arch, SearchSpace, madds, params
+
+SPACE = SearchSpace.preset("small", widths=[1.0])
+TABLE = Path(__file__).resolve().parents[1] / "latency_tables" / "cpu.json"
+W = np.random.default_rng(0).normal(size=22)
+SMALL = dict(population=12, generations=6)
+
+
+@pytest.fixture(scope="module")
+def lat():
+    return LatencyPredictor.load(TABLE)
+
+
+def acc_genomes(genomes):
+    """A smooth synthetic accuracy of genomes (bigger blocks, higher accuracy)."""
+    g = np.asarray(genomes, dtype=float)
+    return 0.5 + 0.02 * np.tanh(g @ W / 10) + 0.01 * (g[:, 2:] > 0).sum(1) / 20 + 0.005 * g[:, 0]
+
+
+def acc_archs(archs):
+    return acc_genomes(np.stack([SPACE.encode(a) for a in archs]))
+
+
+acc_archs.takes = "archs"
+
+
+def test_empty_initial_population_works(lat):
+    for initial in (None, [], np.zeros((0, 22), dtype=int)):
+        res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, initial=initial, seed=1, **SMALL)
+        assert len(res) > 0
+
+
+def test_nat_nsga_with_an_empty_archive(lat):
+    from natdeploy.run_folder import SearchState
+
+    cfg = NATConfig(population=8, generations=2)
+    state = SearchState(config=cfg.to_record(), devices=["cpu"], budgets={"cpu": 3.0},
+                        space={"name": "small", "resolutions": list(SPACE.resolutions), "widths": [1.0]},
+                        data={}, n_classes=10)
+    search = NATSearch(None, state, None, None, {"cpu": lat}, [])
+    X = np.stack([SPACE.encode(a) for a in SPACE.sample(np.random.default_rng(0), 10)]).astype(float)
+    out = search._nsga(make_surrogate("rbf", seed=0, n_members=5).fit(X, acc_genomes(X)), 1)
+    assert out.ndim == 2 and out.shape[1] == 22 and len(out) > 0
+
+
+def test_every_objective_value_agrees_with_the_predictors(lat):
+    res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, objectives=("error", "latency", "madds"),
+                       seed=2, **SMALL)
+    assert set(res.values) == {"accuracy", "error", "latency:cpu", "madds", "params"}
+    assert res.columns == ["error", "latency:cpu", "madds"]
+    np.testing.assert_allclose(res.accuracy, acc_genomes(res.genomes))
+    np.testing.assert_allclose(res.error, 1 - res.accuracy)
+    np.testing.assert_allclose(res.latency("cpu"), lat.predict(res.archs, 10))
+    assert res.madds.tolist() == [madds(a, 10) for a in res.archs]
+    assert res.params.tolist() == [params(a, 10) for a in res.archs]
+    assert [SPACE.decode(g) for g in res.genomes] == res.archs
+    rows = res.rows()
+    assert rows[0]["arch"] == str(res.archs[0]) and rows[0]["latency:cpu"] == pytest.approx(res.latency("cpu")[0])
+    # a front: no row dominates another in the searched columns
+    F = np.column_stack([res.values[c] for c in ["error", "latency:cpu", "madds"]])
+    dominated = ((F[:, None] <= F[None]).all(2) & (F[:, None] < F[None]).any(2))
+    assert not dominated.any()
+    assert res.timings["engine_s"] >= 0 and res.n_evaluations <= 12 * 6
+    with pytest.raises(SearchEngineError, match="no latency for device 'gpu'"):
+        res.latency("gpu")
+
+
+def test_callable_on_archs_and_on_genomes_find_the_same_front(lat):
+    a = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.0}, seed=3, **SMALL)
+    b = search_front(SPACE, acc_archs, {"cpu": lat}, {"cpu": 2.0}, seed=3, **SMALL)
+    c = search_front(SPACE, lambda archs: acc_archs(archs), {"cpu": lat}, {"cpu": 2.0}, seed=3, takes="archs",
+                     **SMALL)
+    assert (a.genomes == b.genomes).all() and (a.genomes == c.genomes).all()
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+
+
+def test_fitted_surrogate_predicting_error(lat):
+    X = np.stack([SPACE.encode(a) for a in SPACE.sample(np.random.default_rng(0), 40)]).astype(float)
+    surrogate = make_surrogate("rbf", seed=0, n_members=5).fit(X, 1 - acc_genomes(X))
+    res = search_front(SPACE, surrogate, {"cpu": lat}, {"cpu": 2.5}, predicts="error", seed=0, **SMALL)
+    np.testing.assert_allclose(res.error, surrogate.predict(res.genomes.astype(float)))
+
+
+def test_budgets_are_kept(lat):
+    for budget in (1.4, 2.0, 3.5):
+        res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": budget}, seed=4, **SMALL)
+        assert len(res) and (res.latency("cpu") <= budget).all()
+        assert res.best() is not None and res.best({"cpu": 0.0}) is None
+    with pytest.raises(SearchEngineError, match="no latency predictor"):
+        search_front(SPACE, acc_genomes, {"cpu": lat}, {"gpu": 2.0}, **SMALL)
+
+
+def test_deterministic_for_a_seed(lat):
+    for algorithm in ("fast", "pymoo"):
+        runs = [search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=s, algorithm=algorithm, **SMALL)
+                for s in (5, 5, 6)]
+        assert (runs[0].genomes == runs[1].genomes).all()
+        np.testing.assert_array_equal(runs[0].latency("cpu"), runs[1].latency("cpu"))
+        assert runs[0].genomes.shape != runs[2].genomes.shape or (runs[0].genomes != runs[2].genomes).any()
+
+
+def test_bad_accuracy_predictors_are_clear_errors(lat):
+    with pytest.raises(SearchEngineError, match="must be callable"):
+        search_front(SPACE, 3.0, {"cpu": lat}, **SMALL)
+    with pytest.raises(SearchEngineError, match="returned 1 values for"):
+        search_front(SPACE, lambda g: [0.5], {"cpu": lat}, **SMALL)
+    with pytest.raises(SearchEngineError, match="NaN"):
+        search_front(SPACE, lambda g: np.full(len(g), np.nan), {"cpu": lat}, **SMALL)
+    with pytest.raises(SearchEngineError, match="unknown objective"):
+        search_front(SPACE, acc_genomes, {"cpu": lat}, objectives=("error", "energy"), **SMALL)
+
+
+def test_load_callable():
+    assert load_callable("numpy:mean") is np.mean
+    assert load_callable("natdeploy.space:SearchSpace.preset") == SearchSpace.preset
+    with pytest.raises(SearchEngineError, match="module:function"):
+        load_callable("numpy.mean")
+    with pytest.raises(SearchEngineError, match="cannot import module 'no_such_module_xyz'"):
+        load_callable("no_such_module_xyz:f")
+    with pytest.raises(SearchEngineError, match="has no attribute 'nope'"):
+        load_callable("numpy:nope")
+    with pytest.raises(SearchEngineError, match="not a callable"):
+        load_callable("numpy:pi")
+
+
+def test_make_surrogate_accepts_a_trained_object():
+    class Trained:
+        def predict(self, X):
+            return np.zeros(len(X))
+
+    model = Trained()
+    assert isinstance(model, Surrogate)  # predict alone is enough
+    assert make_surrogate(model) is model
+    with pytest.raises(ValueError, match="options"):
+        make_surrogate(model, n_members=3)
+    with pytest.raises(ValueError, match="object with predict"):
+        make_surrogate(object())
+
+
+def test_cost_cache_equals_the_per_arch_count():
+    space = SearchSpace.preset("ofa")
+    archs = space.sample(np.random.default_rng(0), 30) + [space.smallest(), space.largest(1.2)]
+    m, p = CostCache(space, 1000)(np.stack([space.encode(a) for a in archs]))
+    assert m.tolist() == [madds(a) for a in archs] and p.tolist() == [params(a) for a in archs]
+
+
+def _ofa_reference_features(arch: Arch, layout: str, sizes=None) -> np.ndarray:
+    """OFA's encodings written out per Arch: one-hot kernel and expand per existing block, and the resolution."""
+    ks = np.zeros(60)
+    ex = np.zeros(60)
+    for s in range(5):
+        for j in range(arch.d[s]):
+            i = 4 * s + j
+            ks[3 * i + [3, 5, 7].index(arch.ks[i])] = 1
+            ex[3 * i + [3, 4, 6].index(arch.e[i])] = 1
+    if layout == "tutorial":
+        r = np.zeros(8)
+        r[(arch.r - 112) // 16] = 1
+        return np.concatenate([ks, ex, r])
+    r = np.zeros(len(sizes))
+    r[list(sizes).index(arch.r)] = 1
+    return np.concatenate([r, ks, ex])
+
+
+def test_ofa_predictor_adapter_with_an_mlp_of_the_same_shape(lat):
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    for i in range(3):
+        layers += [torch.nn.Linear(128 if i == 0 else 400, 400), torch.nn.ReLU()]
+    mlp = torch.nn.Sequential(*layers, torch.nn.Linear(400, 1))  # OFA's tutorial predictor's shape, untrained
+    space = SearchSpace.preset("ofa", widths=[1.0])
+    adapter = OFAAccuracyPredictor(mlp, space)
+    archs = space.sample(np.random.default_rng(1), 20)
+    genomes = np.stack([space.encode(a) for a in archs])
+    feats = adapter.features(genomes)
+    assert feats.shape == (20, 128)
+    np.testing.assert_array_equal(feats, np.stack([_ofa_reference_features(a, "tutorial") for a in archs]))
+    with torch.no_grad():
+        expected = mlp(torch.from_numpy(feats)).squeeze(1).numpy()
+    np.testing.assert_allclose(adapter(genomes), expected, rtol=1e-6)
+
+    res = search_front(space, adapter, {"cpu": lat}, {"cpu": 12.0}, seed=0, population=10, generations=3)
+    with torch.no_grad():
+        direct = mlp(torch.from_numpy(adapter.features(res.genomes))).squeeze(1).numpy()
+    np.testing.assert_allclose(res.accuracy, direct, rtol=1e-6)
+    assert (res.latency("cpu") <= 12.0).all()
+
+    sizes = (32, 40, 48, 56, 64, 72)
+    nas = OFAAccuracyPredictor(mlp, SPACE, layout="nas", image_sizes=sizes)
+    small = SPACE.sample(np.random.default_rng(2), 10)
+    np.testing.assert_array_equal(nas.features(np.stack([SPACE.encode(a) for a in small])),
+                                  np.stack([_ofa_reference_features(a, "nas", sizes) for a in small]))
+    with pytest.raises(SearchEngineError, match="112..239"):
+        OFAAccuracyPredictor(mlp, SPACE)
+
+
+def test_batch_repair_keeps_the_genome_rules():
+    from natdeploy.search.nsga import _repair
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 10, size=(300, 22)).astype(float) + rng.normal(0, 0.4, (300, 22))
+    raw[:, 0] = rng.uniform(-1, 6, 300)
+    raw[:, 1] = 0
+    raw[::3, 2:] = 0  # whole genomes of skipped blocks
+    fixed = _repair(SPACE, raw, rng)
+    SPACE.check_genomes(fixed)  # in bounds, two blocks or more per stage
+    assert (SPACE.canonical(fixed) == fixed).all()
+    valid = SPACE.repair(raw[1::3], np.random.default_rng(1))  # already valid rows come back as they were
+    assert (_repair(SPACE, valid.astype(float), rng) == valid).all()
+
+
+def test_polynomial_mutation_option(lat):
+    res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=1, mutation=None, **SMALL)
+    assert len(res) and (res.latency("cpu") <= 2.5).all()
+
+
+def test_initial_population_of_archs_or_genomes(lat):
+    archs = SPACE.sample(np.random.default_rng(3), 5)
+    a = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 3.0}, initial=archs, seed=0, **SMALL)
+    b = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 3.0}, initial=np.stack([SPACE.encode(x) for x in archs]),
+                     seed=0, **SMALL)
+    assert (a.genomes == b.genomes).all()
+    with pytest.raises(SearchEngineError, match="initial population: genome\\[0\\]=9 is out of range"):
+        search_front(SPACE, acc_genomes, {"cpu": lat}, initial=np.full((1, 22), 9), **SMALL)
