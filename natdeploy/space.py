@@ -291,10 +291,10 @@ class SearchSpace:
     def canonical(genomes: np.ndarray) -> np.ndarray:
         """Genomes as int64 with skipped blocks (gene 0) pushed to the end of each stage, the others kept in order:
         genomes of the same network become equal rows."""
-        g = np.asarray(genomes, dtype=np.int64).copy()
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, GENOME_LENGTH).copy()
         blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
         order = np.argsort(blocks == 0, axis=2, kind="stable")
-        g[:, 2:] = np.take_along_axis(blocks, order, axis=2).reshape(len(g), -1)
+        g[:, 2:] = np.take_along_axis(blocks, order, axis=2).reshape(len(g), N_BLOCKS)
         return g
 
     @staticmethod
@@ -344,7 +344,7 @@ class SearchSpace:
         for row, s in zip(*np.nonzero(need > 0)):
             genes, n = blocks[row, s], int(need[row, s])
             genes[rng.choice(np.nonzero(genes == 0)[0], n, replace=False)] = rng.integers(1, N_CHOICES + 1, n)
-        g[:, 2:] = blocks.reshape(len(g), -1)
+        g[:, 2:] = blocks.reshape(len(g), N_BLOCKS)
         return self.canonical(g)
 
     def encode(self, arch: Arch) -> np.ndarray:

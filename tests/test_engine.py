@@ -234,3 +234,27 @@ def test_initial_population_of_archs_or_genomes(lat):
     assert (a.genomes == b.genomes).all()
     with pytest.raises(SearchEngineError, match="initial population: genome\\[0\\]=9 is out of range"):
         search_front(SPACE, acc_genomes, {"cpu": lat}, initial=np.full((1, 22), 9), **SMALL)
+
+
+def test_cli_searches_with_a_plugged_in_accuracy_predictor(tmp_path, monkeypatch, capsys):
+    import json
+
+    from natdeploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["search", "--device", "cpu", "--max-latency", "2ms", "--resolutions", "32", "--population", "10",
+               "--generations", "5", "--accuracy-predictor", "plugged_accuracy:accuracy", "--name", "p"])
+    assert rc == 0
+    record = json.loads((tmp_path / "runs" / "p" / "front.json").read_text())
+    assert record["front"] and record["best"]["latency:cpu"] <= 2.0
+    assert "best within budget" in capsys.readouterr().out
+
+
+def test_cli_refuses_nat_flags_with_a_plugged_in_predictor(tmp_path, monkeypatch, capsys):
+    from natdeploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["search", "--device", "cpu", "--max-latency", "2ms", "--data", "x", "--accuracy-predictor",
+               "plugged_accuracy:accuracy"])
+    assert rc != 0 and "--data apply to NAT's own search" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

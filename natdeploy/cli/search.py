@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="parent folder of the run (default runs/)")
     p.add_argument("--name", help="run name (default <devices>-<space>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
+    p.add_argument("--accuracy-predictor", metavar="MODULE:FUNCTION",
+                   help="search with your own accuracy predictor (a callable on a batch of genomes, or of Archs when "
+                        "it has takes='archs') instead of NAT: no data, no supernet; writes <out>/<name>/front.json")
     g = p.add_argument_group("where and how it trains (see also torchrun)")
     g.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): CUDA when a GPU is visible, else the CPU")
@@ -160,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
     _check_loading_flags(args)
     space = SearchSpace.preset(args.space, resolutions=args.resolutions)
+    if args.accuracy_predictor:
+        return _run_plugged(args, space, devices, budgets, objectives)
     runtime = init_runtime(args.accelerator, args.precision)
     try:
         _set_threads(args.threads)
@@ -205,6 +210,51 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json report.html metrics.jsonl "
           f"supernet.pt")
     print(f"elapsed {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+# NAT flags that a plugged-in accuracy predictor does not use: refused with it, never ignored.
+_NAT_ONLY = ("data", "val", "train_per_class", "val_per_class", "iterations", "epochs_per_iter", "warmup_epochs",
+             "initial_archs", "candidates", "surrogate", "batch_size", "workers", "memory_budget", "threads")
+
+
+def _run_plugged(args: argparse.Namespace, space: Any, devices: list[str], budgets: dict[str, float],
+                 objectives: tuple[str, ...] | None) -> int:
+    """``--accuracy-predictor``: the search engine alone, with the user's predictor and the devices' tables."""
+    import json
+
+    from natdeploy.fileio import atomic_write_text
+    from natdeploy.latency.store import predictor_for
+    from natdeploy.search import load_callable, search_front
+
+    used = [f"--{k.replace('_', '-')}" for k in _NAT_ONLY if getattr(args, k) is not None]
+    used += [flag for flag, on in (("--supernet", args.supernet != "scratch"), ("--resume", args.resume),
+                                   ("--data-loading", args.data_loading != "auto"),
+                                   ("--accelerator", args.accelerator != "auto"),
+                                   ("--precision", args.precision != "fp32")) if on]
+    if used:
+        raise ConfigError(f"{', '.join(used)} apply to NAT's own search; --accuracy-predictor searches with your "
+                          "predictor alone")
+    accuracy = load_callable(args.accuracy_predictor)
+    predictors = {d: predictor_for(d) for d in devices}
+    quick = args.settings == "quick"
+    result = search_front(space, accuracy, predictors, budgets, objectives=objectives or ("error", "latency"),
+                          population=args.population or (40 if quick else 100),
+                          generations=args.generations or (50 if quick else 500), seed=args.seed)
+    run_dir = Path(args.out) / (args.name or f"{'-'.join(devices)}-{space.name}-plugged-s{args.seed}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best = result.best()
+    record = {"accuracy_predictor": args.accuracy_predictor, "budgets_ms": budgets, "front": result.rows(),
+              "best": None if best is None else result.rows()[best], "n_evaluations": result.n_evaluations}
+    atomic_write_text(run_dir / "front.json", json.dumps(record, indent=1) + "\n")
+    for row in record["front"][:12]:
+        lat = ", ".join(f"{k.split(':', 1)[1]} {v:.3f} ms" for k, v in row.items() if k.startswith("latency:"))
+        print(f"{row['arch']}  accuracy {100 * row['accuracy']:.2f}%  ({lat})")
+    if best is None:
+        print("\nno subnet the search met keeps every budget")
+    else:
+        print(f"\nbest within budget: {record['best']['arch']}  accuracy {100 * record['best']['accuracy']:.2f}%")
+    print(f"front of {len(result)} subnets ({result.n_evaluations} predictor evaluations) in {run_dir / 'front.json'}")
     return 0
 
 

@@ -1,0 +1,67 @@
+"""One NAT search across two gloo processes, started with torchrun as a user starts it, then resumed with one.
+
+The probe (tests/ddp_search_probe.py) runs the real ``natdeploy search`` entry point in every rank and records the
+parameters' digest after every training step, every run-folder write, and the final archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "tests" / "ddp_search_probe.py"
+TINY = ["--device", "cpu", "--max-latency", "2ms", "--settings", "quick", "--resolutions", "32",
+        "--warmup-epochs", "1", "--epochs-per-iter", "1", "--initial-archs", "4", "--population", "8",
+        "--generations", "2", "--candidates", "2", "--batch-size", "128", "--quiet", "--name", "ddp"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1", "NATDEPLOY_NO_PROGRESS": "1"}
+
+
+def torchrun(tmp: Path, nproc: int, flags: list[str]) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(PROBE),
+           str(tmp), "--", "search", *TINY, "--out", str(tmp / "runs"), *flags]
+    res = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    return tmp, torchrun(tmp, 2, ["--iterations", "1"])
+
+
+def test_two_ranks_train_identically_and_end_with_one_archive(two_process_run):
+    _, (r0, r1) = two_process_run
+    assert r0["digests"] and r0["digests"] == r1["digests"]  # bit-identical parameters after every step
+    assert r0["archive"] == r1["archive"] and len(r0["archive"]) >= 4
+    assert {e["iteration"] for e in r0["archive"]} == {0, 1}
+
+
+def test_only_rank_zero_writes_the_run_folder(two_process_run):
+    tmp, (r0, r1) = two_process_run
+    assert r1["writes"] == []
+    assert "write_checkpoint" in r0["writes"] and "write_outputs" in r0["writes"]
+    state = json.loads((tmp / "runs" / "ddp" / "state.json").read_text())
+    assert state["completed_iteration"] == 1 and len(state["archive"]) == len(r0["archive"])
+    steps = [json.loads(line) for line in (tmp / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len([s for s in steps if s["kind"] == "step"]) == len(r0["digests"])  # once, not once per rank
+
+
+def test_a_two_process_run_resumes_with_one_process(two_process_run):
+    tmp, (r0, _) = two_process_run
+    (tmp / "rank0.json").unlink()
+    (resumed,) = torchrun(tmp, 1, ["--resume", "--iterations", "2"])
+    assert len(resumed["archive"]) > len(r0["archive"])
+    assert {e["iteration"] for e in resumed["archive"]} == {0, 1, 2}
+    state = json.loads((tmp / "runs" / "ddp" / "state.json").read_text())
+    assert state["completed_iteration"] == 2
