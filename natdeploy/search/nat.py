@@ -117,9 +117,10 @@ class NATSearch:
                  predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry],
                  runtime: Runtime | None = None, checkpoint_every_s: float | None = 600.0) -> None:
         self.rt = runtime or LOCAL
-        self.run_dir, self.state, self.supernet = run_dir, state, supernet.to(self.rt.device)
+        self.run_dir, self.state = run_dir, state
+        self.supernet = supernet.to(self.rt.device) if supernet is not None else None
         # in-memory images go to the accelerator once, so batches are cut and augmented there
-        self.data = data.to(self.rt.device) if self.rt.device.type != "cpu" else data
+        self.data = data.to(self.rt.device) if data is not None and self.rt.device.type != "cpu" else data
         self.predictors, self.archive = predictors, archive
         self.checkpoint_every_s = checkpoint_every_s
         self.folder = RunFolder(run_dir) if run_dir is not None else None
