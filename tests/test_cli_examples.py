@@ -40,6 +40,9 @@ EXPENSIVE = {
         "the main command at all the preset's resolutions: longer still",
     "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa":
         "NAT's paper settings at 224 px on the user's own ImageFolder: hours",
+    "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa --supernet "
+    "ofa_mbv3_d234_e346_k357_w1.0 --accelerator cuda --precision bf16 --workers 8":
+        "needs a GPU, OFA's published checkpoint and the user's own ImageFolder",
     "natdeploy profile --device cpu":
         "profiles the whole small space with the spec's 20 timing rounds: tens of minutes",
     "natdeploy profile --device cpu --space ofa --resolutions 160 224 --e2e-samples 50":
