@@ -7,6 +7,8 @@ import platform
 import re
 from pathlib import Path
 
+from natdeploy.fileio import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -25,4 +27,4 @@ def record(section: str, body: str) -> None:
     block = f"## {section}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text.rstrip() + "\n")
+    atomic_write_text(RESULTS, text.rstrip() + "\n")
