@@ -128,6 +128,10 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
     for device in devices:
         out = DeviceLatency(device, budget_ms=budgets.get(device))
         predictor = _predict(device, arch, n_classes, predictors, out)
+        coverage = predictor.coverage_warning([arch], n_classes) if predictor is not None else None
+        if coverage:
+            out.notes.append(coverage)
+            warnings.append(f"{device}: {coverage}")
         try:
             spec = specs[device] if specs and device in specs else load_device(device)
         except NatDeployError as exc:
