@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Optional
 
 from natdeploy import __version__, settings
-from natdeploy.errors import NatDeployError
+from natdeploy.errors import ConfigError, NatDeployError
 
 USER_ERROR = 2  # the exit code of a NatDeployError (argparse uses 2 for bad flags too)
 BUG = 1
@@ -29,6 +30,9 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
          validate: Optional[Callable[[argparse.Namespace], None]]) -> int:
     """Validate the flags (before any slow work), then run the command with its table locations in effect."""
     folder = getattr(args, "tables", None)
+    creates = getattr(args, "command", None) == "profile" or getattr(args, "tables_command", None) == "import-ofa"
+    if folder and not creates and not Path(folder).is_dir():
+        raise ConfigError(f"--tables {folder} is not a folder; give the folder that holds your latency tables")
     if not folder:
         if validate is not None:
             validate(args)

@@ -56,6 +56,7 @@ def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     parse.__name__ = "integer"
+    parse.low = low  # type: ignore[attr-defined]  # tests/test_bad_input.py derives its out-of-range values
     return parse
 
 

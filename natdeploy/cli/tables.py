@@ -68,8 +68,9 @@ def run_refit(args: argparse.Namespace) -> int:
         if not -2 <= elasticity <= 2:
             raise ConfigError(f"--elasticity must be 'auto' or a number from -2 to 2, got {args.elasticity}")
     path = Path(args.table) if args.table else table_path(args.device)
-    if args.device and not path.is_file():
-        raise TableError(missing_table_message(args.device))
+    if not path.is_file():
+        raise TableError(missing_table_message(args.device) if args.device else
+                         f"latency table {path} does not exist; give the path of an existing table file")
     table = LatencyTable.load(path)
     if elasticity is None:  # the device spec's setting, where the table's device has one
         elasticity = (load_device(table.device).speed_elasticity if table.device in known_devices()

@@ -88,8 +88,8 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
         path = Path(path)
         if not path.is_file():
-            raise TableError(f"latency table {path} does not exist; give the path of an existing table file "
-                             "(`natdeploy devices` lists the devices with one)")
+            raise TableError(f"latency table {path} does not exist; build it with "
+                             f"`natdeploy profile --device {path.stem}`")
         try:
             raw = json.loads(path.read_text())
             if raw.get("format") != FORMAT:
