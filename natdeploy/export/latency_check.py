@@ -128,10 +128,6 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
     for device in devices:
         out = DeviceLatency(device, budget_ms=budgets.get(device))
         predictor = _predict(device, arch, n_classes, predictors, out)
-        coverage = predictor.coverage_warning([arch], n_classes) if predictor is not None else None
-        if coverage:
-            out.notes.append(coverage)
-            warnings.append(f"{device}: {coverage}")
         try:
             spec = specs[device] if specs and device in specs else load_device(device)
         except NatDeployError as exc:
@@ -147,6 +143,10 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
                 if out.measured_ms is not None and shipped != spec.precision:
                     out.notes.append(f"the file is {shipped} but the table measured {spec.precision} models: "
                                      "the prediction describes the latter")
+        coverage = predictor.coverage_warning([arch], n_classes) if predictor is not None else None
+        if coverage:  # after the measurement's own notes
+            out.notes.append(coverage)
+            warnings.append(f"{device}: {coverage}")
         if out.measured_ms is not None and out.budget_ms is not None:
             out.tolerance_ms = max(NOISE_FRACTION, out.relative_noise or 0.0) * out.budget_ms
             # at the table's machine speed where the anchor allows: the budget was set against its predictions
