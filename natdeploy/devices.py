@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ def devices_dir() -> Path:
 
 
 def tables_dir() -> Path:
-    """Where latency tables live: ``$NATDEPLOY_TABLES`` or the project's ``latency_tables/`` folder (a device's
-    table path is natdeploy.latency.store.table_path)."""
+    """Where new latency tables go: ``$NATDEPLOY_TABLES`` or the user's data folder (tables are looked up by
+    natdeploy.latency.store.table_path, which also reads the built-in ones)."""
     return settings.tables_dir()
 
 
@@ -130,7 +130,12 @@ class DeviceSpec:
         why = precision_problem(self.runtime, self.precision, self.gpu_delegate, self.transport)
         if why:
             raise ConfigError(f"device {self.name!r}: {why}")
-        object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
+        res = self.resolutions
+        if (not isinstance(res, (list, tuple))
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in res)):
+            raise ConfigError(f"device {self.name!r}: resolutions must be a list of positive integers (pixels), "
+                              f"got {res!r}")
+        object.__setattr__(self, "resolutions", tuple(res))
 
     def with_overrides(self, **changes: Any) -> "DeviceSpec":
         """A copy with the non-None values of ``changes`` applied (e.g. ``threads`` from the command line)."""
@@ -167,7 +172,11 @@ def load_device(name_or_path: str, folder: Path | None = None) -> DeviceSpec:
     if unknown:
         raise ConfigError(f"device spec {path} has unknown keys {unknown}; allowed: {sorted(allowed)}")
     raw.setdefault("name", path.stem)
+    required = [f.name for f in fields(DeviceSpec) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ConfigError(f"device spec {path} lacks the key(s) {missing}; every spec needs {required}")
     try:
         return DeviceSpec(**raw)
-    except TypeError as exc:
+    except (ConfigError, TypeError) as exc:
         raise ConfigError(f"device spec {path}: {exc}") from None

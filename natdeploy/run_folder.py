@@ -213,6 +213,11 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
+    def write_state(self, state: SearchState) -> None:
+        """Rewrite state.json alone, for a change that leaves the iteration (and so the supernet) as it is, such as
+        new budgets on resume."""
+        atomic_write_text(self.state_path, state.to_json())
+
     def write_outputs(self, front: Sequence[ArchiveEntry], record: dict, plot_png: bytes | None = None) -> None:
         """pareto.json (the front), best.json (``record``) and, when given, the rendered pareto.png."""
         atomic_write_text(self.path / self.PARETO, json.dumps([asdict(e) for e in front], indent=1) + "\n")

@@ -254,7 +254,8 @@ def test_cli_refuses_nat_flags_with_a_plugged_in_predictor(tmp_path, monkeypatch
     from natdeploy.cli import main
 
     monkeypatch.chdir(tmp_path)
-    rc = main(["search", "--device", "cpu", "--max-latency", "2ms", "--data", "x", "--accuracy-predictor",
+    (tmp_path / "data").mkdir()
+    rc = main(["search", "--device", "cpu", "--max-latency", "2ms", "--data", "data", "--accuracy-predictor",
                "plugged_accuracy:accuracy"])
     assert rc != 0 and "--data apply to NAT's own search" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()  # nothing written

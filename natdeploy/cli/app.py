@@ -10,14 +10,14 @@ from typing import Sequence
 from natdeploy import __version__
 from natdeploy.cli import arch, devices, export, predict, profile, report, search, supernets, tables
 from natdeploy.cli.errors import run_command
-from natdeploy.cli.parsing import add_common_flags, examples
+from natdeploy.cli.parsing import Parser, add_common_flags, examples
 
 COMMANDS = (devices, arch, profile, predict, search, export, report, tables, supernets)  # the order of `natdeploy --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; building it imports no torch, so ``--help`` and ``--version`` stay fast."""
-    ap = argparse.ArgumentParser(prog="natdeploy", description="Hardware-aware Neural Architecture Transfer.",
+    ap = Parser(prog="natdeploy", description="Hardware-aware Neural Architecture Transfer.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=examples(
                                      "natdeploy devices",
@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    return run_command(args.func, args)
+    module = {c.__name__.rsplit(".", 1)[-1]: c for c in COMMANDS}[args.command]
+    return run_command(args.func, args, validate=getattr(module, "validate", None))
 
 
 if __name__ == "__main__":

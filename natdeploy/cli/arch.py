@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, read_arch
+from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, positive_int, read_arch
 
 HELP = "Describe an Arch: MAdds, params, dict, genome."
 # A valid JSON form for the example: kernels and expand ratios of 20 blocks, depths of 5 stages.
@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 f"natdeploy arch '{_JSON_EXAMPLE}' --n-classes 10"))
     p.add_argument("arch", help="Arch string (w<width>-r<resolution>-<kernel/expand digit pairs per stage>) "
                                 "or JSON dict, or the path of an OFA net.config")
-    p.add_argument("--resolution", type=int, help=RESOLUTION_HELP)
-    p.add_argument("--n-classes", type=int, default=1000)
+    p.add_argument("--resolution", type=positive_int, help=RESOLUTION_HELP)
+    p.add_argument("--n-classes", type=positive_int, default=1000)
     p.add_argument("--space", help="also print the genome in this search-space preset (nat, ofa, small)")
     p.set_defaults(func=run)
 

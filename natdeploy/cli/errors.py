@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 from natdeploy import __version__, settings
-from natdeploy.errors import NatDeployError
+from natdeploy.errors import ConfigError, NatDeployError
 
 USER_ERROR = 2  # the exit code of a NatDeployError (argparse uses 2 for bad flags too)
 BUG = 1
@@ -17,21 +18,52 @@ BUG_NOTE = ("natdeploy {version}: this is a bug in natdeploy, not in your input.
             "natdeploy maintainers with the command line and the traceback above.")
 
 
-def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run one command; map what it raises to a message and an exit code.
+# What to do after Ctrl-C, per command (the documented way to continue; tests/test_bad_input.py runs it).
+RESUME_HINTS = {
+    "search": "interrupted; the run keeps its last checkpoint: continue it with the same command plus --resume",
+    "profile": "interrupted; the measured ops are kept: rerun the same command to continue where it stopped",
+    "export": "interrupted; nothing was published: rerun the same command to export again",
+}
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+         validate: Optional[Callable[[argparse.Namespace], None]]) -> int:
+    """Validate the flags (before any slow work), then run the command with its table locations in effect."""
+    folder = getattr(args, "tables", None)
+    creates = getattr(args, "command", None) == "profile" or getattr(args, "tables_command", None) == "import-ofa"
+    if folder and not creates and not Path(folder).is_dir():
+        raise ConfigError(f"--tables {folder} is not a folder; give the folder that holds your latency tables")
+    if not folder:
+        if validate is not None:
+            validate(args)
+        if not getattr(args, "table_files", None):
+            return func(args)
+    from natdeploy.latency.store import table_locations
+
+    if folder and validate is not None:
+        with table_locations(folder=folder):
+            validate(args)
+    with table_locations(folder=folder, files=getattr(args, "table_files", None)):
+        return func(args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+                validate: Optional[Callable[[argparse.Namespace], None]] = None) -> int:
+    """Run one command (after ``validate(args)``, where given); map what it raises to a message and an exit code.
 
     A :class:`NatDeployError` prints ``error: <message>``; ``NATDEPLOY_DEBUG=1`` re-raises it instead, with its
     traceback. Any other exception prints its traceback and a note that it is a bug.
     """
     try:
-        return func(args)
+        return _run(func, args, validate)
     except NatDeployError as exc:
         if settings.debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        hint = RESUME_HINTS.get(getattr(args, "command", None) or "", "interrupted; nothing more was done")
+        print(hint, file=sys.stderr)
         return INTERRUPTED
     except Exception:
         traceback.print_exc()

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from natdeploy.cli.parsing import RESOLUTION_HELP, add_command, examples, parse_budget, read_arch
+from natdeploy.cli.parsing import (RESOLUTION_HELP, add_command, add_table_flag, examples, looks_like_path, parse_budget,
+                                   positive_int, read_arch, table_files)
+from natdeploy.errors import ConfigError
 from natdeploy.export.options import ExportOptions
 
 HELP = ("Export one subnet as a verified bundle (model.tflite / model.onnx, labels.txt, metadata.json, "
@@ -33,32 +35,59 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="pick the most accurate archive Arch within this budget: 30ms for every device of the "
                            "run, or DEVICE=30ms (default: the run's own budgets)")
     pick.add_argument("--arch", help="export this Arch (string, JSON dict or OFA net.config path) from the run instead")
-    p.add_argument("--resolution", type=int, help=RESOLUTION_HELP)
+    p.add_argument("--resolution", type=positive_int, help=RESOLUTION_HELP)
     p.add_argument("--format", default=formats if isinstance(formats, str) else ",".join(formats),
                    help="comma list of tflite, onnx (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="quantise model.tflite to int8 (post-training, calibrated)")
     p.add_argument("--int8-io", action="store_true", help="with --int8: int8 input and output tensors too")
-    p.add_argument("--calibration-images", type=int, default=d("calibration_images"),
+    p.add_argument("--calibration-images", type=positive_int, default=d("calibration_images"),
                    help="training images for int8 calibration (default %(default)s)")
-    p.add_argument("--parity-images", type=int, default=d("parity_images"),
+    p.add_argument("--parity-images", type=positive_int, default=d("parity_images"),
                    help="validation images for the fp32 parity check (default %(default)s)")
-    p.add_argument("--bn-images", type=int, default=d("bn_images"),
+    p.add_argument("--bn-images", type=positive_int, default=d("bn_images"),
                    help="training images for BN recalibration (default: the run's bn_batches x 256)")
-    p.add_argument("--val-limit", type=int, default=d("val_limit"),
+    p.add_argument("--val-limit", type=positive_int, default=d("val_limit"),
                    help="use at most this many validation images for accuracy")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
-    p.add_argument("--opset", type=int, default=d("opset"), help="ONNX opset (default %(default)s, the least allowed)")
+    p.add_argument("--opset", type=positive_int, default=d("opset"), help="ONNX opset (default %(default)s, the least allowed)")
     p.add_argument("--out", help="bundle folder (default <RUN_DIR>/bundle-<arch>, or ./bundle-<arch>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder and zip")
     p.add_argument("--supernet", help="supernet checkpoint (natdeploy or OFA) for an ARCH_SPEC export")
     p.add_argument("--data", help="ImageFolder directory, or 'digits', for BN recalibration, calibration and "
                                   "validation (default: the run's own data; none for ARCH_SPEC)")
-    p.add_argument("--data-size", type=int, help="storage size for --data images (default: the run's, else the "
+    p.add_argument("--data-size", type=positive_int, help="storage size for --data images (default: the run's, else the "
                                                  "Arch's resolution)")
     p.add_argument("--device", action="append",
                    help="device to measure and predict (repeatable; default: the run's devices)")
     p.add_argument("--no-latency", action="store_true", help="skip latency prediction and measurement")
+    add_table_flag(p)
     p.set_defaults(func=run)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse what cannot work before any slow work: a missing source, data or supernet file."""
+    source = Path(args.source)
+    if not source.is_dir() and looks_like_path(args.source) and not source.exists():
+        raise ConfigError(f"{args.source} does not exist; give a run folder that `natdeploy search` wrote, or an "
+                          "Arch string with --supernet")
+    if args.data and args.data != "digits" and not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data} is not a folder; give an ImageFolder directory, or 'digits'")
+    if args.data_size is not None and not args.data:
+        raise ConfigError("--data-size applies only with --data, which is not given")
+    if args.supernet and looks_like_path(args.supernet) and not Path(args.supernet).is_file():
+        raise ConfigError(f"--supernet {args.supernet} does not exist; give a checkpoint file or an OFA name "
+                          "(`natdeploy supernets` lists them)")
+    args.table_files = table_files(args.table, args.device)
+
+
+def _check_devices(devices: list[str] | None) -> None:
+    """Each --device must be a known spec or have a table: a typo must not export with latency "not measured"."""
+    from natdeploy.devices import known_devices
+    from natdeploy.latency.store import has_table, missing_table_message
+
+    for device in devices or ():
+        if device not in known_devices() and not has_table(device):
+            raise ConfigError(f"--device: {missing_table_message(device)}")
 
 
 def _data(args: argparse.Namespace) -> Any:
@@ -100,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     quiet = getattr(args, "quiet", False)  # absent when the parser lacks the common flags (tests build their own)
     say = None if quiet else (lambda msg: print(f"[natdeploy] {msg}", file=sys.stderr, flush=True))
+    _check_devices(args.device)
     source = args.source if Path(args.source).is_dir() else str(read_arch(args.source, args.resolution))
     res = export_bundle(source, args.out, options(args), on_event=say)
     meta = res.metadata

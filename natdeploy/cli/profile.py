@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from natdeploy.cli.parsing import add_command, examples
+from natdeploy.cli.parsing import add_command, check_resolutions, examples, positive_int, seed_int
 from natdeploy.errors import ConfigError
 
-HELP = "Measure a device's op latencies and whole subnets into latency_tables/<device>.json."
+HELP = ("Measure a device's op latencies and whole subnets into a latency table (default <tables folder>/<device>.json: "
+        "your data folder, or --tables DIR).")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy profile --device pixel4 --threads 4 --cpu-mask f0 --out latency_tables/pixel4-4t.json"))
     p.add_argument("--device", required=True, help="device name (see `natdeploy devices`) or path to a .yaml")
     p.add_argument("--space", help="search-space preset (default: the device spec's)")
-    p.add_argument("--resolutions", type=int, nargs="+", help="resolutions to profile (default: spec's, else space's)")
-    p.add_argument("--e2e-samples", type=int, default=30, help="random whole subnets to measure (default 30)")
-    p.add_argument("--threads", type=int, help="override the spec's thread count")
+    p.add_argument("--resolutions", type=positive_int, nargs="+",
+                   help="resolutions to profile (default: spec's, else space's)")
+    p.add_argument("--e2e-samples", type=positive_int, default=30, help="random whole subnets to measure (default 30)")
+    p.add_argument("--threads", type=positive_int, help="override the spec's thread count")
     p.add_argument("--cpu-mask", help="override the spec's CPU affinity mask (hex): taskset on a phone, this "
                    "process's affinity on a local CPU spec")
     p.add_argument("--serial", help="phones: ADB serial, host:port for Wi-Fi debugging or a USB serial (default: "
@@ -31,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                               "(default: the spec's benchmark_binary)")
     p.add_argument("--keep-remote", action="store_true", help="phones: leave the pushed binary and models on the "
                                                               "phone (default: remove them at the end)")
-    p.add_argument("--n-classes", type=int, default=1000, help="classifier width to profile (default 1000)")
-    p.add_argument("--out", help="table path (default latency_tables/<device>.json)")
+    p.add_argument("--n-classes", type=positive_int, default=1000, help="classifier width to profile (default 1000)")
+    p.add_argument("--out", "--table", dest="out", help="table path (default <tables folder>/<device>.json)")
     p.add_argument("--force", action="store_true", help="add to a table measured under other conditions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=run)
 
 
@@ -49,11 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if adb_flags and spec.transport != "adb":
         raise ConfigError(f"{', '.join(adb_flags)} only apply to phones (transport adb); device {spec.name!r} uses "
                           f"transport {spec.transport!r}")
+    if args.benchmark_binary and not Path(args.benchmark_binary).expanduser().is_file():
+        raise ConfigError(f"--benchmark-binary {args.benchmark_binary} does not exist; give the path of TFLite's "
+                          "benchmark_model built for the phone")
     binary = str(Path(args.benchmark_binary).expanduser().resolve()) if args.benchmark_binary else None
     spec = spec.with_overrides(threads=args.threads, cpu_mask=args.cpu_mask, serial=args.serial,
                                benchmark_binary=binary,
                                extra={**spec.extra, "keep_remote": True} if args.keep_remote else None)
     space = SearchSpace.preset(args.space or spec.space)
+    check_resolutions(space.name, args.resolutions)
     res = profile_device(spec, space, resolutions=args.resolutions, e2e_samples=args.e2e_samples,
                          n_classes=args.n_classes, out=args.out, force=args.force, seed=args.seed, quiet=args.quiet)
     print(f"{res.table_path}: {res.n_ops} ops ({res.n_ops_measured_now} measured now), {res.n_e2e} whole subnets, "

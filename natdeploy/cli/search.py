@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from natdeploy import settings
-from natdeploy.cli.parsing import add_command, examples, parse_budget, parse_bytes, per_device
+from natdeploy.cli.parsing import (add_command, add_table_flag, check_resolutions, examples, int_at_least,
+                                   looks_like_path, non_negative_int, parse_budget, parse_bytes, per_device,
+                                   positive_int, seed_int, table_files)
 from natdeploy.errors import ConfigError
 
 HELP = "Run NAT: adapt the supernet to your data while searching subnets for the devices."
@@ -31,25 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-latency", nargs="+", help="budget: 30ms, one per device, or DEVICE=30ms")
     p.add_argument("--data", help="ImageFolder directory (default: scikit-learn's bundled digits)")
     p.add_argument("--val", help="validation ImageFolder (default: a seeded 20%% split of --data)")
-    p.add_argument("--train-per-class", type=int, help="use a seeded subset of this many training images per class")
-    p.add_argument("--val-per-class", type=int, help="use at most this many validation images per class")
+    p.add_argument("--train-per-class", type=positive_int, help="use a seeded subset of this many training images per class")
+    p.add_argument("--val-per-class", type=positive_int, help="use at most this many validation images per class")
     p.add_argument("--supernet", default="scratch", help="'scratch' (default), an OFA or natdeploy checkpoint path, or an OFA name such as "
                    "ofa_mbv3_d234_e346_k357_w1.0 (fetched once into the cache; `natdeploy supernets` lists them)")
     p.add_argument("--space", default="small", help="search-space preset: small (default), ofa, nat")
-    p.add_argument("--resolutions", type=int, nargs="+", help="override the preset's resolutions")
+    p.add_argument("--resolutions", type=positive_int, nargs="+", help="override the preset's resolutions")
     p.add_argument("--objectives", help="comma list from error,latency,madds,params (default error,latency)")
     p.add_argument("--settings", choices=["paper", "quick"], default="paper",
                    help="paper: NAT's reference settings (default); quick: a few-minute demo run")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--epochs-per-iter", type=int)
-    p.add_argument("--warmup-epochs", type=int, help="sandwich-rule epochs before searching from scratch")
-    p.add_argument("--initial-archs", type=int)
-    p.add_argument("--population", type=int)
-    p.add_argument("--generations", type=int)
-    p.add_argument("--candidates", type=int, help="subnets evaluated per iteration")
+    p.add_argument("--iterations", type=positive_int)
+    p.add_argument("--epochs-per-iter", type=positive_int)
+    p.add_argument("--warmup-epochs", type=non_negative_int, help="sandwich-rule epochs before searching from scratch")
+    p.add_argument("--initial-archs", type=int_at_least(2), help="subnets of the initial archive (at least 2: "
+                   "the smallest and the largest)")
+    p.add_argument("--population", type=int_at_least(2))
+    p.add_argument("--generations", type=positive_int)
+    p.add_argument("--candidates", type=positive_int, help="subnets evaluated per iteration")
     p.add_argument("--surrogate", choices=["rbf", "gp", "cart", "rf", "mlp", "as"])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default="runs", help="parent folder of the run (default runs/)")
     p.add_argument("--name", help="run name (default <devices>-<space>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
@@ -72,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-minutes", type=float, default=10.0,
                    help="save the training state inside long phases at least this often (default 10; also "
                         "after every epoch)")
+    add_table_flag(p)
     p.set_defaults(func=run)
 
 
@@ -179,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.data and not quiet:
             print("note: no --data given; searching on scikit-learn's bundled digits (the embedded default)",
                   file=sys.stderr)
-        predictors = {d: predictor_for(d) for d in devices}
+        predictors = {d: predictor_for(d, table=args.table_files.get(d)) for d in devices}
         overrides = {k: v for k, v in {
             "iterations": args.iterations, "epochs_per_iter": args.epochs_per_iter,
             "warmup_epochs": args.warmup_epochs, "initial_archs": args.initial_archs,
@@ -236,7 +240,7 @@ def _run_plugged(args: argparse.Namespace, space: Any, devices: list[str], budge
         raise ConfigError(f"{', '.join(used)} apply to NAT's own search; --accuracy-predictor searches with your "
                           "predictor alone")
     accuracy = load_callable(args.accuracy_predictor)
-    predictors = {d: predictor_for(d) for d in devices}
+    predictors = {d: predictor_for(d, table=args.table_files.get(d)) for d in devices}
     quick = args.settings == "quick"
     result = search_front(space, accuracy, predictors, budgets, objectives=objectives or ("error", "latency"),
                           population=args.population or (40 if quick else 100),
@@ -285,3 +289,41 @@ def _set_threads(threads: int | None) -> None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
         threads = max(1, len(os.sched_getaffinity(0)) // max(1, local))
     torch.set_num_threads(threads)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check the search's flags together before any slow work (and before a run folder exists); make paths
+    absolute, so that the run records where its data and supernet are wherever it is exported from."""
+    devices = list(dict.fromkeys(args.device))
+    parse_budget(args.max_latency, "--max-latency", devices)
+    parse_objectives(args.objectives)
+    from natdeploy.space import SearchSpace
+
+    SearchSpace.preset(args.space)  # an unknown preset is named before anything else
+    check_resolutions(args.space, args.resolutions)
+    image_folder_only = [f for f, v in (("--val", args.val), ("--train-per-class", args.train_per_class),
+                                        ("--val-per-class", args.val_per_class)) if v is not None]
+    if image_folder_only and not args.data:
+        raise ConfigError(f"{', '.join(image_folder_only)} apply only with --data, which is not given (the default data, "
+                          "scikit-learn's digits, has its own split)")
+    for flag, value in (("--data", args.data), ("--val", args.val)):
+        if value is not None:
+            if not Path(value).is_dir():
+                raise ConfigError(f"{flag} {value} is not a folder; give an ImageFolder directory (one sub-folder "
+                                  "per class)")
+            setattr(args, flag[2:], str(Path(value).resolve()))
+    if args.supernet != "scratch" and looks_like_path(args.supernet):
+        if not Path(args.supernet).is_file():
+            raise ConfigError(f"--supernet {args.supernet} does not exist; give a checkpoint file, 'scratch', or an "
+                              "OFA name (`natdeploy supernets` lists them)")
+        args.supernet = str(Path(args.supernet).resolve())
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give the folder that holds run folders")
+    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name):
+        raise ConfigError(f"--name {args.name!r} must be a plain folder name (no '/')")
+    args.table_files = table_files(args.table, devices)
+    from natdeploy.latency.store import has_table, missing_table_message
+
+    for device in devices:
+        if device not in args.table_files and not has_table(device):
+            raise ConfigError(missing_table_message(device))

@@ -76,6 +76,8 @@ def _check_options(formats: list[str], opts: ExportOptions) -> None:
         raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
     if bn_images is not None and bn_images < 1:
         raise ExportError(f"--bn-images must be at least 1, got {bn_images}")
+    if opts.val_limit is not None and opts.val_limit < 1:
+        raise ExportError(f"--val-limit must be at least 1, got {opts.val_limit}")
     if opset < verify.MIN_OPSET:
         raise ExportError(f"ONNX opset {opset} is too old; use {verify.MIN_OPSET} or newer")
 

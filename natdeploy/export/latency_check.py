@@ -167,6 +167,10 @@ def check_latency(arch: Arch, n_classes: int, devices: Sequence[str], files: Map
                 out.notes.append(mismatch)
                 warnings.append(mismatch)
                 log.warning(mismatch)
+        coverage = predictor.coverage_warning([arch], n_classes) if predictor is not None else None
+        if coverage:  # after the measurement's own notes
+            out.notes.append(coverage)
+            warnings.append(f"{device}: {coverage}")
         if out.measured_ms is not None and out.budget_ms is not None:
             out.tolerance_ms = max(NOISE_FRACTION, out.relative_noise or 0.0) * out.budget_ms
             # at the table's machine speed where the anchor allows: the budget was set against its predictions

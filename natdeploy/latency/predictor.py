@@ -156,6 +156,9 @@ MODEL_VERSION = 2
 SMALL_BATCH = 32  # up to this many rows, the residual model is walked with NumPy (_TreeArrays), not XGBoost
 
 
+ESTIMATED_SHARE_WARN = 0.05  # warn when more of a prediction than this comes from outside the table
+
+
 @dataclass
 class Prediction:
     """A prediction and its parts."""
@@ -347,6 +350,24 @@ class LatencyPredictor:
             out.append(Prediction(float(latency), lut, float(ms[missing].sum()), len(ops), int(missing.sum()),
                                   float(latency) / lut))
         return out
+
+    def coverage_warning(self, archs: Sequence[Arch], n_classes: int | None = None,
+                         threshold: float = ESTIMATED_SHARE_WARN) -> str | None:
+        """A warning when more than ``threshold`` of the op latency of ``archs`` (taken together) is estimated
+        by the regressors for ops the table never measured; None when the table covers them."""
+        parts = self.predict_parts(list(archs), n_classes)
+        lut = sum(p.lut_ms for p in parts)
+        estimated = sum(p.estimated_ms for p in parts)
+        share = estimated / lut if lut > 0 else 0.0
+        if share <= threshold:
+            return None
+        prov = self.table.provenance
+        n_missing, n_ops = sum(p.n_missing for p in parts), sum(p.n_ops for p in parts)
+        what = f"{len(parts)} subnets" if len(parts) > 1 else str(archs[0])
+        return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
+                f"of {n_ops} ops outside table {self.table.device!r}, which measured resolutions "
+                f"{prov.get('resolutions')} and widths {prov.get('widths')}); profile these resolutions or widths "
+                "for a measured prediction")
 
     # ----- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, space_ops
 from natdeploy.latency.predictor import fit_table
 from natdeploy.latency.speed import implied_anchor_ms
-from natdeploy.latency.store import predictor_for, table_path
+from natdeploy.latency.store import new_table_path, predictor_for
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.settings import progress_disable
 from natdeploy.space import Arch, SearchSpace
@@ -59,7 +59,7 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
              quiet: bool) -> ProfileResult:
     from tqdm.auto import tqdm
 
-    out = Path(out) if out else table_path(spec.name)
+    out = Path(out) if out else new_table_path(spec.name)
     provenance = backend.describe()
     statistic = backend.statistic
     if out.exists():

@@ -4,18 +4,22 @@ its outputs."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from natdeploy.data import ImageData
 from natdeploy.distributed import Runtime, barrier, is_main
+from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search.engine import (AccuracyModel, OFAAccuracyPredictor, SearchEngineError, SearchResult,
                                      accuracy_model, genomes_to_archs, load_callable, search_front)
 from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError
 from natdeploy.search.html_report import write_report
+from natdeploy.run_folder import RunFolder
 from natdeploy.search.report import best_record, check_budgets, pareto_front, summary_table, write_outputs
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet
@@ -42,6 +46,80 @@ def initial_supernet(source: str, n_classes: int, width: float, seed: int,
     return load_supernet(resolve_supernet(source), n_classes=n_classes)
 
 
+# The flag that sets each NATConfig field (the CLI's names, for messages); other fields come from --settings.
+CONFIG_FLAGS = {"iterations": "--iterations", "epochs_per_iter": "--epochs-per-iter", "warmup_epochs": "--warmup-epochs",
+                "initial_archs": "--initial-archs", "population": "--population", "generations": "--generations",
+                "candidates_per_iter": "--candidates", "surrogate": "--surrogate", "batch_size": "--batch-size",
+                "objectives": "--objectives", "seed": "--seed"}
+_AT_LEAST = {"iterations": 0, "initial_archs": 2, "population": 2, "generations": 1, "candidates_per_iter": 1,
+             "top_archs": 1, "subnets_per_step": 1, "epochs_per_iter": 1, "warmup_epochs": 0, "batch_size": 1,
+             "bn_batches": 1}
+COVERAGE_SAMPLE = 200  # random subnets over which a search checks how much of its latency a table measured
+
+
+def check_inputs(data: ImageData, budgets: dict[str, float], config: NATConfig) -> None:
+    """Refuse data, budgets and settings that cannot give a meaningful search, before anything is written."""
+    for name, low in _AT_LEAST.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < low:
+            raise SearchError(f"{CONFIG_FLAGS.get(name, name)} must be an integer of at least {low}, got {value!r}")
+    bad = {d: b for d, b in budgets.items() if not (b > 0 and math.isfinite(b))}
+    if bad:
+        raise SearchError(f"budgets must be positive, finite milliseconds, got {bad}")
+    if data.n_classes < 2:
+        raise SearchError(f"the data has {data.n_classes} class ({', '.join(data.classes)}); classification needs "
+                          "at least 2 (one sub-folder per class)")
+    per_class = np.bincount(np.asarray(data.train_y.cpu()), minlength=data.n_classes)
+    empty = [c for c, n in zip(data.classes, per_class) if n == 0]
+    if empty:
+        raise SearchError(f"no training images of class(es) {empty[:5]} after the split; give more images per class "
+                          "or a separate --val folder")
+    if len(data.val_y) == 0:
+        raise SearchError("the validation split is empty; give more images per class or a --val folder")
+
+
+def _resume_changes(run_dir: Path, budgets: dict[str, float], space: SearchSpace, config: NATConfig,
+                    supernet: str, extend: bool) -> dict[str, float] | None:
+    """Compare what a resume asks for with what the run recorded: refuse a change of settings, space or supernet
+    (naming the flag); return the new budgets where only those changed (None: the same)."""
+    folder = RunFolder(run_dir)
+    if not folder.has_state():
+        raise SearchError(f"{run_dir} holds no search to resume (no {folder.STATE}); drop --resume to start it")
+    try:
+        state = folder.read_state()
+    except NatDeployError as exc:
+        raise SearchError(str(exc)) from None
+    recorded = NATConfig.from_record(state.config, str(folder.state_path)).to_record()
+    asked = config.to_record()
+    changed = [k for k in asked if k in recorded and asked[k] != recorded[k] and not (k == "iterations" and extend)]
+    if changed:
+        flags = sorted({CONFIG_FLAGS.get(k, "--settings") for k in changed})
+        detail = ", ".join(f"{k} {recorded[k]!r} -> {asked[k]!r}" for k in changed[:4])
+        raise SearchError(f"--resume with changed {' '.join(flags)} ({detail}); {run_dir} was searched with other "
+                          "settings: resume with the original flags, or start a new run (--name)")
+    if state.supernet_source != str(supernet):
+        raise SearchError(f"--resume with changed --supernet ({state.supernet_source} -> {supernet}); resume with "
+                          f"--supernet {state.supernet_source}, or start a new run (--name)")
+    if list(state.space["resolutions"]) != list(space.resolutions) or state.space.get("name") != space.name:
+        raise SearchError(f"--resume with changed --space/--resolutions ({state.space.get('name')} "
+                          f"{state.space['resolutions']} -> {space.name} {list(space.resolutions)}); resume with the "
+                          "original flags, or start a new run (--name)")
+    recorded_budgets = {d: float(b) for d, b in state.budgets.items()}
+    return dict(budgets) if dict(budgets) != recorded_budgets else None
+
+
+def coverage_notes(predictors: dict[str, LatencyPredictor], space: SearchSpace, n_classes: int,
+                   seed: int = 0) -> list[str]:
+    """One warning per device whose table leaves much of the space's latency to extrapolation (over a sample)."""
+    archs = [space.smallest(), space.largest()] + space.sample(np.random.default_rng(seed), COVERAGE_SAMPLE)
+    notes = []
+    for device, predictor in predictors.items():
+        warning = predictor.coverage_warning(archs, n_classes)
+        if warning:
+            notes.append(f"{device}: {warning}")
+    return notes
+
+
 def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, LatencyPredictor],
                budgets: dict[str, float], space: SearchSpace, config: NATConfig, supernet: str = "scratch",
                resume: bool = False, on_event: Callable[[str, dict], None] | None = None,
@@ -57,14 +135,29 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
     unknown = sorted(set(budgets) - set(predictors))
     if unknown:
         raise SearchError(f"budgets given for {unknown}, which are not searched devices {sorted(predictors)}")
+    check_inputs(data, budgets, config)
     if resume:
+        new_budgets = _resume_changes(run_dir, budgets, space, config, supernet, extend)
         search = NATSearch.resume(run_dir, data, predictors, iterations=config.iterations if extend else None,
                                   runtime=runtime, checkpoint_every_s=checkpoint_every_s)
         notes: list[str] = []
+        if new_budgets is not None:
+            old = search.state.budgets
+            search.state.budgets = new_budgets
+            notes.append(f"budgets changed on --resume ({old} -> {new_budgets}): the best subnet is re-selected from "
+                         f"the archive of {len(search.state.archive)} evaluated subnets; iterations already done were "
+                         "steered by the old budgets")
+            if is_main(runtime):
+                RunFolder(run_dir).write_state(search.state)
+            barrier(runtime)
+            log.warning(notes[-1])
     else:
+        if RunFolder(run_dir).has_state():
+            raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
         net = initial_supernet(supernet, data.n_classes, space.widths[0], config.seed, runtime)
         space = SearchSpace(resolutions=space.resolutions, widths=(net.width,), name=space.name)
         notes = check_budgets(predictors, budgets, space, data.n_classes)
+        notes += coverage_notes(predictors, space, data.n_classes, config.seed)
         for note in notes:
             log.warning(note)
         search = NATSearch.create(run_dir, config, space, data, predictors, budgets, net, supernet, runtime,

@@ -76,9 +76,10 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "is the file complete and a .pth/.pt file?") from exc
+        # torch's own text may advise weights_only=False, which would run the file's code: never relay it
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch checkpoint of tensors "
+                              f"({type(exc).__name__}); it is truncated, corrupt, or not a .pth/.pt weights file: "
+                              "re-download or re-save it") from exc
 
 
 def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
