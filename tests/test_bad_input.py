@@ -50,6 +50,9 @@ VALUES = {
     "--elasticity": {"wrong type": "steep", "out of range": "9"},
     "--cpu-mask": {"wrong type": "zz"},
     "--arch": {"wrong type": "w1.0-nonsense"},
+    "--accuracy-predictor": {"wrong type": "no-colon", "unknown": "no_such_module_here:accuracy"},
+    "--memory-budget": {"wrong type": "lots", "out of range": "0GB"},
+    "--checkpoint-minutes": {"wrong type": "soon", "out of range": "0"},
 }
 PATH_FLAGS = {"--data", "--val", "--supernet", "--table", "--tables", "--benchmark-binary"}
 # Flags with no wrong value of their own here: names, output paths, switches, a phone's serial.
