@@ -114,7 +114,7 @@ def workdir(tmp_path_factory) -> Path:
 def test_examples_were_found():
     assert len(HELP_EXAMPLES) >= 15 and len(README_EXAMPLES) >= 8
     commands = {line.split()[1] for line in HELP_EXAMPLES}
-    assert commands == {"devices", "arch", "profile", "predict", "search", "export", "tables"}
+    assert commands == {"devices", "arch", "profile", "predict", "search", "export", "report", "tables", "supernets"}
     assert set(EXPENSIVE) | set(SLOW) <= set(EXAMPLES), (set(EXPENSIVE) | set(SLOW)) - set(EXAMPLES)
 
 

@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "ddp_search_probe.py"
 TINY = ["--device", "cpu", "--max-latency", "2ms", "--settings", "quick", "--resolutions", "32",
-        "--warmup-epochs", "1", "--epochs-per-iter", "1", "--initial-archs", "4", "--population", "8",
-        "--generations", "2", "--candidates", "2", "--batch-size", "128", "--quiet", "--name", "ddp"]
+        "--warmup-epochs", "0", "--epochs-per-iter", "1", "--initial-archs", "4", "--population", "8",
+        "--generations", "2", "--candidates", "2", "--batch-size", "256", "--quiet", "--name", "ddp"]
 
 
 def _env() -> dict:

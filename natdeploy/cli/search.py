@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.data and not quiet:
             print("note: no --data given; searching on scikit-learn's bundled digits (the embedded default)",
                   file=sys.stderr)
-        predictors = {d: predictor_for(d, table=args.table_files.get(d)) for d in devices}
+        predictors = {d: predictor_for(d) for d in devices}
         overrides = {k: v for k, v in {
             "iterations": args.iterations, "epochs_per_iter": args.epochs_per_iter,
             "warmup_epochs": args.warmup_epochs, "initial_archs": args.initial_archs,
@@ -240,7 +240,7 @@ def _run_plugged(args: argparse.Namespace, space: Any, devices: list[str], budge
         raise ConfigError(f"{', '.join(used)} apply to NAT's own search; --accuracy-predictor searches with your "
                           "predictor alone")
     accuracy = load_callable(args.accuracy_predictor)
-    predictors = {d: predictor_for(d, table=args.table_files.get(d)) for d in devices}
+    predictors = {d: predictor_for(d) for d in devices}
     quick = args.settings == "quick"
     result = search_front(space, accuracy, predictors, budgets, objectives=objectives or ("error", "latency"),
                           population=args.population or (40 if quick else 100),

@@ -99,19 +99,20 @@ def predictor_for(device: str, table: str | os.PathLike | None = None) -> Latenc
                              f"(tables found: {', '.join(known_tables()) or 'none'})")
         raise TableError(missing_table_message(device))
     predictor = LatencyPredictor.load(path)
-    if predictor.table.device != device:
-        raise TableError(f"latency table {path} is of device {predictor.table.device!r}, not {device!r}; pass "
-                         f"--device {predictor.table.device}, or the table of {device!r}")
     measured_on = predictor.table.provenance.get("host")
     try:
         spec = load_device(device)
     except (NatDeployError, ValueError):  # an imported table may name no device spec
         spec = None
-    if spec is not None:
+    if spec is not None:  # the precision first: of the two refusals, it says more about what is wrong
         mismatch = predictor.table.precision_mismatch(spec.precision)
         if mismatch:
             raise TableError(f"latency table {path} cannot predict for {device!r}: {mismatch}, and {device} runs "
                              f"{spec.precision} models; profile it with `natdeploy profile --device {device}`")
+    explicit = bool(table) or device in _LOCATIONS.get()[1]
+    if explicit and predictor.table.device != device:  # a file given for the device must be of that device
+        raise TableError(f"latency table {path} is of device {predictor.table.device!r}, not {device!r}; pass "
+                         f"--device {predictor.table.device}, or the table of {device!r}")
     local = spec is not None and spec.transport == "local"
     if local and measured_on and measured_on != host_cpu():
         log.warning("latency table %s was measured on %r, but this host is %r: predictions describe that machine. "
