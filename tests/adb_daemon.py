@@ -414,14 +414,14 @@ class _Connection(threading.Thread):
     def run(self) -> None:
         try:
             while True:
-                self._handle(*self._read_packet())
+                self._dispatch(*self._read_packet())
         except (_Drop, OSError):
             pass
         finally:
             self.dead.set()
             self.sock.close()
 
-    def _handle(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
+    def _dispatch(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
         if command == CNXN:
             self.online = False  # a CNXN on a live link restarts the handshake, as in adbd
             self.version = min(arg0, self.d.protocol_version)
