@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
                for _ in range(n)]
     archs = [space.sample(rng, args.subnets) + [space.smallest()] for _ in range(n)]
     times = []
-    with sync_batch_norm(net, stats_reducer(rt)):
+    # --local-bn: each rank's BN uses its own shard's statistics (plain DDP's behaviour), to see what syncing costs
+    with sync_batch_norm(net, None if args.local_bn else stats_reducer(rt)):
         for i, ((x, y), subnets) in enumerate(zip(batches, archs)):
             barrier(rt)
             t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def run(world: int, args: argparse.Namespace) -> dict:
     port = _free_port()
     cmd = [sys.executable, __file__, "--worker", "--batch", str(args.batch), "--resolution", str(args.resolution),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--subnets", str(args.subnets)]
+           "--subnets", str(args.subnets)] + (["--local-bn"] if args.local_bn else [])
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--subnets", type=int, default=2, help="sampled subnets per step (plus the largest and smallest)")
     ap.add_argument("--threads", type=int, default=1, help="threads per process")
+    ap.add_argument("--local-bn", action="store_true", help="BN statistics per rank instead of synchronised "
+                                                           "(measures what the synchronisation costs)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--no-record", action="store_true", help="do not update benchmarks/RESULTS.md")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
