@@ -1,18 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from natdeploy.data import DataError, load_digits_data, load_image_folder
+from tiny_fixtures import image_folder
 
 
-def _folder(root, classes=("cat", "dog"), n=6, size=20):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+def _folder(root, n=6):
+    return image_folder(root, ("cat", "dog"), n)
 
 
 def test_digits_embedded_default():

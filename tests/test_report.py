@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 
 from natdeploy.data import load_digits_data
-from natdeploy.devices import load_device
 from natdeploy.latency.predictor import LatencyPredictor
-from natdeploy.latency.profiler import profile_device
 from natdeploy.run_folder import RunFolder, RunFolderError, best_within
 from natdeploy.search import NATConfig, run_search
 from natdeploy.search.html_report import (BUNDLE_FORMAT, REPORT, find_exports, hypervolume_2d, hypervolume_history,
                                           render_report, write_report)
 from natdeploy.space import SearchSpace
+from tiny_fixtures import tiny_cpu_table
 
 SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0,), name="tiny")
 TINY = dict(iterations=2, initial_archs=4, population=8, generations=2, candidates_per_iter=2, top_archs=8,
@@ -54,13 +53,7 @@ def test_bundle_format_matches_the_exporter():
 
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("table")
-    spec = tmp / "tcpu.yaml"
-    spec.write_text("description: test\ntransport: local\nruntime: onnxruntime\nwarmup: 1\nruns: 5\n"
-                    "e2e_warmup: 1\ne2e_runs: 5\n")
-    res = profile_device(load_device(str(spec)), SPACE, resolutions=[32, 40], e2e_samples=8, n_classes=10,
-                         out=tmp / "tcpu.json", quiet=True)
-    return res.table_path
+    return tiny_cpu_table(tmp_path_factory.mktemp("table"), SPACE)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from natdeploy.data import ImageData, load_described, load_image_folder
 from natdeploy.export import ExportError
@@ -20,6 +18,7 @@ from natdeploy.run_folder import STATE_VERSION, ArchiveEntry, RunFolder, RunFold
 from natdeploy.search import NATConfig, NATSearch, SearchError
 from natdeploy.space import SearchSpace, madds, params
 from natdeploy.supernet import OFAMobileNetV3Supernet
+from tiny_fixtures import image_folder
 
 SPACE = SearchSpace(resolutions=(32,), name="small")
 
@@ -191,13 +190,8 @@ def test_state_is_not_valid_utf8(tmp_path):
 
 
 # ----- the data a run recorded, reloaded ------------------------------------------------------------------
-def _folder(root: Path, classes=("ant", "bee", "cat"), n=10, size=20) -> Path:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+def _folder(root: Path, n: int = 10) -> Path:
+    return image_folder(root, ("ant", "bee", "cat"), n)
 
 
 def _same(a: ImageData, b: ImageData) -> bool:
