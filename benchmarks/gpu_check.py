@@ -1,10 +1,12 @@
 """One script for the GPU machine: training throughput fp32 against bf16, the data pipeline's rate, and the CUDA
 paths end to end, inside about 10 minutes.
 
-The GPU machine has Python 3.12 and torch 2.11 but not natdeploy's pins (no pymoo, xgboost or TensorFlow), so this
-imports only the training path (torch, numpy). Run it from the source tree:
+The GPU machine has Python 3.12 and torch 2.11 but not natdeploy's pins (no pymoo, xgboost or TensorFlow): the
+training sections import only torch and numpy, and the latency-table section gets XGBoost, scikit-learn and SciPy
+from wheels that ``gpu_check.sh`` carries. Run it from the source tree:
 
-    PYTHONPATH=$PWD python benchmarks/gpu_check.py [--out gpu_check.json] [--budget-s 540]
+    bash benchmarks/gpu_check.sh --prepare    # here: the wheels the GPU machine lacks (carry benchmarks/.gpu_wheels)
+    bash benchmarks/gpu_check.sh [--out gpu_check.json] [--budget-s 540]   # there
     PYTHONPATH=$PWD python benchmarks/gpu_check.py --dry-run     # tiny, on whatever device is there (CPU here)
 
 Sections (each skipped when the time budget is spent):
@@ -12,7 +14,11 @@ Sections (each skipped when the time budget is spent):
 2. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
 3. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
    training step's consumption;
-4. ``train_epochs`` (bf16 on a GPU) and ``evaluate_archs`` end to end on synthetic data: data, device, precision,
+4. a ``cuda`` latency table for the ``small`` preset (``profile_device`` on ``devices/cuda.yaml``), written to
+   ``$OUT/cuda.json`` with its predictor; XGBoost comes from the wheels ``benchmarks/gpu_check.sh`` carries;
+5. one NAT iteration at paper settings (NAT's pre-trained adaptation recipe, r 192-256, 5 epochs, ~250 subnet
+   evaluations), timed on a CIFAR-10-sized synthetic subset and projected to the full 50k-image iteration;
+6. ``train_epochs`` (bf16 on a GPU) and ``evaluate_archs`` end to end on synthetic data: data, device, precision,
    mid-phase checkpoints.
 """
 
@@ -39,9 +45,18 @@ from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_super
 from natdeploy.train import evaluate_archs, make_optimizer, sandwich_backward, train_epochs  # noqa: E402
 
 FULL = {"resolution": 224, "batch": 128, "warmup": 3, "steps": 10, "n_images": 2048, "storage": 256,
-        "data_batch": 256, "e2e_images": 1024, "e2e_archs": 4, "classes": 100}
+        "data_batch": 256, "e2e_images": 1024, "e2e_archs": 4, "classes": 100,
+        "table_device": "cuda", "table_resolutions": None, "table_e2e": 50, "table_overrides": {},
+        "paper_resolutions": (192, 208, 224, 240, 256), "paper_train": 3072, "paper_val": 1024, "paper_archs": 8}
 DRY = {"resolution": 32, "batch": 4, "warmup": 0, "steps": 1, "n_images": 64, "storage": 40,
-       "data_batch": 16, "e2e_images": 8, "e2e_archs": 2, "classes": 4}
+       "data_batch": 16, "e2e_images": 8, "e2e_archs": 2, "classes": 4,
+       "table_device": "cpu-torch", "table_resolutions": (32,), "table_e2e": 4,
+       "table_overrides": {"warmup": 1, "runs": 3, "e2e_warmup": 1, "e2e_runs": 3, "rounds": 1, "min_span_s": 0},
+       "paper_resolutions": (32, 40), "paper_train": 16, "paper_val": 8, "paper_archs": 2}
+# What one NAT iteration at paper settings covers on CIFAR-10: 5 adaptation epochs over the 50k training images,
+# then the candidates plus the archive re-evaluated (about 250 subnets, issue 15), each after BN recalibration on
+# ~960 images and scored on the 10k-image validation split.
+CIFAR10_TRAIN, CIFAR10_VAL, EVALS_PER_ITERATION, BN_IMAGES = 50_000, 10_000, 250, 960
 
 
 class Clock:
@@ -154,6 +169,60 @@ def end_to_end(cfg: dict, space: SearchSpace) -> dict:
             "eval_s_per_subnet": t_eval / len(archs), "accuracies": accs}
 
 
+def cuda_table(cfg: dict, out_dir: Path | None) -> dict:
+    """Profile the ``small`` preset on ``cfg['table_device']`` (``cuda`` on the GPU machine) into a table."""
+    from natdeploy.devices import load_device
+    from natdeploy.latency.profiler import profile_device
+
+    spec = load_device(cfg["table_device"]).with_overrides(space="small", **cfg["table_overrides"])
+    space = SearchSpace.preset("small", resolutions=cfg["table_resolutions"])
+    folder = out_dir or Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    res = profile_device(spec, space, e2e_samples=cfg["table_e2e"], out=folder / f"{spec.name}.json", quiet=True)
+    return {"device": spec.name, "table": str(res.table_path), "ops": res.n_ops, "e2e_subnets": res.n_e2e,
+            "drift": res.drift, "profile_s": round(time.perf_counter() - t0, 1)}
+
+
+def paper_iteration(cfg: dict) -> dict:
+    """Time NAT's adaptation (pre-trained recipe, r 192-256, 4 subnets + the largest per step) and its subnet
+    evaluations on a CIFAR-10-shaped subset, then project one full iteration from the measured per-image and
+    per-subnet rates. The target is <= 10 minutes per iteration on one H200."""
+    from natdeploy.search.nat import NATConfig
+
+    rc = NATConfig.preset("paper", pretrained=True)
+    space = SearchSpace.preset("ofa", resolutions=cfg["paper_resolutions"], widths=(1.0,))
+    rt = init_runtime("auto", "bf16" if torch.cuda.is_available() else "fp32")
+    storage = 256 if rt.device.type == "cuda" else 48
+    data, val = synthetic_data(cfg["paper_train"], storage, 10), synthetic_data(cfg["paper_val"], storage, 10)
+    data.val_x, data.val_y = val.train_x, val.train_y
+    torch.manual_seed(0)
+    net = OFAMobileNetV3Supernet(n_classes=10)
+    t0 = time.perf_counter()
+    res = train_epochs(net, data, space, 1, lambda g, n: space.sample(g, n), rc.subnets_per_step, seed=0, lr=rc.lr,
+                       batch_size=rc.batch_size, kd_alpha=rc.kd_alpha, runtime=rt, weight_decay=rc.weight_decay)
+    sync(rt)
+    t_epoch = time.perf_counter() - t0
+    per_image = t_epoch / len(data.train_y)
+    archs = space.sample(np.random.default_rng(2), cfg["paper_archs"])
+    bn_batches = -(-BN_IMAGES // rc.batch_size)
+    t1 = time.perf_counter()
+    evaluate_archs(net, archs, data, bn_batches=bn_batches, batch_size=256, runtime=rt)
+    sync(rt)
+    per_subnet = (time.perf_counter() - t1) / len(archs)
+    # the validation pass grows with the split; the BN recalibration does not
+    val_share = cfg["paper_val"] / (cfg["paper_val"] + min(BN_IMAGES, len(data.train_y)))
+    per_subnet_full = per_subnet * (1 - val_share + val_share * CIFAR10_VAL / cfg["paper_val"])
+    adapt_s = per_image * CIFAR10_TRAIN * rc.epochs_per_iter
+    eval_s = per_subnet_full * EVALS_PER_ITERATION
+    return {"precision": rt.precision, "resolutions": list(cfg["paper_resolutions"]), "batch_size": rc.batch_size,
+            "subnets_per_step": rc.subnets_per_step, "measured_train_images": len(data.train_y),
+            "train_images_per_s": 1 / per_image, "steps": res["steps"], "eval_s_per_subnet_measured": per_subnet,
+            "projected_adaptation_min": adapt_s / 60, "projected_evaluation_min": eval_s / 60,
+            "projected_iteration_min": (adapt_s + eval_s) / 60,
+            "note": "projection from measured rates on synthetic CIFAR-10-shaped data; the surrogate and NSGA "
+                    "step (seconds on a CPU) is not included"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, to check the script end to end on CPU")
@@ -192,7 +261,9 @@ def main() -> None:
     for p in precisions:
         section(f"train_{p}", lambda p=p: step_rate(p, cfg, space), 60)
     section("data_pipeline", lambda: data_rate(cfg), 45)
-    section("end_to_end", lambda: end_to_end(cfg, space), 120)
+    section("cuda_table", lambda: cuda_table(cfg, out_path.parent if out_path else None), 150)
+    section("paper_iteration", lambda: paper_iteration(cfg), 120)
+    section("end_to_end", lambda: end_to_end(cfg, space), 90)
     fp32, bf16 = results.get("train_fp32", {}), results.get("train_bf16", {})
     if "images_per_s" in fp32 and "images_per_s" in bf16:
         results["bf16_over_fp32"] = bf16["images_per_s"] / fp32["images_per_s"]
@@ -203,6 +274,10 @@ def main() -> None:
         results["pipeline_over_training"] = pipe["augment"] / best
         print(f"data pipeline / fastest training step: {results['pipeline_over_training']:.2f}x "
               "(>= 1.5 means the data keeps up)")
+    it = results.get("paper_iteration", {})
+    if "projected_iteration_min" in it:
+        print(f"one NAT iteration at paper settings, projected: {it['projected_iteration_min']:.1f} min "
+              "(target <= 10 min on one H200)")
     print(f"total {time.monotonic() - clock.t0:.0f} s")
     save()
 
