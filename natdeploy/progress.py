@@ -92,7 +92,8 @@ class Progress:
         self.step_s: float | None = None  # running mean of seconds per step
         self.plan: dict[str, int] | None = None
         self.step_times: list[float] = []
-        self.eval_s: float | None = None
+        self.evals_timed = [0.0, 0]  # seconds and count of the evaluations of finished phases
+        self.phase_evals: tuple[float, int] | None = None  # the current phase's so far
         self.estimated = False
         self.phase: tuple[str, float] | None = None  # the current phase's name and start
 
@@ -128,7 +129,7 @@ class Progress:
         if kind == "step":
             self._step(info)
         elif self.phase is not None and n:
-            self.eval_s = (time.perf_counter() - self.phase[1]) / n
+            self.phase_evals = (time.perf_counter() - self.phase[1], n)
         if n > self.bar.n:
             self.bar.update(n - self.bar.n)
 
@@ -153,15 +154,22 @@ class Progress:
         self.estimated = True
         times = self.step_times[1:] or self.step_times
         step_s = statistics.median(times)
-        seconds = estimate_seconds(self.plan, step_s, self.eval_s)
+        spent, count = self.evals_timed
+        if self.phase_evals is not None:
+            spent, count = spent + self.phase_evals[0], count + self.phase_evals[1]
+        eval_s = spent / count if count else None
+        seconds = estimate_seconds(self.plan, step_s, eval_s)
         shorter = None
         if self.shorter is not None:
-            shorter = (self.shorter[0], estimate_seconds(self.shorter[1], step_s, self.eval_s))
+            shorter = (self.shorter[0], estimate_seconds(self.shorter[1], step_s, eval_s))
         self._say(estimate_line(seconds, self.label, shorter))
 
     def _end_phase(self) -> None:
         """Close the bar; print the finished phase's one-line record (and the estimate, if its steps were few)."""
         self.close_bar()
+        if self.phase_evals is not None:
+            self.evals_timed = [self.evals_timed[0] + self.phase_evals[0], self.evals_timed[1] + self.phase_evals[1]]
+            self.phase_evals = None
         if self.step_times:
             self._estimate()
         if self.phase is not None:
