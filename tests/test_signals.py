@@ -27,7 +27,7 @@ from typing import Callable
 
 import pytest
 
-from natdeploy.cli.errors import INTERRUPTED, RESUME_HINTS
+from natdeploy.cli.errors import INTERRUPTED, RESUME_HINTS, UNSTARTED_SEARCH_HINT
 from tiny_fixtures import image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +70,15 @@ class Cli:
                 pytest.fail(f"{what} did not happen within {WAIT_S:.0f} s:\n{self.stderr}")
             time.sleep(0.05)
 
-    def interrupt(self) -> str:
-        """Ctrl-C: SIGINT to the process group; returns stderr after asserting the documented reaction."""
+    def interrupt(self, hint: Callable[[], str] | None = None) -> str:
+        """Ctrl-C: SIGINT to the process group; returns stderr after asserting the documented reaction, whose
+        last line is ``hint()`` (default: the command's entry in RESUME_HINTS)."""
         os.killpg(self.proc.pid, signal.SIGINT)
         rc = self.proc.wait(timeout=WAIT_S)
         err = self.stderr
         assert rc == INTERRUPTED, err
         assert "Traceback" not in err, err
-        assert err.strip().splitlines()[-1] == RESUME_HINTS[self.args[0]], err
+        assert err.strip().splitlines()[-1] == (hint() if hint else RESUME_HINTS[self.args[0]]), err
         return err
 
     def kill(self) -> None:
@@ -166,6 +167,15 @@ def search_run(workspace) -> Path:
 def test_search_continues_after_ctrl_c_and_sigkill(search_run):
     state = json.loads((search_run / "state.json").read_text())
     assert len(state["archive"]) >= 5 and {e["iteration"] for e in state["archive"]} == {0, 1}
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_to_rerun(workspace):
+    cwd, env = workspace
+    early = Cli([*SEARCH[:-1], "early", "--data", "img"], cwd, env, "early")
+    early.wait_for("data loading", lambda: "data loading" in early.stderr)
+    run = cwd / "runs" / "early"
+    # --resume needs a committed state; before it, the same command starts the run
+    early.interrupt(lambda: RESUME_HINTS["search"] if (run / "state.json").exists() else UNSTARTED_SEARCH_HINT)
 
 
 def test_profile_continues_after_ctrl_c_and_sigkill(workspace):

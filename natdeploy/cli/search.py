@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     space = SearchSpace.preset(args.space, resolutions=args.resolutions)
     if args.accuracy_predictor:
         return _run_plugged(args, space, devices, budgets, objectives)
+    name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
+    run_dir = Path(args.out) / name
     runtime = init_runtime(args.accelerator, args.precision)
     try:
         _set_threads(args.threads)
@@ -136,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
             "surrogate": args.surrogate, "batch_size": args.batch_size, "objectives": objectives, "seed": args.seed,
         }.items() if v is not None}
         config = NATConfig.preset(args.settings, pretrained=args.supernet != "scratch", **overrides)
-        name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
-        run_dir = Path(args.out) / name
         progress = _progress(args, config, overrides, data, quiet)
         try:
             record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
                                 runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes)
         finally:
             progress.close()
+    except KeyboardInterrupt as exc:
+        _hint_if_unstarted(exc, run_dir, args.resume)
+        raise
     finally:
         destroy()
     if not runtime.is_main:
@@ -160,6 +163,15 @@ def run(args: argparse.Namespace) -> int:
           f"supernet.pt")
     print(f"elapsed {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _hint_if_unstarted(exc: KeyboardInterrupt, run_dir: Path, resume: bool) -> None:
+    """Ctrl-C before a new run's first checkpoint: say to rerun as it was, since --resume would find no state."""
+    from natdeploy.cli.errors import UNSTARTED_SEARCH_HINT
+    from natdeploy.run_folder import RunFolder
+
+    if not resume and not RunFolder(run_dir).has_state():
+        exc.hint = UNSTARTED_SEARCH_HINT  # type: ignore[attr-defined]
 
 
 def _progress(args: argparse.Namespace, config: Any, overrides: dict[str, Any], data: Any, quiet: bool) -> Any:
