@@ -49,13 +49,13 @@ def run_plan(cfg: Any, n_train: int, n_val: int, scratch: bool, warmed_up: bool 
             "iterations": cfg.iterations}
 
 
-def estimate_seconds(plan: dict[str, int], step_s: float, eval_s: Optional[float] = None) -> float:
-    """The whole run's seconds: its steps at ``step_s`` each and its evaluations at ``eval_s`` each; without a
-    measured ``eval_s``, an evaluation is costed from the step time by the forward passes of each."""
+def estimate_seconds(plan: dict[str, int], image_s: float, eval_s: Optional[float] = None) -> float:
+    """The whole run's seconds: its steps at ``image_s`` per image and subnet trained (so that settings with
+    other batches or subnets per step are costed too) and its evaluations at ``eval_s`` each; without a measured
+    ``eval_s``, an evaluation is costed by its forward passes from ``image_s``."""
     if eval_s is None:
-        per_image = step_s / (FORWARD_BACKWARD * max(1, plan.get("step_images", 1)))
-        eval_s = per_image * plan.get("eval_images", 0)
-    return plan["steps_total"] * step_s + plan["evals_total"] * eval_s
+        eval_s = image_s / FORWARD_BACKWARD * plan.get("eval_images", 0)
+    return plan["steps_total"] * image_s * plan.get("step_images", 1) + plan["evals_total"] * eval_s
 
 
 def format_duration(seconds: float) -> str:
@@ -153,15 +153,15 @@ class Progress:
             return
         self.estimated = True
         times = self.step_times[1:] or self.step_times
-        step_s = statistics.median(times)
+        image_s = statistics.median(times) / max(1, self.plan.get("step_images", 1))
         spent, count = self.evals_timed
         if self.phase_evals is not None:
             spent, count = spent + self.phase_evals[0], count + self.phase_evals[1]
         eval_s = spent / count if count else None
-        seconds = estimate_seconds(self.plan, step_s, eval_s)
+        seconds = estimate_seconds(self.plan, image_s, eval_s)
         shorter = None
         if self.shorter is not None:
-            shorter = (self.shorter[0], estimate_seconds(self.shorter[1], step_s, eval_s))
+            shorter = (self.shorter[0], estimate_seconds(self.shorter[1], image_s, eval_s))
         self._say(estimate_line(seconds, self.label, shorter))
 
     def _end_phase(self) -> None:

@@ -26,8 +26,9 @@ def test_the_plan_counts_nats_reference_run():
 
 def test_the_estimate_and_its_line():
     plan = {"steps_total": 100, "evals_total": 10, "step_images": 30, "eval_images": 90}
-    assert estimate_seconds(plan, 2.0, 5.0) == 250.0
-    assert estimate_seconds(plan, 2.0) == pytest.approx(100 * 2.0 + 10 * 2.0)  # 90 forward = 1 step's 3 x 30
+    assert estimate_seconds(plan, 2.0 / 30, 5.0) == pytest.approx(250.0)  # steps of 2 s, evaluations of 5 s
+    assert estimate_seconds(plan, 2.0 / 30) == pytest.approx(100 * 2.0 + 10 * 2.0)  # 90 forward = 3 x 30 trained
+    assert estimate_seconds({**plan, "step_images": 15}, 2.0 / 30, 5.0) == pytest.approx(150.0)  # half the work
     assert [format_duration(s) for s in (0.2, 40, 130, 7800)] == ["~1 s", "~40 s", "~2 min", "~2 h 10 min"]
     assert estimate_line(7800, "--settings paper (30 iterations)", ("--settings quick", 360)) == (
         "estimated total: ~2 h 10 min on this machine for --settings paper (30 iterations); --settings quick "
@@ -42,8 +43,8 @@ def _steps(progress: Progress, n: int, start: int = 1, seconds: float = 2.0) -> 
 
 
 def test_the_estimate_is_printed_once_after_the_first_steps(capsys):
-    plan = {"steps_total": 3600, "steps_done": 0, "evals_total": 0, "step_images": 1, "eval_images": 0}
-    shorter = ("--settings quick", {**plan, "steps_total": 60})
+    plan = {"steps_total": 3600, "steps_done": 0, "evals_total": 0, "step_images": 10, "eval_images": 0}
+    shorter = ("--settings quick", {**plan, "steps_total": 120, "step_images": 5})  # 60 paper steps' work
     progress = Progress(False, "--settings paper (30 iterations)", shorter)
     progress("plan", plan)
     progress("phase", {"name": "warm-up"})
