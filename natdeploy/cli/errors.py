@@ -24,6 +24,8 @@ RESUME_HINTS = {
     "profile": "interrupted; the measured ops are kept: rerun the same command to continue where it stopped",
     "export": "interrupted; nothing was published: rerun the same command to export again",
 }
+# A search stopped before its first checkpoint has nothing to resume (--resume would refuse it).
+UNSTARTED_SEARCH_HINT = "interrupted before the run's first checkpoint: rerun the same command to start it"
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
@@ -61,8 +63,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
             raise
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR
-    except KeyboardInterrupt:
-        hint = RESUME_HINTS.get(getattr(args, "command", None) or "", "interrupted; nothing more was done")
+    except KeyboardInterrupt as exc:  # a command may set ``exc.hint`` where the usual one would mislead
+        hint = getattr(exc, "hint", None) or RESUME_HINTS.get(getattr(args, "command", None) or "",
+                                                              "interrupted; nothing more was done")
         print(hint, file=sys.stderr)
         return INTERRUPTED
     except Exception:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from natdeploy import settings
 from natdeploy.cli.parsing import (add_command, add_table_flag, check_resolutions, examples, int_at_least,
                                    looks_like_path, non_negative_int, parse_budget, parse_bytes, per_device,
                                    positive_int, seed_int, table_files)
@@ -92,60 +91,6 @@ def parse_objectives(text: str | None) -> tuple[str, ...] | None:
     return objectives
 
 
-class Progress:
-    """Prints phases; a tqdm bar for training steps and evaluations (off when quiet or not a terminal), with the
-    training throughput and an ETA over the whole run's remaining training steps."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.disable, self.quiet, self.bar, self.kind = settings.progress_disable(quiet), quiet, None, None
-        self.run_total = self.run_done = self.last_step = 0
-        self.step_s: float | None = None  # running mean of seconds per step
-
-    def __call__(self, kind: str, info: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
-
-        if kind == "plan":
-            self.run_total, self.run_done = info["steps_total"], info["steps_done"]
-        elif kind == "phase":
-            self.close()
-            if not self.quiet:
-                print(f"[natdeploy] {info['name']}", file=sys.stderr, flush=True)
-        elif kind == "iteration" and not self.quiet:
-            self.close()
-            print(f"[natdeploy] iteration {info['iteration']} done: archive {info['archive']}, surrogate Kendall "
-                  f"tau on the new candidates {info['kendall_tau_unseen']}, cross-validated on the archive "
-                  f"{info.get('kendall_tau_cv')}", file=sys.stderr, flush=True)
-        elif kind in ("step", "evaluated", "reevaluated"):
-            total = info["total"]
-            if self.bar is None or self.kind != kind or self.bar.total != total:
-                self.close()
-                desc = {"step": "training", "evaluated": "evaluating", "reevaluated": "re-evaluating"}[kind]
-                self.bar = tqdm(total=total, desc=desc, unit="step" if kind == "step" else "subnet", leave=False,
-                                disable=self.disable)
-                self.kind = kind
-            if kind == "step":
-                self._step(info)
-            self.bar.n = info.get("step", info.get("done"))
-            self.bar.refresh()
-
-    def _step(self, info: dict[str, Any]) -> None:
-        step = info["step"]
-        self.run_done += step - self.last_step if step > self.last_step else step
-        self.last_step = step
-        s = max(info["seconds"], 1e-9)
-        self.step_s = s if self.step_s is None else 0.9 * self.step_s + 0.1 * s
-        left = max(0, self.run_total - self.run_done) * self.step_s
-        self.bar.set_postfix_str(f"{info['images'] / s:.0f} img/s, training ETA for the run "
-                                 f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
-                                 refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self.last_step = 0
-
-
 def run(args: argparse.Namespace) -> int:
     import logging
     import time
@@ -169,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     space = SearchSpace.preset(args.space, resolutions=args.resolutions)
     if args.accuracy_predictor:
         return _run_plugged(args, space, devices, budgets, objectives)
+    name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
+    run_dir = Path(args.out) / name
     runtime = init_runtime(args.accelerator, args.precision)
     try:
         _set_threads(args.threads)
@@ -191,15 +138,16 @@ def run(args: argparse.Namespace) -> int:
             "surrogate": args.surrogate, "batch_size": args.batch_size, "objectives": objectives, "seed": args.seed,
         }.items() if v is not None}
         config = NATConfig.preset(args.settings, pretrained=args.supernet != "scratch", **overrides)
-        name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
-        run_dir = Path(args.out) / name
-        progress = Progress(quiet)
+        progress = _progress(args, config, overrides, data, quiet)
         try:
             record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
                                 resume=args.resume, on_event=progress, extend=args.iterations is not None,
                                 runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes)
         finally:
             progress.close()
+    except KeyboardInterrupt as exc:
+        _hint_if_unstarted(exc, run_dir, args.resume)
+        raise
     finally:
         destroy()
     if not runtime.is_main:
@@ -215,6 +163,29 @@ def run(args: argparse.Namespace) -> int:
           f"supernet.pt")
     print(f"elapsed {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _hint_if_unstarted(exc: KeyboardInterrupt, run_dir: Path, resume: bool) -> None:
+    """Ctrl-C before a new run's first checkpoint: say to rerun as it was, since --resume would find no state."""
+    from natdeploy.cli.errors import UNSTARTED_SEARCH_HINT
+    from natdeploy.run_folder import RunFolder
+
+    if not resume and not RunFolder(run_dir).has_state():
+        exc.hint = UNSTARTED_SEARCH_HINT  # type: ignore[attr-defined]
+
+
+def _progress(args: argparse.Namespace, config: Any, overrides: dict[str, Any], data: Any, quiet: bool) -> Any:
+    """The search's progress printer, told the chosen settings and, for paper settings, the quick ones' plan
+    (with the same overrides), so that its run-time estimate can say how to shorten the run."""
+    from natdeploy.progress import Progress, run_plan
+    from natdeploy.search import NATConfig
+
+    label = f"--settings {args.settings} ({config.iterations} iteration{'s' * (config.iterations != 1)})"
+    shorter = None
+    if args.settings == "paper":
+        quick = NATConfig.preset("quick", pretrained=args.supernet != "scratch", **overrides)
+        shorter = ("--settings quick", run_plan(quick, len(data.train_y), len(data.val_y), args.supernet == "scratch"))
+    return Progress(quiet, label, shorter)
 
 
 # NAT flags that a plugged-in accuracy predictor does not use: refused with it, never ignored.

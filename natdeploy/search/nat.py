@@ -214,14 +214,12 @@ class NATSearch:
         return self.archive
 
     def _plan(self) -> dict[str, int]:
-        """Training steps of the whole run and of what is already done (for a whole-run ETA)."""
-        cfg, st = self.cfg, self.state
-        per_epoch = -(-len(self.data.train_y) // cfg.batch_size)
-        warmup = cfg.warmup_epochs * per_epoch if st.supernet_source == "scratch" else 0
-        adapt = cfg.epochs_per_iter * per_epoch
-        done = (warmup if st.warmed_up or st.completed_iteration >= 0 else 0) + \
-            adapt * max(0, st.completed_iteration)
-        return {"steps_total": warmup + adapt * cfg.iterations, "steps_done": done}
+        """The run's work, all and done (:func:`natdeploy.progress.run_plan`), for the ETA and the estimate."""
+        from natdeploy.progress import run_plan
+
+        st = self.state
+        return run_plan(self.cfg, len(self.data.train_y), len(self.data.val_y), st.supernet_source == "scratch",
+                        st.warmed_up, st.completed_iteration)
 
     def _iteration(self, it: int, emit: Callable[[str, dict], None]) -> None:
         from natdeploy.search.surrogates import AdaptiveSwitching, cross_validated_tau, kendall_tau, make_surrogate
@@ -384,7 +382,7 @@ class NATSearch:
 
         resume_from = self.folder.read_phase(tag)
         if resume_from is not None:
-            emit("phase", {"name": f"{tag}: continuing from its checkpoint at step {resume_from['step']}"})
+            emit("note", {"text": f"{tag}: continuing from its checkpoint at step {resume_from['step']}"})
         return {"runtime": self.rt, "weight_decay": self.cfg.weight_decay, "on_step": on_step,
                 "on_checkpoint": lambda state: self.folder.write_phase(tag, state),
                 "checkpoint_every_s": self.checkpoint_every_s, "resume_from": resume_from}
