@@ -159,6 +159,21 @@ SMALL_BATCH = 32  # up to this many rows, the residual model is walked with NumP
 ESTIMATED_SHARE_WARN = 0.05  # warn when more of a prediction than this comes from outside the table
 
 
+def fit_op_models(table: LatencyTable, speed: SpeedModel, seed: int = 0) -> dict[str, Any]:
+    """Per-op-kind regressors of log(ms / work) on the table's ops at the machine speed of ``speed``: what
+    estimates an op the table lacks."""
+    by_kind: dict[str, list[tuple[OpSig, float]]] = {}
+    for key, m in table.ops.items():
+        op = OpSig.from_key(key)
+        by_kind.setdefault(op.kind, []).append((op, speed.normalise(m)))
+    op_models = {}
+    for kind, rows in by_kind.items():
+        x = np.array([op_features(op) for op, _ in rows])
+        y = np.array([np.log(ms / _op_work(op)) for op, ms in rows])
+        op_models[kind] = _fit(x, y, seed)
+    return op_models
+
+
 @dataclass
 class Prediction:
     """A prediction and its parts."""
@@ -258,16 +273,7 @@ class LatencyPredictor:
         if not table.ops:
             raise TableError(f"latency table for {table.device!r} has no op measurements; profile it first")
         speed = table.speed if speed is None else speed
-        by_kind: dict[str, list[tuple[OpSig, float]]] = {}
-        for key, m in table.ops.items():
-            op = OpSig.from_key(key)
-            by_kind.setdefault(op.kind, []).append((op, speed.normalise(m)))
-        op_models = {}
-        for kind, rows in by_kind.items():
-            x = np.array([op_features(op) for op, _ in rows])
-            y = np.array([np.log(ms / _op_work(op)) for op, ms in rows])
-            op_models[kind] = _fit(x, y, seed)
-        pred = cls(table, op_models, speed=speed)
+        pred = cls(table, fit_op_models(table, speed, seed), speed=speed)
         if len(table.e2e) >= MIN_E2E_FOR_RESIDUAL:
             archs = [Arch.from_string(a) for a in table.e2e]
             lut, feats = pred._evaluate_archs(archs, table.n_classes)
@@ -355,19 +361,20 @@ class LatencyPredictor:
                          threshold: float = ESTIMATED_SHARE_WARN) -> str | None:
         """A warning when more than ``threshold`` of the op latency of ``archs`` (taken together) is estimated
         by the regressors for ops the table never measured; None when the table covers them."""
+        beyond = self.table.beyond_fit(archs)  # a transferred table, used outside the subnets it was fitted on
         parts = self.predict_parts(list(archs), n_classes)
         lut = sum(p.lut_ms for p in parts)
         estimated = sum(p.estimated_ms for p in parts)
         share = estimated / lut if lut > 0 else 0.0
         if share <= threshold:
-            return None
+            return beyond
         prov = self.table.provenance
         n_missing, n_ops = sum(p.n_missing for p in parts), sum(p.n_ops for p in parts)
         what = f"{len(parts)} subnets" if len(parts) > 1 else str(archs[0])
         return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
                 f"of {n_ops} ops outside table {self.table.device!r}, which measured resolutions "
                 f"{prov.get('resolutions')} and widths {prov.get('widths')}); profile these resolutions or widths "
-                "for a measured prediction")
+                "for a measured prediction") + (f"; {beyond}" if beyond else "")
 
     # ----- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
