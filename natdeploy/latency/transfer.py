@@ -5,9 +5,10 @@ The model. A source predictor says ``log P = log L + R(f)``: ``L`` the sum of th
 residual model (ridge plus trees) on the subnet's features ``f`` (``f[0]`` is ``log L``). The transfer keeps ``R``
 and changes two things, fitted on the ``N`` new measurements ``T``:
 
-- **Op groups** (stem and head, then the MBConv blocks by kernel size: XNNPACK's 7x7 depthwise alone costs 4x a
-  5x5 here) are rescaled relative to each other by ``r_g``; the sum becomes ``L' = sum_g r_g L_g``. The ``r_g`` are
-  normalised so that ``L'`` stays at ``L`` on the median subnet, which keeps ``f[0]`` where ``R``'s trees were fitted.
+- **Op groups** (:data:`~natdeploy.latency.predictor.OP_GROUPS`: stem and head, then the MBConv blocks by kernel
+  size) are rescaled relative to each other by ``r_g``: the sum becomes ``L' = sum_g r_g L_g``, while ``R`` still
+  sees the source's features (its trees were fitted on them, and it would largely undo a rescaled ``f[0]``). The
+  ``r_g`` are normalised to keep the median subnet's sum; the constant below carries the overall speed.
 - **A correction** ``D(f)`` is added to the residual: a constant (the device's overall speed) or a ridge regression on
   the standardised features (the residual's shape on the new device).
 
@@ -15,11 +16,12 @@ Four methods combine these: ``scale`` (constant only), ``group`` (groups + const
 ``group+refit``. ``auto`` picks the one with the lowest cross-validated squared log error on the ``N`` subnets
 themselves (leave-one-out up to 10, else 10-fold; a simpler method wins within 5%); nothing held out is looked at.
 
-The result is a normal table: the source's ops at its nominal speed times ``r_g`` (anchorless values, so they are
-read as they are), the ``N`` new measurements as its whole subnets, and provenance ``transferred_from``,
-``few_shot_n`` and ``transfer`` (method, factors, cross-validated scores, and the resolutions and widths of the
-fitted subnets: a prediction beyond them gets a warning, :meth:`LatencyTable.beyond_fit`). Its models file is the
-source's residual with the correction folded into the linear part, so ``predictor_for`` serves it unchanged.
+The result is a normal table: the source's ops at its nominal speed (anchorless values, read as they are), the
+``N`` new measurements as its whole subnets, and provenance ``transferred_from``, ``few_shot_n`` and ``transfer``
+(method, factors, cross-validated scores, and the resolutions and widths of the fitted subnets: a prediction beyond
+them gets a warning, :meth:`LatencyTable.beyond_fit`). Its models file holds the source's op regressors and residual
+trees, the correction folded into the linear part, and the group factors, so ``predictor_for`` serves it as any
+table. (``natdeploy tables refit`` on it fits a plain predictor on the ``N`` subnets instead: the transfer is lost.)
 """
 
 from __future__ import annotations
@@ -38,25 +40,20 @@ from natdeploy.errors import ConfigError
 from natdeploy.latency.backends import E2E_BATCH, Backend, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import OpSig, arch_ops
-from natdeploy.latency.predictor import LatencyPredictor, _Linear, fit_op_models, models_path
+from natdeploy.latency.predictor import OP_GROUPS as GROUPS
+from natdeploy.latency.predictor import LatencyPredictor, _Linear, models_path, op_group
 from natdeploy.latency.speed import SpeedModel
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("fixed", "k3", "k5", "k7")
 METHODS = ("scale", "group", "scale+refit", "group+refit")
 MIN_SHOTS = 2
-GROUP_PRIOR = 0.1  # ridge weight on log r_g (log units, summed over subnets): groups move only as far as data says
+GROUP_PRIOR = 0.01  # ridge weight on log r_g (log units, summed over subnets): groups move only as far as data says
 REFIT_ALPHAS = tuple(np.logspace(-1, 3, 9))
 RANGE_MARGIN = 0.1
 PARSIMONY = 1.05  # auto keeps a simpler method unless a richer one cuts the cross-validated error by more than 5%  # the residual's clip range grows by this much (log) beyond what the fit needed
-
-
-def op_group(op: OpSig) -> str:
-    """The transfer group of an op: ``k3``/``k5``/``k7`` for MBConv blocks by kernel, ``fixed`` for the rest."""
-    return f"k{op.kernel}" if op.kind == "expanded_conv" and f"k{op.kernel}" in GROUPS else "fixed"
 
 
 @dataclass(frozen=True)
@@ -111,10 +108,8 @@ def _source_residual(source: LatencyPredictor, feats: np.ndarray) -> np.ndarray:
 
 
 def _scaled(parts: Parts, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lut = parts.groups @ r
-    feats = parts.feats.copy()
-    feats[:, 0] = np.log(lut)
-    return lut, feats
+    """The op sum with group factors ``r``, and the residual features (which keep the unscaled sum)."""
+    return parts.groups @ r, parts.feats
 
 
 def predict(source: LatencyPredictor, model: TransferModel, parts: Parts) -> np.ndarray:
@@ -125,25 +120,23 @@ def predict(source: LatencyPredictor, model: TransferModel, parts: Parts) -> np.
 
 
 def _fit_groups(source: LatencyPredictor, parts: Parts, y: np.ndarray) -> np.ndarray:
-    """Relative group factors by ridge-regularised least squares in log space, normalised to keep the median
-    subnet's sum (the source residual held at the unscaled features while fitting)."""
+    """Relative group factors by ridge-regularised least squares in log space (each log factor pulled towards 0),
+    normalised to keep the median subnet's sum."""
     from scipy.optimize import least_squares
 
     base = y - _source_residual(source, parts.feats)
     present = parts.groups.sum(0) > 0
-    k = int(present.sum())
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        r = np.ones(len(GROUPS))
-        r[present] = np.exp(theta[1:])
-        fit = theta[0] + np.log(parts.groups @ r) - base
+        scales = np.ones(len(GROUPS))
+        scales[present] = np.exp(theta[1:])
+        fit = theta[0] + np.log(parts.groups @ scales) - base
         return np.concatenate([fit, np.sqrt(GROUP_PRIOR) * theta[1:]])
 
-    theta = least_squares(residuals, np.zeros(k + 1)).x
+    theta = least_squares(residuals, np.zeros(int(present.sum()) + 1)).x
     r = np.ones(len(GROUPS))
     r[present] = np.exp(theta[1:])
-    shift = np.median(np.log(parts.groups @ r) - np.log(parts.groups.sum(1)))
-    return r / np.exp(shift)
+    return r / np.exp(np.median(np.log(parts.groups @ r) - np.log(parts.groups.sum(1))))
 
 
 def fit_method(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: str) -> TransferModel:
@@ -202,12 +195,12 @@ def fit_transfer(source: LatencyPredictor, archs: Sequence[Arch], target_ms: Seq
 def transferred_table(source: LatencyPredictor, model: TransferModel, device: str, e2e: dict[str, Measurement],
                       provenance: dict[str, Any], source_path: str | os.PathLike,
                       speed_elasticity: float = 0.0) -> LatencyTable:
-    """The table of a transfer: the source's ops at its nominal speed times their group factor (anchorless), the
-    target's measured subnets, and provenance naming the source, N and the fit."""
+    """The table of a transfer: the source's ops at its nominal speed (anchorless), the target's measured subnets,
+    and provenance naming the source, N and the fit."""
     r = dict(zip(GROUPS, model.r))
 
-    def scaled(key: str, m: Measurement) -> Measurement:
-        v = source.speed.normalise(m) * r[op_group(OpSig.from_key(key))]
+    def nominal(m: Measurement) -> Measurement:  # anchorless: read as it is, at the source's speed
+        v = source.speed.normalise(m)
         return Measurement(median_ms=v, mean_ms=v, std_ms=0.0, count=m.count, warmup=m.warmup, p10_ms=v, min_ms=v)
 
     src = source.table
@@ -225,26 +218,24 @@ def transferred_table(source: LatencyPredictor, model: TransferModel, device: st
                          "fitted_widths": sorted({a.w for a in archs})},
             "space": src.provenance.get("space"), "widths": src.provenance.get("widths"),
             "resolutions": src.provenance.get("resolutions")}
-    return LatencyTable(device=device, provenance=prov, ops={k: scaled(k, m) for k, m in src.ops.items()},
+    return LatencyTable(device=device, provenance=prov, ops={k: nominal(m) for k, m in src.ops.items()},
                         e2e=dict(e2e), n_classes=src.n_classes, statistic=src.statistic,
                         speed_elasticity=speed_elasticity,
-                        resolution_ops={res: {k: scaled(k, m) for k, m in ops.items()}
+                        resolution_ops={res: {k: nominal(m) for k, m in ops.items()}
                                         for res, ops in src.resolution_ops.items()})
 
 
-def transferred_predictor(source: LatencyPredictor, model: TransferModel, table: LatencyTable,
-                          seed: int = 0) -> LatencyPredictor:
-    """The predictor of a transferred table: op regressors refitted on its scaled ops, the source's residual
-    trees, and its linear part plus the correction (same standardisation)."""
+def transferred_predictor(source: LatencyPredictor, model: TransferModel, table: LatencyTable) -> LatencyPredictor:
+    """The predictor of a transferred table: the source's op regressors (the table holds the source's op values)
+    and residual trees, its linear part plus the correction (same standardisation), and the group factors."""
     lin = source.linear
     n_feat = model.n_features
     coef = np.asarray(model.delta_coef) if len(model.delta_coef) else np.zeros(n_feat)
     if lin is None:
         lin = _Linear(np.zeros(n_feat), np.ones(n_feat), np.zeros(n_feat), 0.0)
     combined = _Linear(lin.mean, lin.scale, lin.coef + coef, lin.intercept + model.delta_intercept)
-    speed = table.speed
-    return LatencyPredictor(table, fit_op_models(table, speed, seed), source.residual, model.residual_range,
-                            combined, speed=speed)
+    return LatencyPredictor(table, dict(source.op_models), source.residual, model.residual_range, combined,
+                            group_factors=dict(zip(GROUPS, model.r)))
 
 
 @dataclass
@@ -315,5 +306,5 @@ def profile_few_shot(spec: DeviceSpec, source_path: str | os.PathLike, n: int, o
                               source_path, elasticity)
     out = Path(out)
     table.save(out)
-    model_path = transferred_predictor(source, model, table, seed).save(models_path(out))
+    model_path = transferred_predictor(source, model, table).save(models_path(out))
     return FewShotResult(out, model_path, n, model.method, measure_s, time.perf_counter() - t0, model.scores)
