@@ -298,13 +298,25 @@ def profile_few_shot(spec: DeviceSpec, source_path: str | os.PathLike, n: int, o
     t0 = time.perf_counter()
     if provenance.get("statistic", src.statistic) != src.statistic:
         raise TableError(f"{source_path} uses the {src.statistic!r} statistic; {spec.name} measures another")
-    e2e = {a.to_string(): m for a, m in zip(archs, measured)}
+    pred = transfer_measured(source, source_path, spec, provenance, archs, measured, method, seed)
+    out = Path(out)
+    pred.table.save(out)
+    model_path = pred.save(models_path(out))
+    transfer = pred.table.provenance["transfer"]
+    return FewShotResult(out, model_path, n, transfer["method"], measure_s, time.perf_counter() - t0,
+                         transfer["cv_msle"])
+
+
+def transfer_measured(source: LatencyPredictor, source_path: str | os.PathLike, spec: DeviceSpec,
+                      provenance: dict[str, Any], archs: Sequence[Arch], measured: Sequence[Measurement],
+                      method: str = "auto", seed: int = 0) -> LatencyPredictor:
+    """The transferred predictor (with its table, unsaved) of ``source`` to ``spec``, from ``archs`` measured there
+    as ``measured`` under ``provenance`` (the backend's description)."""
+    src = source.table
     elasticity = spec.speed_elasticity if isinstance(spec.speed_elasticity, (int, float)) else 0.0
     target = SpeedModel.of(measured, elasticity, src.statistic)
     model = fit_transfer(source, archs, [target.normalise(m) for m in measured], method, seed=seed)
+    e2e = {a.to_string(): m for a, m in zip(archs, measured)}
     table = transferred_table(source, model, spec.name, e2e, {**provenance, "statistic": src.statistic},
                               source_path, elasticity)
-    out = Path(out)
-    table.save(out)
-    model_path = transferred_predictor(source, model, table).save(models_path(out))
-    return FewShotResult(out, model_path, n, model.method, measure_s, time.perf_counter() - t0, model.scores)
+    return transferred_predictor(source, model, table)
