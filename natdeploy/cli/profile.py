@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy profile --device cpu --space ofa --resolutions 160 224 --e2e-samples 50",
         "natdeploy profile --device pixel4 --serial 192.168.1.20:5555 --benchmark-binary ./benchmark_model",
         "natdeploy profile --device pixel4 --threads 4 --cpu-mask f0 --out latency_tables/pixel4-4t.json",
-        "natdeploy profile --device cpu-litert --few-shot 20 --from latency_tables/cpu.json --out t/litert.json"))
+        "natdeploy profile --device pixel4 --few-shot 20 --from latency_tables/cpu-litert.json --out pixel4-fs.json"))
     p.add_argument("--device", required=True, help="device name (see `natdeploy devices`) or path to a .yaml")
     p.add_argument("--space", help="search-space preset (default: the device spec's)")
     p.add_argument("--resolutions", type=positive_int, nargs="+",
