@@ -18,6 +18,12 @@ what is missing; ``--max-minutes`` stops before the next stage once over the lim
 
     python benchmarks/few_shot.py --quick                       # shipped cpu table (other host) -> cpu here
     python benchmarks/few_shot.py [--pairs host runtime int8 threads] [--max-minutes 14]
+
+Cost of the full run on an idle 2-core machine, estimated from benchmarks/RESULTS.md (LiteRT ~7 s per whole subnet
+in interleaved batches, onnxruntime at 2 threads ~3.5 s, a full LiteRT profile ~20 min): 450 subnets on each of
+cpu-litert, cpu-litert-int8 and cpu at 2 threads, and 4 full profiles (cpu-litert, cpu-litert-int8, cpu at 1 and 2
+threads), about 3.5 hours in all. Run it in pieces: `timeout 900 python benchmarks/few_shot.py --max-minutes 14`
+again until it prints the tables; a kill (SIGTERM) mid-profile keeps what was measured and its time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -215,6 +222,11 @@ def main() -> None:
     if args.quick:
         args.pairs, args.ns, args.held_out, args.repeat, args.no_full = ["host-cpu"], [10, 20], 30, 10, True
     bench = Bench(args.max_minutes)
+
+    def stop(signum: int, frame: object) -> None:  # `timeout` sends SIGTERM: stop as at the time limit
+        raise OutOfTime
+
+    signal.signal(signal.SIGTERM, stop)
     sections = []
     try:
         for name in args.pairs:
