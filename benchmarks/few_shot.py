@@ -136,7 +136,8 @@ def scores(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return 100 * float((rel <= 0.05).mean()), 100 * float((rel <= 0.10).mean())
 
 
-def judge(predictor: LatencyPredictor, held: list[Arch], first: list[Measurement], second: list[Measurement]) -> dict:
+def judge(predictor: LatencyPredictor, held: list[Arch], first: list[Measurement],
+          second: list[Measurement]) -> dict:
     """Within +-5/10% of the first measurement of every held-out subnet and of the second one of the repeated,
     both at the machine speed of the predictor's own table."""
     speed = predictor.table.speed

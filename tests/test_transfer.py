@@ -51,7 +51,7 @@ def test_group_factors_are_recovered(source):
 
 
 def test_the_table_round_trips_with_its_provenance_and_predicts_as_fitted(source, tmp_path):
-    archs = T.few_shot_archs(SPACE.__class__(resolutions=(32, 40), widths=(1.0,)), 8, 5)
+    archs = T.few_shot_archs(SearchSpace(resolutions=(32, 40), widths=(1.0,)), 8, 5)
     target = 1.3 * source.predict(archs)
     model = T.fit_transfer(source, archs, target)
     e2e = {a.to_string(): m for a, m in zip(archs, _measured(target))}

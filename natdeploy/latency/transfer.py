@@ -26,7 +26,6 @@ table. (``natdeploy tables refit`` on it fits a plain predictor on the ``N`` sub
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -39,27 +38,25 @@ from natdeploy.devices import DeviceSpec
 from natdeploy.errors import ConfigError
 from natdeploy.latency.backends import E2E_BATCH, Backend, get_backend
 from natdeploy.latency.measure import Measurement
-from natdeploy.latency.ops import OpSig, arch_ops
+from natdeploy.latency.ops import arch_ops
 from natdeploy.latency.predictor import OP_GROUPS as GROUPS
 from natdeploy.latency.predictor import LatencyPredictor, _Linear, models_path, op_group
 from natdeploy.latency.speed import SpeedModel
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import Arch, SearchSpace
 
-log = logging.getLogger(__name__)
-
 METHODS = ("scale", "group", "scale+refit", "group+refit")
 MIN_SHOTS = 2
 GROUP_PRIOR = 0.01  # ridge weight on log r_g (log units, summed over subnets): groups move only as far as data says
 REFIT_ALPHAS = tuple(np.logspace(-1, 3, 9))
-RANGE_MARGIN = 0.1
-PARSIMONY = 1.05  # auto keeps a simpler method unless a richer one cuts the cross-validated error by more than 5%  # the residual's clip range grows by this much (log) beyond what the fit needed
+RANGE_MARGIN = 0.1  # the residual's clip range grows by this much (log) beyond what the fit needed
+PARSIMONY = 1.05  # auto keeps a simpler method unless a richer one cuts the cross-validated error by more than 5%
 
 
 @dataclass(frozen=True)
 class Parts:
-    """What the transfer fits on, per subnet: the source's op sum per group (ms, source nominal speed), the
-    residual features, and the source residual's linear and tree parts as functions of the features."""
+    """What the transfer fits on, per subnet: the source's op sum per group (ms, at the source's nominal speed)
+    and the source's residual features."""
 
     groups: np.ndarray  # (n, len(GROUPS))
     feats: np.ndarray  # (n, n_features), feats[:, 0] = log of the unscaled sum
@@ -288,16 +285,21 @@ def profile_few_shot(spec: DeviceSpec, source_path: str | os.PathLike, n: int, o
         raise TableError(f"source table {source_path} records no resolutions; pass --resolutions")
     space = SearchSpace(resolutions=tuple(resolutions), widths=widths)
     archs = few_shot_archs(space, n, seed)
+
+    def measure(b: Backend) -> tuple[dict[str, Any], list[Measurement]]:
+        if b.statistic != src.statistic:  # before measuring: the source's values could not be compared
+            raise TableError(f"{source_path} uses the {src.statistic!r} statistic, but {spec.name} measures "
+                             f"{b.statistic!r}; transfer from a table of the same statistic")
+        return b.describe(), measure_subnets(b, archs, src.n_classes)
+
     t0 = time.perf_counter()
     if backend is None:
         with get_backend(spec) as made:
-            provenance, measured = made.describe(), measure_subnets(made, archs, src.n_classes)
+            provenance, measured = measure(made)
     else:
-        provenance, measured = backend.describe(), measure_subnets(backend, archs, src.n_classes)
+        provenance, measured = measure(backend)
     measure_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if provenance.get("statistic", src.statistic) != src.statistic:
-        raise TableError(f"{source_path} uses the {src.statistic!r} statistic; {spec.name} measures another")
     pred = transfer_measured(source, source_path, spec, provenance, archs, measured, method, seed)
     out = Path(out)
     pred.table.save(out)
