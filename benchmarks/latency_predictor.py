@@ -3,8 +3,9 @@
 Measures N random subnets (none used to fit the predictor) on a device and compares three predictors:
 (a) a linear fit on MAdds (fitted on the table's end-to-end measurements), (b) the lookup-table sum alone,
 (c) the lookup-table sum with XGBoost (per-op regressors for missing ops + the whole-network residual model).
-Reports the share within +-5% and +-10%, RMSE and Kendall tau, and the noise floor: the first 50 subnets measured
-twice. Also reports batched prediction throughput and single-Arch latency.
+Reports the share within +-5% and +-10%, RMSE and Kendall tau, and the noise floor as the yardstick: the first 50
+subnets are measured twice, and each predictor's share within +-5% / +-10% of the second measurement stands next to
+the first measurement's (no predictor can be judged to do better than a repeat measurement on this machine). Also reports batched prediction throughput and single-Arch latency.
 
 The held-out measurements are saved to ``--save`` (JSON); ``--measurements FILE`` re-scores a saved set against
 the current table and predictor without measuring again (the output says so, with the file's date).
@@ -116,14 +117,22 @@ def main() -> None:
     sections = []
     for view, value in views.items():
         true = np.array([value(m) for m in first])
-        noise = metrics(np.array([value(m) for m in second]), true[:len(second)])
-        lines = [f"| {name} | {m['within5']:.1f}% | {m['within10']:.1f}% | {m['rmse']:.4f} | {m['tau']:.3f} |"
-                 for name, m in ((name, metrics(pr, true)) for name, pr in preds.items())]
-        lines.append(f"| noise floor (same {len(second)} subnets twice) | {noise['within5']:.1f}% | "
-                     f"{noise['within10']:.1f}% | {noise['rmse']:.4f} | {noise['tau']:.3f} |")
+        again = np.array([value(m) for m in second])  # the second measurement: the yardstick
+        noise = metrics(again, true[:len(second)])
+        rows = {name: (metrics(pr, true), metrics(pr[:len(second)], again)) for name, pr in preds.items()}
+        lines = [f"| {name} | {m['within5']:.1f}% | {m['within10']:.1f}% | {m['rmse']:.4f} | {m['tau']:.3f} | "
+                 f"{m2['within5']:.1f}% | {m2['within10']:.1f}% |" for name, (m, m2) in rows.items()]
+        lines.append(f"| 1st measurement (noise floor) | {noise['within5']:.1f}% | {noise['within10']:.1f}% | "
+                     f"{noise['rmse']:.4f} | {noise['tau']:.3f} | {noise['within5']:.1f}% | "
+                     f"{noise['within10']:.1f}% |")
+        best = rows["(c) LUT + XGBoost"][1]
+        verdict = ", ".join(f"+-{k}%: {best[f'within{k}']:.1f}% against {noise[f'within{k}']:.1f}% "
+                            f"({'met' if best[f'within{k}'] >= noise[f'within{k}'] else 'not met'})" for k in (5, 10))
         sections.append(f"Held-out latency {view} (mean {true.mean():.3f} ms):\n\n"
-                        "| predictor | within +-5% | within +-10% | RMSE ms | Kendall tau |\n|---|---|---|---|---|\n"
-                        + "\n".join(lines))
+                        f"| predictor | within +-5% | within +-10% | RMSE ms | Kendall tau | within +-5% of the 2nd "
+                        f"measurement (n={len(second)}) | within +-10% of the 2nd |\n|---|---|---|---|---|---|---|\n"
+                        + "\n".join(lines) + "\n\nTarget (LUT + XGBoost agrees with the 2nd measurement at least as "
+                        f"often as the 1st measurement does), {view}: {verdict}.")
     # throughput
     G = np.stack([space.encode(a) for a in space.sample(np.random.default_rng(1), 100_000)])
     predictor.predict_genomes(space, G[:10])

@@ -54,7 +54,7 @@ VALUES = {
     "--memory-budget": {"wrong type": "lots", "out of range": "0GB"},
     "--checkpoint-minutes": {"wrong type": "soon", "out of range": "0"},
 }
-PATH_FLAGS = {"--data", "--val", "--supernet", "--table", "--tables", "--benchmark-binary"}
+PATH_FLAGS = {"--data", "--val", "--supernet", "--table", "--tables", "--benchmark-binary", "--from"}
 # Flags with no wrong value of their own here: names, output paths, switches, a phone's serial.
 NO_BAD_VALUE = {"--name", "--out", "--serial", "--settings", "--resolution"}
 # Commands for which a flag's value cannot be wrong: profile and import-ofa create --tables; --device names the import.
@@ -158,6 +158,11 @@ NAMED = [
                                     "--out", "{runs}", "--name", "r", "--resume"], "--resolutions"),
     ("export with supernet.pt deleted", ["export", "{run_no_supernet}", "--no-latency"], "supernet"),
     ("tables folder missing", ["predict", "--device", "cpu", "--arch", ARCH, "--tables", MISSING], "--tables"),
+    ("few-shot without --from", ["profile", "--device", "cpu", "--out", "t.json", "--few-shot", "4"], "--from"),
+    ("few-shot 1", ["profile", "--device", "cpu", "--out", "t.json", "--few-shot", "1", "--from",
+                    "{tables}/cpu.json"], "at least 2"),
+    ("few-shot missing source", ["profile", "--device", "cpu", "--out", "t.json", "--few-shot", "4", "--from",
+                                 "missing.json"], "missing.json"),
 ]
 CASES = [(name, argv, must) for name, argv, must in NAMED] + FLAG_CASES
 

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy profile --device cpu-litert --resolutions 32 --e2e-samples 4 --n-classes 10 --out tables/t.json",
         "natdeploy profile --device cpu --space ofa --resolutions 160 224 --e2e-samples 50",
         "natdeploy profile --device pixel4 --serial 192.168.1.20:5555 --benchmark-binary ./benchmark_model",
-        "natdeploy profile --device pixel4 --threads 4 --cpu-mask f0 --out latency_tables/pixel4-4t.json"))
+        "natdeploy profile --device pixel4 --threads 4 --cpu-mask f0 --out latency_tables/pixel4-4t.json",
+        "natdeploy profile --device pixel4 --few-shot 20 --from latency_tables/cpu-litert.json --out pixel4-fs.json"))
     p.add_argument("--device", required=True, help="device name (see `natdeploy devices`) or path to a .yaml")
     p.add_argument("--space", help="search-space preset (default: the device spec's)")
     p.add_argument("--resolutions", type=positive_int, nargs="+",
@@ -37,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "--table", dest="out", help="table path (default <tables folder>/<device>.json)")
     p.add_argument("--force", action="store_true", help="add to a table measured under other conditions")
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--few-shot", type=positive_int, metavar="N",
+                   help="measure only N whole subnets and transfer the --from table to this device (minutes, not "
+                        "the whole space); the table records its source and N")
+    p.add_argument("--from", dest="source", metavar="SOURCE_TABLE", help="with --few-shot: the table to transfer")
     p.set_defaults(func=run)
 
 
@@ -60,9 +65,34 @@ def run(args: argparse.Namespace) -> int:
                                extra={**spec.extra, "keep_remote": True} if args.keep_remote else None)
     space = SearchSpace.preset(args.space or spec.space)
     check_resolutions(space.name, args.resolutions)
+    if args.few_shot is not None or args.source is not None:
+        return _few_shot(args, spec)
     res = profile_device(spec, space, resolutions=args.resolutions, e2e_samples=args.e2e_samples,
                          n_classes=args.n_classes, out=args.out, force=args.force, seed=args.seed, quiet=args.quiet)
     print(f"{res.table_path}: {res.n_ops} ops ({res.n_ops_measured_now} measured now), {res.n_e2e} whole subnets, "
           f"reference drift {100 * res.drift:.1f}%")
+    print(f"{res.model_path}: fitted latency models")
+    return 0
+
+
+def _few_shot(args: argparse.Namespace, spec) -> int:
+    """``--few-shot N --from SOURCE``: measure N subnets and save the transferred table."""
+    from natdeploy.latency.store import new_table_path
+    from natdeploy.latency.table import LatencyTable
+    from natdeploy.latency.transfer import MIN_SHOTS, profile_few_shot
+
+    if args.source is None:
+        raise ConfigError("--few-shot needs --from SOURCE_TABLE: the table to transfer to this device")
+    if args.few_shot is None:
+        raise ConfigError("--from only applies with --few-shot N (the number of subnets to measure here)")
+    if args.few_shot < MIN_SHOTS:
+        raise ConfigError(f"--few-shot {args.few_shot}: a transfer needs at least {MIN_SHOTS} measured subnets")
+    LatencyTable.load(args.source)  # a missing or corrupt source fails here, before anything is measured
+    out = Path(args.out) if args.out else new_table_path(spec.name)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; a few-shot table replaces it whole: use --out for a new file, or --force")
+    res = profile_few_shot(spec, args.source, args.few_shot, out, resolutions=args.resolutions, seed=args.seed)
+    print(f"{res.table_path}: transferred from {args.source} with {res.n} subnets measured here "
+          f"({res.measure_s:.0f} s), method {res.method}")
     print(f"{res.model_path}: fitted latency models")
     return 0

@@ -157,6 +157,14 @@ SMALL_BATCH = 32  # up to this many rows, the residual model is walked with NumP
 
 
 ESTIMATED_SHARE_WARN = 0.05  # warn when more of a prediction than this comes from outside the table
+# Op groups whose sums a transferred predictor rescales (natdeploy.latency.transfer): the stem and head ops, then
+# the MBConv blocks by kernel size (XNNPACK's 7x7 depthwise alone costs 4x a 5x5 here).
+OP_GROUPS = ("fixed", "k3", "k5", "k7")
+
+
+def op_group(op: OpSig) -> str:
+    """The group of an op in :data:`OP_GROUPS`."""
+    return f"k{op.kernel}" if op.kind == "expanded_conv" and f"k{op.kernel}" in OP_GROUPS else "fixed"
 
 
 @dataclass
@@ -200,16 +208,23 @@ class _Compiled:
                             cells.append(((ri, wi), op_of_layer(layer), mac, par))
             lat_parts.append(predictor.op_latency([op for _, op, _, _ in cells[first:]], r))
         lat = np.concatenate(lat_parts) if lat_parts else np.zeros(0)
-        for (idx, _, mac, par), ms in zip(cells, lat):
+        factors = predictor.group_factors
+        # the sum a prediction scales: the op sum itself, or with a transfer's group factors (the residual
+        # features keep the unscaled sum, the one its models were fitted on)
+        self.bsum, self.fsum = (np.zeros_like(self.blat), np.zeros_like(self.flat)) if factors else (self.blat,
+                                                                                                      self.flat)
+        for (idx, op, mac, par), ms in zip(cells, lat):
             if len(idx) == 4:
                 self.blat[idx], self.bmac[idx], self.bpar[idx] = ms, mac, par
             else:
                 self.flat[idx] += ms
                 self.fmac[idx] += mac
                 self.fpar[idx] += par
+            if factors:
+                (self.bsum if len(idx) == 4 else self.fsum)[idx] += ms * factors.get(op_group(op), 1.0)
 
     def evaluate(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(table sum in ms, residual-model features) for a batch of genomes."""
+        """(table sum in ms, with a transfer's group factors; residual-model features) for a batch of genomes."""
         space = self.space
         g = space.check_genomes(genomes)
         ri, wi = g[:, 0], g[:, 1]
@@ -222,11 +237,13 @@ class _Compiled:
         mac = self.fmac[ri, wi] + (self.bmac[rows, cols, blocks, c] * active).sum(1)
         par = self.fpar[ri, wi] + (self.bpar[rows, cols, blocks, c] * active).sum(1)
         n_active = active.sum(1)
+        total = lut if self.bsum is self.blat else (
+            self.fsum[ri, wi] + (self.bsum[rows, cols, blocks, c] * active).sum(1))
         feats = np.column_stack([
             np.log(lut), np.log(mac), np.log(par), np.asarray(space.resolutions)[ri],
             np.asarray(space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
             (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)])
-        return lut, feats
+        return total, feats
 
 
 class LatencyPredictor:
@@ -234,8 +251,10 @@ class LatencyPredictor:
 
     def __init__(self, table: LatencyTable, op_models: dict[str, Any] | None = None, residual: Any = None,
                  residual_range: tuple[float, float] | None = None, linear: _Linear | None = None,
-                 speed: SpeedModel | None = None) -> None:
+                 speed: SpeedModel | None = None, group_factors: dict[str, float] | None = None) -> None:
         self.table = table
+        # A transferred predictor's factors on its op groups' sums (OP_GROUPS; None: the sum as it is)
+        self.group_factors = dict(group_factors) if group_factors else None
         # What brings the table's measurements to one machine speed: the table's own model unless a caller fits
         # with another (the elasticity's cross-validation); taken once, so that predictions use what was fitted.
         self.speed = table.speed if speed is None else speed
@@ -355,19 +374,20 @@ class LatencyPredictor:
                          threshold: float = ESTIMATED_SHARE_WARN) -> str | None:
         """A warning when more than ``threshold`` of the op latency of ``archs`` (taken together) is estimated
         by the regressors for ops the table never measured; None when the table covers them."""
+        beyond = self.table.beyond_fit(archs)  # a transferred table, used outside the subnets it was fitted on
         parts = self.predict_parts(list(archs), n_classes)
         lut = sum(p.lut_ms for p in parts)
         estimated = sum(p.estimated_ms for p in parts)
         share = estimated / lut if lut > 0 else 0.0
         if share <= threshold:
-            return None
+            return beyond
         prov = self.table.provenance
         n_missing, n_ops = sum(p.n_missing for p in parts), sum(p.n_ops for p in parts)
         what = f"{len(parts)} subnets" if len(parts) > 1 else str(archs[0])
         return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
                 f"of {n_ops} ops outside table {self.table.device!r}, which measured resolutions "
                 f"{prov.get('resolutions')} and widths {prov.get('widths')}); profile these resolutions or widths "
-                "for a measured prediction")
+                "for a measured prediction") + (f"; {beyond}" if beyond else "")
 
     # ----- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -377,7 +397,8 @@ class LatencyPredictor:
                "op_models": {k: _booster_to_json(b) for k, b in self.op_models.items()},
                "residual": None if self.residual is None else _booster_to_json(self.residual),
                "residual_linear": None if self.linear is None else self.linear.to_json(),
-               "residual_range": self.residual_range}
+               "residual_range": self.residual_range,
+               **({"group_factors": self.group_factors} if self.group_factors else {})}
         atomic_write_text(path, json.dumps(obj) + "\n")
         return path
 
@@ -411,7 +432,8 @@ class LatencyPredictor:
             except OSError as exc:
                 log.warning("could not save the refitted models to %s: %s", model_path, exc)
             return pred
-        return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])), linear)
+        return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])), linear,
+                   group_factors=obj.get("group_factors"))
 
 
 def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 0,

@@ -66,6 +66,23 @@ class LatencyTable:
         """The precision of the models the table measured (fp32, int8, fp16)."""
         return self.provenance.get("precision") or DEFAULT_PRECISION
 
+    def beyond_fit(self, archs: "list[Arch] | tuple[Arch, ...]") -> str | None:
+        """For a transferred table (natdeploy.latency.transfer): what says that ``archs`` reach resolutions or
+        widths outside the whole subnets its transfer was fitted on; None within them, or for a measured table."""
+        fitted = self.provenance.get("transfer")
+        if not isinstance(fitted, dict):
+            return None
+        res, widths = fitted.get("fitted_resolutions") or [], fitted.get("fitted_widths") or []
+        out_r = sorted({a.r for a in archs if a.r not in res})
+        out_w = sorted({a.w for a in archs if a.w not in widths})
+        if not out_r and not out_w:
+            return None
+        what = " and ".join(x for x in (f"resolutions {out_r}" if out_r else "", f"widths {out_w}" if out_w else "")
+                            if x)
+        return (f"table {self.device!r} was transferred from {fitted.get('source_device')!r} with "
+                f"{self.provenance.get('few_shot_n')} subnets at resolutions {res} and widths {widths}; {what} "
+                "lie outside that fit, so the prediction there is the source table's shape, unchecked on this device")
+
     def add_e2e(self, arch: Arch, m: Measurement) -> None:
         self.e2e[arch.to_string()] = m
 
