@@ -317,7 +317,7 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
                  population: int = 100, generations: int = 100, seed: int = 0, initial: Any = None, *,
                  takes: Takes | None = None, predicts: Literal["accuracy", "error"] | None = None,
                  n_classes: int | None = None, algorithm: Literal["fast", "pymoo"] = "fast",
-                 mutation: float | None = 0.1) -> SearchResult:
+                 mutation: float | None = 0.1, budget_share: float = 0.5, filter_kids: bool = True) -> SearchResult:
     """Search ``space`` for the non-dominated front of ``objectives`` under ``budgets`` (max ms per device).
 
     ``accuracy``: a fitted surrogate or a callable on a batch of genomes or Archs (see :func:`accuracy_model` for
@@ -370,7 +370,10 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
         return F, np.maximum(G, 0.0).sum(axis=1), values
 
     if algorithm == "fast":
-        X, F, CV, values, n_eval = nsga2(evaluate, space, start, population, generations, rng, mutation)
+        elite = int(round(budget_share * population)) if budgets and "error" in columns and len(columns) > 1 else 0
+        X, F, CV, values, n_eval = nsga2(evaluate, space, start, population, generations, rng, mutation, elite,
+                                         columns.index("error") if elite else 0,
+                                         feasible if budgets and filter_kids else None)
     else:
         problem = NATProblem(space, model, objectives, timed, budgets, costs)
         X, CV = pymoo_population(problem, space, start, population, generations, seed)
