@@ -5,6 +5,8 @@ with eta 15 on 90% of the pairs, each variable with probability 1/2; polynomial 
 in n on average; rounding and :meth:`SearchSpace.repair`'s rule; offspring identical to a member or to each other
 dropped and re-drawn), each step one array operation over the population instead of pymoo's per-individual
 objects. Constraint handling is Deb's: feasible before infeasible, infeasible ranked by total violation.
+Two options aim a constrained search at its constraints: a cheap feasibility check that offspring must pass before
+they are evaluated, and an elite niche of the best feasible rows in one objective that survives ahead of the fronts.
 All randomness comes from the Generator passed in.
 """
 
@@ -244,6 +246,9 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
           feasible: Feasible | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """Run NSGA-II from the canonical genomes ``start`` for ``generations`` (the first being ``start`` itself).
     ``mutation``: None for polynomial mutation, else the per-variable probability of random-reset mutation.
+    ``elite``: rows kept each generation for being best in objective ``elite_column`` among the least violating
+    (see :func:`_survive`). ``feasible``: a cheap check offspring must pass before they are evaluated (see
+    :func:`_offspring`).
     ``evaluate(genomes)`` returns (objectives, total violation, all values by column). Returns the final
     population's genomes, objectives, violations and values, and the number of evaluations."""
     X = np.unique(np.asarray(start, dtype=np.int64).reshape(-1, len(space.lower_bounds)), axis=0)
