@@ -6,18 +6,22 @@ one output), wrapped by :class:`natdeploy.search.OFAAccuracyPredictor`. No weigh
 trained here for a few seconds on a synthetic accuracy (more MAdds, more accuracy, with diminishing returns, plus a
 seeded per-block preference), so that it has the shape of a trained predictor.
 
-* engine, front: ``search_front(objectives=("error", "latency"), population=P, generations=G + 1)`` under the
-  budget, the best accuracy of its front (the front also answers every smaller budget);
-* engine, best: the same with ``objectives=("error",)``, the question the baseline answers;
+* engine, default: ``search_front(space, mlp, predictors, {device: budget}, population=P, generations=G + 1)``,
+  what a user gets without options (the error/latency front, with its budget niche); its best accuracy within the
+  budget (the front also answers every smaller budget);
+* engine, ``objectives=("error",)``: the question the baseline answers, single-objective;
 * baseline: OFA's EvolutionFinder rules (population P, parents 25%, mutation 50% of the children, block and depth
   mutate probability 0.1, resolution 0.5, uniform crossover, every sample redrawn until it meets the budget),
   G generations; the best accuracy of its last population.
 
-Both make P + G * P accuracy evaluations. Reported per budget: best accuracy of each (mean over seeds), and each
-one's own time: everything except the MLP's forward passes and the latency predictor's calls (building the MLP's
-one-hot input from genomes counts as the search's own work), wall-clock and CPU time of the searching thread.
+Both may make P + G * P accuracy evaluations; the rows the MLP is called on are counted and the table shows both
+counts. Reported per budget: best accuracy of each (mean over seeds), the worst per-seed difference, and each one's
+own time: everything except the MLP's forward passes and the latency predictor's calls (building the MLP's one-hot
+input from genomes counts as the search's own work), wall-clock and CPU time of the searching thread. Run at full
+size (the defaults or more), it records its table as section "search_engine" of benchmarks/RESULTS.md.
 
     python benchmarks/search_engine.py [--space small] [--device cpu] [--budgets 6] [--generations 500] [--seeds 3]
+                                       [--no-record]
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from natdeploy.search.report import latency_range
 from natdeploy.space import DEPTHS, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, SearchSpace
 
 try:
-    from _common import machine_line
+    from _common import machine_line, record
 except ImportError:
-    from benchmarks._common import machine_line
+    from benchmarks._common import machine_line, record
 
 
 def ofa_shaped_mlp(n_features: int, seed: int):
@@ -77,16 +81,18 @@ def trained_predictor(space: SearchSpace, layout: str, n_classes: int, seed: int
 
 
 class Timed:
-    """A callable whose time is added up (wall and this thread's CPU)."""
+    """A callable whose time (wall and this thread's CPU) and rows (the length of its first argument) are added
+    up."""
 
     def __init__(self, fn) -> None:
-        self.fn, self.wall, self.cpu = fn, 0.0, 0.0
+        self.fn, self.wall, self.cpu, self.rows = fn, 0.0, 0.0, 0
 
     def __call__(self, *args):
         t, c = time.perf_counter(), time.thread_time()
         out = self.fn(*args)
         self.wall += time.perf_counter() - t
         self.cpu += time.thread_time() - c
+        self.rows += len(args[0])
         return out
 
 
@@ -163,15 +169,19 @@ def regularised_evolution(space: SearchSpace, accuracy, latency, budget: float, 
     return float(acc.max()), evals
 
 
+FULL = dict(budgets=6, population=100, generations=500, seeds=3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--space", default="small", help="small (the table's own resolutions) or ofa")
-    ap.add_argument("--budgets", type=int, default=6)
-    ap.add_argument("--population", type=int, default=100)
-    ap.add_argument("--generations", type=int, default=500, help="the baseline's; the engine gets one more, "
-                    "because pymoo's convention counts the initial population as the first")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budgets", type=int, default=FULL["budgets"])
+    ap.add_argument("--population", type=int, default=FULL["population"])
+    ap.add_argument("--generations", type=int, default=FULL["generations"], help="the baseline's; the engine gets "
+                    "one more, because pymoo's convention counts the initial population as the first")
+    ap.add_argument("--seeds", type=int, default=FULL["seeds"])
+    ap.add_argument("--no-record", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args()
     import torch
 
@@ -183,51 +193,68 @@ def main() -> None:
     t0 = time.perf_counter()
     adapter = trained_predictor(space, layout, n_classes, seed=0)
     net = adapter.model
-    print(f"predictor: OFA-shaped MLP ({adapter.n_features} -> 400 x 3 -> 1, layout {layout}), fitted in "
-          f"{time.perf_counter() - t0:.1f} s")
+    lines = [f"predictor: OFA-shaped MLP ({adapter.n_features} -> 400 x 3 -> 1, layout {layout}), fitted in "
+             f"{time.perf_counter() - t0:.1f} s"]
     fastest, slowest = latency_range(predictor, space, n_classes)
     # budgets at quantiles of the latency of random subnets: OFA's baseline draws its samples at random under the
     # budget, which takes too many draws below the 1% quantile
     sample = space.canonical(np.stack([space.encode(a) for a in space.sample(np.random.default_rng(1), 4000)]))
     budgets = np.quantile(predictor.predict_genomes(space, sample, n_classes), np.linspace(0.02, 0.9, args.budgets))
-    print(f"{machine_line(1)}\nspace {args.space}, device {args.device}, latency {fastest:.3f}..{slowest:.3f} ms, "
-          f"population {args.population}, {args.generations} generations, {args.seeds} seed(s)")
-    print("| budget ms | engine front: best acc | engine best: best acc | baseline best acc | front - baseline | "
-          "best - baseline | evaluations (engine / baseline) | engine own s, front (wall / CPU) | "
-          "baseline own s (wall / CPU) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    worst = {"front": np.inf, "best": np.inf}
+    lines += [machine_line(1), "", f"space {args.space}, device {args.device}, latency {fastest:.3f}..{slowest:.3f} ms, "
+              f"population {args.population}, {args.generations} generations, {args.seeds} seed(s); accuracies are "
+              "means over seeds, differences are per seed (worst)", "",
+              "| budget ms | engine default | engine error-only | baseline | default - baseline (worst) | "
+              "error-only - baseline (worst) | MLP rows (default / error-only / baseline) | engine own s, default "
+              "(wall / CPU) | baseline own s (wall / CPU) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    worst = {"default": np.inf, "error-only": np.inf}
+    own_max = [0.0, 0.0]
     for b in budgets:
         rows = []
         for seed in range(args.seeds):
-            found, own = {}, {}
-            for name, objectives in (("front", ("error", "latency")), ("best", ("error",))):
+            found, own, rows_seen = {}, {}, {}
+            for name, kw in (("default", {}), ("error-only", {"objectives": ("error",)})):
                 # only the MLP's forward pass counts as the predictor: building its input is the engine's job
                 adapter.model = mlp = Timed(net)
                 res = search_front(space, adapter, {args.device: predictor}, {args.device: float(b)},
-                                   objectives=objectives, population=args.population,
-                                   generations=args.generations + 1, seed=seed, n_classes=n_classes)
-                found[name] = res
+                                   population=args.population, generations=args.generations + 1, seed=seed,
+                                   n_classes=n_classes, **kw)
+                found[name], rows_seen[name] = res, mlp.rows
                 own[name] = (res.timings["total_s"] - res.timings["latency_s"] - mlp.wall,
                              res.timings["total_cpu_s"] - res.timings["latency_cpu_s"] - mlp.cpu)
             adapter.model = mlp = Timed(net)
             lat_fn = Timed(lambda g: predictor.predict_genomes(space, g, n_classes))
             t, c = time.perf_counter(), time.thread_time()
-            base, base_evals = regularised_evolution(space, adapter, lat_fn, float(b), args.population,
-                                                     args.generations, np.random.default_rng(seed))
+            base, _ = regularised_evolution(space, adapter, lat_fn, float(b), args.population, args.generations,
+                                            np.random.default_rng(seed))
             base_wall = time.perf_counter() - t - mlp.wall - lat_fn.wall
             base_cpu = time.thread_time() - c - mlp.cpu - lat_fn.cpu
-            front, best = found["front"], found["best"]
-            best_acc = [float(r.accuracy[r.best()]) if r.best() is not None else np.nan for r in (front, best)]
-            rows.append((*best_acc, base, front.n_evaluations, base_evals, *own["front"], base_wall, base_cpu))
+            if max(rows_seen.values()) > mlp.rows:
+                raise RuntimeError(f"the engine called the MLP on more rows ({rows_seen}) than the baseline "
+                                   f"({mlp.rows})")
+            best_acc = [float(r.accuracy[r.best()]) if r.best() is not None else np.nan for r in found.values()]
+            rows.append((*best_acc, base, rows_seen["default"], rows_seen["error-only"], mlp.rows, *own["default"],
+                         base_wall, base_cpu))
+            own_max = [max(own_max[0], own["default"][0]), max(own_max[1], own["default"][1])]
         r = np.array(rows)
         m = r.mean(axis=0)
-        worst["front"] = min(worst["front"], float((r[:, 0] - r[:, 2]).min()))
-        worst["best"] = min(worst["best"], float((r[:, 1] - r[:, 2]).min()))
-        print(f"| {b:.3f} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[0] - m[2]:+.4f} | {m[1] - m[2]:+.4f} | "
-              f"{m[3]:.0f} / {m[4]:.0f} | {m[5]:.2f} / {m[6]:.2f} | {m[7]:.2f} / {m[8]:.2f} |", flush=True)
-    print(f"worst engine - baseline over budgets and seeds: front {worst['front']:+.4f}, best {worst['best']:+.4f} "
-          "(target >= 0)")
+        d_def, d_err = float((r[:, 0] - r[:, 2]).min()), float((r[:, 1] - r[:, 2]).min())
+        worst["default"], worst["error-only"] = min(worst["default"], d_def), min(worst["error-only"], d_err)
+        lines.append(f"| {b:.3f} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[0] - m[2]:+.4f} ({d_def:+.4f}) | "
+                     f"{m[1] - m[2]:+.4f} ({d_err:+.4f}) | {m[3]:.0f} / {m[4]:.0f} / {m[5]:.0f} | "
+                     f"{m[6]:.2f} / {m[7]:.2f} | {m[8]:.2f} / {m[9]:.2f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Worst per-seed engine - baseline over every budget: default {worst['default']:+.4f}, error-only "
+              f"{worst['error-only']:+.4f} (target >= 0). Engine's own time, default, slowest search: "
+              f"{own_max[0]:.2f} s wall, {own_max[1]:.2f} s CPU (target <= 2 s at population 100 x 500 generations)."]
+    print(lines[-1])
+    full = all(getattr(args, k) >= v for k, v in FULL.items())
+    if full and not args.no_record:
+        record("search_engine", "\n".join(lines))
+    elif not full:
+        print(f"(reduced run: not recorded; the full size is {FULL})")
+
 
 if __name__ == "__main__":
     main()

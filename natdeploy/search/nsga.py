@@ -5,6 +5,8 @@ with eta 15 on 90% of the pairs, each variable with probability 1/2; polynomial 
 in n on average; rounding and :meth:`SearchSpace.repair`'s rule; offspring identical to a member or to each other
 dropped and re-drawn), each step one array operation over the population instead of pymoo's per-individual
 objects. Constraint handling is Deb's: feasible before infeasible, infeasible ranked by total violation.
+Two options aim a constrained search at its constraints: a cheap feasibility check that offspring must pass before
+they are evaluated, and an elite niche of the best feasible rows in one objective that survives ahead of the fronts.
 All randomness comes from the Generator passed in.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 from natdeploy.space import DEPTHS, MAX_DEPTH, N_CHOICES, N_STAGES, SearchSpace
 
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
+Feasible = Callable[[np.ndarray], np.ndarray]
 _MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are new to the population
 
 
@@ -83,11 +86,20 @@ def rank_and_crowding(F: np.ndarray, CV: np.ndarray, needed: int,
     return rank, _crowding(F, rank)
 
 
-def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator, elite: int = 0,
+             column: int = 0) -> np.ndarray:
     """Indices of the ``n`` survivors, best first: whole fronts, the last one cut by crowding, ties at random.
-    Infeasible rows rank after every feasible one, by violation, so this one order also decides tournaments."""
-    rank, cd = rank_and_crowding(F, CV, n, rng)
-    return np.lexsort((rng.random(len(F)), -cd, rank))[:n]
+    Infeasible rows rank after every feasible one, by violation, so this one order also decides tournaments.
+
+    ``elite`` > 0: the ``elite`` rows best in objective ``column`` among the least violating (feasible first)
+    survive first, ahead of the fronts of the other rows (a constrained single-objective niche)."""
+    if elite <= 0:
+        rank, cd = rank_and_crowding(F, CV, n, rng)
+        return np.lexsort((rng.random(len(F)), -cd, rank))[:n]
+    elite = min(elite, n, len(F))
+    best = np.lexsort((rng.random(len(F)), F[:, column], CV))[:elite]
+    rest = np.setdiff1d(np.arange(len(F)), best)
+    return np.concatenate([best, rest[_survive(F[rest], CV[rest], n - elite, rng)]])
 
 
 def _tournament(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -187,14 +199,18 @@ def _radix(space: SearchSpace) -> np.ndarray:
     return place
 
 
-def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator,
-               mutation: float | None) -> np.ndarray:
+def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator, mutation: float | None,
+               feasible: Feasible | None = None) -> np.ndarray:
     """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
-    another offspring. Each round mates enough pairs for the share of new offspring the last round had."""
+    another offspring. Each round mates enough pairs for the share of usable offspring the last round had.
+
+    ``feasible(genomes)`` (a cheap check, such as latency within the budgets): offspring it rejects are kept only
+    to fill the batch when the rounds run out, so the costly evaluation is spent on subnets that can survive."""
     xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
     base = _radix(space)
     seen = _keys(X, base)
     out: list[np.ndarray] = []
+    spare: list[np.ndarray] = []
     found = 0
     share = 0.5
     for _ in range(_MATING_ROUNDS):
@@ -209,20 +225,30 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
         _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
         new = np.sort(first[first >= len(seen)]) - len(seen)
-        out.append(kids[new])
         seen = np.concatenate([seen, keys[new]])
-        found += len(new)
+        fresh = kids[new]
+        if feasible is not None and len(fresh):
+            ok = feasible(fresh)
+            spare.append(fresh[~ok])
+            fresh = fresh[ok]
+        out.append(fresh)
+        found += len(fresh)
         if found >= n:
             break
-        share = max(len(new) / len(kids), 1.0 / 16)
+        share = max(len(fresh) / len(kids), 1.0 / 16)
+    if found < n and spare:
+        out.append(np.concatenate(spare)[:n - found])
     return np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
 
 
 def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population: int, generations: int,
-          rng: np.random.Generator, mutation: float | None = None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+          rng: np.random.Generator, mutation: float | None = None, elite: int = 0, elite_column: int = 0,
+          feasible: Feasible | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """Run NSGA-II from the canonical genomes ``start`` for ``generations`` (the first being ``start`` itself).
     ``mutation``: None for polynomial mutation, else the per-variable probability of random-reset mutation.
+    ``elite``: rows kept each generation for being best in objective ``elite_column`` among the least violating
+    (see :func:`_survive`). ``feasible``: a cheap check offspring must pass before they are evaluated (see
+    :func:`_offspring`).
     ``evaluate(genomes)`` returns (objectives, total violation, all values by column). Returns the final
     population's genomes, objectives, violations and values, and the number of evaluations."""
     X = np.unique(np.asarray(start, dtype=np.int64).reshape(-1, len(space.lower_bounds)), axis=0)
@@ -231,16 +257,16 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
         raise ValueError("NSGA-II needs a non-empty start population")
     F, CV, V = evaluate(X)
     n_eval = len(X)
-    keep = _survive(F, CV, population, rng)
+    keep = _survive(F, CV, population, rng, elite, elite_column)
     X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     for _ in range(generations - 1):
-        kids = _offspring(X, population, space, rng, mutation)
+        kids = _offspring(X, population, space, rng, mutation, feasible)
         if not len(kids):
             break  # every offspring the operators can make is already in the population
         Fk, CVk, Vk = evaluate(kids)
         n_eval += len(kids)
         X, F, CV = np.concatenate([X, kids]), np.concatenate([F, Fk]), np.concatenate([CV, CVk])
         V = {k: np.concatenate([V[k], Vk[k]]) for k in V}
-        keep = _survive(F, CV, population, rng)
+        keep = _survive(F, CV, population, rng, elite, elite_column)
         X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     return X, F, CV, V, n_eval
