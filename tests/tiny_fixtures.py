@@ -30,3 +30,35 @@ def tiny_cpu_table(folder: Path, space) -> Path:
     res = profile_device(load_device(str(spec)), space, resolutions=[32, 40], e2e_samples=8, n_classes=10,
                          out=folder / "tcpu.json", quiet=True)
     return res.table_path
+
+
+# The help's tiny search example (natdeploy/cli/search.py): run once per session by tests/conftest.py's
+# ``tiny_search`` fixture, which the examples test and the bad-input battery share.
+TINY_SEARCH = ("natdeploy search --device cpu --max-latency 2ms --settings quick --resolutions 32 --iterations 1 "
+               "--warmup-epochs 0 --initial-archs 4 --population 8 --generations 2 --candidates 2")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_natdeploy(example: str, work: Path, timeout: float = 600):
+    """Run one ``natdeploy ...`` line as ``python -m natdeploy`` in ``work``, on the tables in ``work/latency_tables``.
+
+    Returns ``(CompletedProcess, seconds)``. This tree comes first on the child's path, as in the parent.
+    """
+    import os
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    argv = shlex.split(example)
+    env = {**os.environ, "NATDEPLOY_TABLES": str(work / "latency_tables"), "NATDEPLOY_NO_PROGRESS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "natdeploy", *argv[1:]], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+def failure(example: str, proc) -> str:
+    """The assertion message for a failed example: its line and the tails of its output."""
+    return f"{example}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
