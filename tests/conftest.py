@@ -54,6 +54,40 @@ def tiny_search(tmp_path_factory) -> TinySearch:
     return TinySearch(work, took, proc.stderr)
 
 
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory) -> Path:
+    """``tiny_fixtures.tiny_cpu_table`` of ``tiny_space()``, profiled once per session."""
+    from tiny_fixtures import tiny_cpu_table, tiny_space
+
+    return tiny_cpu_table(tmp_path_factory.mktemp("tiny_table"), tiny_space())
+
+
+@dataclass(frozen=True)
+class TinyNatRun:
+    """A finished two-iteration in-process search: its folder (copy it before changing it), result and budget."""
+
+    run: Path
+    result: dict
+    budget: float
+
+
+@pytest.fixture(scope="session")
+def tiny_nat_run(tmp_path_factory, tiny_table) -> TinyNatRun:
+    """``run_search`` with ``TINY_NAT`` at two iterations on ``tiny_digits()`` and ``tiny_table``, at the median
+    budget; test_search.py checks it against a killed-and-resumed run, test_report.py reports on a copy."""
+    from natdeploy.latency.predictor import LatencyPredictor
+    from natdeploy.search import NATConfig, run_search
+    from tiny_fixtures import TINY_NAT, tiny_budget, tiny_digits, tiny_space
+
+    space = tiny_space()
+    predictor = LatencyPredictor.load(tiny_table)
+    budget = tiny_budget(predictor, space)
+    out = tmp_path_factory.mktemp("tiny_nat") / "tiny"
+    result = run_search(out, tiny_digits(), {"cpu": predictor}, {"cpu": budget}, space,
+                        NATConfig(**{**TINY_NAT, "iterations": 2}))
+    return TinyNatRun(out, result, budget)
+
+
 def pytest_configure(config):
     import torch
 

@@ -1,4 +1,7 @@
-"""Small builders several test files share: an ImageFolder of random images, and a quickly profiled tiny table."""
+"""Small builders several test files share: an ImageFolder of random images, a quickly profiled tiny table, the
+tiny in-process NAT settings and data, and the help's tiny search example with a runner for ``natdeploy`` lines.
+
+tests/conftest.py makes the costly ones once per session (``tiny_table``, ``tiny_nat_run``, ``tiny_search``)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,32 @@ def image_folder(root: Path, classes: Sequence[str] = ("cat", "dog"), n: int = 6
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     return root
+
+
+# The tiny in-process search of test_search.py and test_report.py: 64 digits at 40 px, the "tiny" space below.
+TINY_NAT = dict(iterations=1, initial_archs=4, population=8, generations=2, candidates_per_iter=2, top_archs=8,
+                subnets_per_step=1, epochs_per_iter=1, warmup_epochs=1, batch_size=32, bn_batches=1, val_limit=32)
+
+
+def tiny_space():
+    """The two-resolution, one-width space the tiny table and the tiny in-process search use."""
+    from natdeploy.space import SearchSpace
+
+    return SearchSpace(resolutions=(32, 40), widths=(1.0,), name="tiny")
+
+
+def tiny_digits():
+    """The first 64 training digits at 40 px (and the whole validation split)."""
+    from natdeploy.data import load_digits_data
+
+    d = load_digits_data(size=40)
+    d.train_x, d.train_y = d.train_x[:64], d.train_y[:64]
+    return d
+
+
+def tiny_budget(predictor, space) -> float:
+    """The median predicted latency of 50 seeded subnets: a budget that half the space meets."""
+    return float(np.median(predictor.predict(space.sample(np.random.default_rng(0), 50))))
 
 
 def tiny_cpu_table(folder: Path, space) -> Path:
