@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,11 +21,11 @@ import pytest
 
 from natdeploy.cli import build_parser, main
 from natdeploy.cli.errors import RESUME_HINTS, run_command
+from tiny_fixtures import TINY_SEARCH
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "w1.0-r32-3333-3333-3333-3333-3333"
-TINY = ["--settings", "quick", "--resolutions", "32", "--iterations", "1", "--warmup-epochs", "0", "--initial-archs",
-        "4", "--population", "8", "--generations", "2", "--candidates", "2"]
+TINY = shlex.split(TINY_SEARCH)[shlex.split(TINY_SEARCH).index("--settings"):]  # the tiny example's own flags
 MISSING = "/nonexistent/natdeploy-missing"
 
 # A valid command line per command; a generated case changes one flag of it.
@@ -180,18 +181,11 @@ def tables_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tables_copy) -> Path:
-    """A tiny finished search (runs/r), made once through the CLI."""
-    base = tmp_path_factory.mktemp("run")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NATDEPLOY_TABLES", str(tables_copy))
-    mp.setenv("NATDEPLOY_NO_PROGRESS", "1")
-    try:
-        assert main(["search", "--device", "cpu", "--max-latency", "2ms", *TINY, "--out", str(base / "runs"),
-                     "--name", "r", "--quiet"]) == 0
-    finally:
-        mp.undo()
-    return base / "runs"
+def finished_run(tmp_path_factory, tiny_search) -> Path:
+    """A tiny finished search as runs/r: a copy of the help's tiny search example, which ran with ``TINY``."""
+    runs = tmp_path_factory.mktemp("run") / "runs"
+    shutil.copytree(tiny_search.run, runs / "r")
+    return runs
 
 
 def _png(path: Path, seed: int) -> None:

@@ -1,41 +1,38 @@
 """Every ``natdeploy ...`` example in README.md and in each command's ``--help`` epilog runs.
 
-The examples run in order (the epilogs' in the order of ``natdeploy --help``, then the README's that are left)
-as ``python -m natdeploy ...`` in one temporary working folder, so that runs/, bundles/ and tables/ land there,
-with ``NATDEPLOY_TABLES`` pointing at a copy of latency_tables/ there. Order matters: the small search example
-writes runs/cpu-small-s0, which the export examples (and the README's) then export.
+The epilogs' examples run in the order of ``natdeploy --help`` as ``python -m natdeploy ...`` in one temporary
+working folder, so that runs/, bundles/ and tables/ land there, with ``NATDEPLOY_TABLES`` pointing at a copy of
+latency_tables/ there. Order matters: the tiny search example writes runs/cpu-small-s0, which the resume, export
+and report examples then use. That search is the session's ``tiny_search`` fixture (tests/conftest.py): it runs the
+example's very line once through the CLI, other test files use copies of its run, and the working folder here
+starts as a copy of the folder it ran in. The README's examples that are left (its main command and its export)
+run in a second such copy, as a reader who follows the README has one run and no bundle yet.
 
 Checked for parsing only:
 - examples that need a phone (adb) or a GPU (cuda) device spec;
-- the ones in ``EXPENSIVE``, each with its reason. The README's main command (~3 minutes on 2 cores) is one;
+- the ones in ``EXPENSIVE``, each with its reason. The README's main command (~4 minutes on 2 idle cores) is one;
   ``benchmarks/main_command.py`` times it.
-Examples in ``SLOW`` are real and cheap by their flags, but train or convert models for minutes on a shared
-2-core machine; they run with ``NATDEPLOY_RUN_SLOW_EXAMPLES=1`` and are checked for parsing otherwise.
 Examples that read ``../shared/data`` skip when that folder is absent.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from natdeploy.cli import build_parser
 from natdeploy.devices import known_devices, load_device
+from tiny_fixtures import TINY_SEARCH, failure, run_natdeploy
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 EXPENSIVE = {
     "natdeploy search --device cpu --max-latency 1.5ms --settings quick --resolutions 32":
-        "the README's main command: ~3 minutes on 2 cores (benchmarks/main_command.py times it)",
+        "the README's main command: ~4 minutes on 2 idle cores (benchmarks/main_command.py times it)",
     "natdeploy search --device cpu --max-latency 1.5ms --settings quick":
         "the main command at all the preset's resolutions: longer still",
     "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa":
@@ -51,23 +48,6 @@ EXPENSIVE = {
     "--data ./flowers --device cpu --out bundles/flowers":
         "needs OFA's published checkpoint and the user's own ImageFolder",
 }
-
-_TINY = ("--settings quick --resolutions 32 --iterations 1 --warmup-epochs 0 --initial-archs 4 --population 8 "
-         "--generations 2 --candidates 2")
-SLOW = {
-    f"natdeploy search --device cpu --max-latency 2ms {_TINY}": "trains a supernet: over 8 minutes at load 6",
-    "natdeploy search --device cpu --max-latency 2ms --settings quick --resume": "resumes that run",
-    "natdeploy profile --device cpu-litert --resolutions 32 --e2e-samples 4 --n-classes 10 --out tables/t.json":
-        "96 ops timed in 20 rounds: over a minute",
-    "natdeploy export runs/cpu-small-s0 --format onnx --parity-images 4 --no-latency": "exports that run",
-    "natdeploy export runs/cpu-small-s0 --max-latency 2ms --format tflite --int8 --calibration-images 8 "
-    "--out bundles/fast": "exports that run",
-    "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx": "exports that run",
-    "natdeploy export runs/cpu-small-s0 --format tflite,onnx --int8": "exports that run",
-    "natdeploy report runs/cpu-small-s0": "reports that run",
-    "natdeploy report runs/cpu-small-s0 --out cpu-report.html": "reports that run",
-}
-RUN_SLOW = os.environ.get("NATDEPLOY_RUN_SLOW_EXAMPLES") == "1"
 
 
 def _help_examples(parser: argparse.ArgumentParser) -> list[str]:
@@ -100,39 +80,47 @@ def _needs_hardware(argv: list[str]) -> bool:
     return any(tok.split("=", 1)[0] in HARDWARE for tok in argv)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("examples")
-    work = root / "work"
-    shutil.copytree(ROOT / "latency_tables", work / "latency_tables")
+def _work_folder(root: Path, tiny_search) -> Path:
+    """A copy of the folder the tiny search example ran in, with ../shared/data linked beside it."""
+    work = tiny_search.copy_to(root / "work")
     if SHARED_DATA.is_dir():  # ../shared/data from the working folder
         (root / "shared").mkdir()
         (root / "shared" / "data").symlink_to(SHARED_DATA)
     return work
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_search) -> Path:
+    return _work_folder(tmp_path_factory.mktemp("examples"), tiny_search)
+
+
+@pytest.fixture(scope="module")
+def readme_workdir(tmp_path_factory, tiny_search) -> Path:
+    return _work_folder(tmp_path_factory.mktemp("readme"), tiny_search)
+
+
 def test_examples_were_found():
     assert len(HELP_EXAMPLES) >= 15 and len(README_EXAMPLES) >= 8
     commands = {line.split()[1] for line in HELP_EXAMPLES}
     assert commands == {"devices", "arch", "profile", "predict", "search", "export", "report", "tables", "supernets"}
-    assert set(EXPENSIVE) | set(SLOW) <= set(EXAMPLES), (set(EXPENSIVE) | set(SLOW)) - set(EXAMPLES)
+    assert set(EXPENSIVE) <= set(EXAMPLES), set(EXPENSIVE) - set(EXAMPLES)
+    assert TINY_SEARCH in HELP_EXAMPLES  # the shared run is the help's own example
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_example(example: str, workdir: Path):
+def test_example(example: str, request):
     argv = shlex.split(example)
     build_parser().parse_args(argv[1:])  # every example parses, whatever else happens
     if _needs_hardware(argv) or example in EXPENSIVE:
         return
-    if example in SLOW and not RUN_SLOW:
-        pytest.skip(f"parsed only: {SLOW[example]} (NATDEPLOY_RUN_SLOW_EXAMPLES=1 runs it)")
     if "../shared/data" in example and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
-    env = {**os.environ, "NATDEPLOY_TABLES": str(workdir / "latency_tables"), "NATDEPLOY_NO_PROGRESS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "natdeploy", *argv[1:]], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-    took = time.perf_counter() - t0
+    work = request.getfixturevalue("workdir" if example in HELP_EXAMPLES else "readme_workdir")
+    if example == TINY_SEARCH:  # ran once for the session, in the folder this one copies
+        tiny_search = request.getfixturevalue("tiny_search")
+        assert (work / "runs" / "cpu-small-s0" / "best.json").is_file(), tiny_search.stderr[-3000:]
+        print(f"{tiny_search.seconds:6.1f} s  {example}  (the session's tiny_search)")
+        return
+    proc, took = run_natdeploy(example, work)
     print(f"{took:6.1f} s  {example}")
-    assert proc.returncode == 0, f"{example}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, failure(example, proc)

@@ -19,18 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from natdeploy.data import load_digits_data
-from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.run_folder import RunFolder, RunFolderError, best_within
-from natdeploy.search import NATConfig, run_search
 from natdeploy.search.html_report import (BUNDLE_FORMAT, REPORT, find_exports, hypervolume_2d, hypervolume_history,
                                           render_report, write_report)
-from natdeploy.space import SearchSpace
-from tiny_fixtures import tiny_cpu_table
+from tiny_fixtures import tiny_space
 
-SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0,), name="tiny")
-TINY = dict(iterations=2, initial_archs=4, population=8, generations=2, candidates_per_iter=2, top_archs=8,
-            subnets_per_step=1, epochs_per_iter=1, warmup_epochs=1, batch_size=32, bn_batches=1, val_limit=32)
+SPACE = tiny_space()
 SECTIONS = ["Accuracy-latency front per iteration", "Best subnet per budget",
             "Surrogate and hypervolume per iteration", "Latency tables"]
 
@@ -52,19 +46,15 @@ def test_bundle_format_matches_the_exporter():
 
 
 @pytest.fixture(scope="module")
-def table_path(tmp_path_factory):
-    return tiny_cpu_table(tmp_path_factory.mktemp("table"), SPACE)
+def table_path(tiny_table):
+    return tiny_table
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, table_path):
-    """A real two-iteration NAT run on 64 digits, plus an export bundle's metadata for its best subnet."""
-    data = load_digits_data(size=40)
-    data.train_x, data.train_y = data.train_x[:64], data.train_y[:64]
-    predictor = LatencyPredictor.load(table_path)
-    budget = float(np.median(predictor.predict(SPACE.sample(np.random.default_rng(0), 50))))
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    run_search(out, data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY))
+def run_dir(tmp_path_factory, tiny_nat_run):
+    """A real two-iteration NAT run on 64 digits (a copy of conftest's tiny_nat_run), plus an export bundle's
+    metadata for its best subnet."""
+    out = Path(shutil.copytree(tiny_nat_run.run, tmp_path_factory.mktemp("runs") / "tiny"))
     state = RunFolder(out).read_state()
     best = best_within(state.archive, state.budgets)
     bundle = out / f"bundle-{best.arch}"

@@ -1,31 +1,27 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 
-from natdeploy.data import load_digits_data
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search import NATConfig, SearchError, run_search
 from natdeploy.search.problem import canonical, repair_genomes
-from natdeploy.space import SearchSpace
-from tiny_fixtures import tiny_cpu_table
+from tiny_fixtures import TINY_NAT, tiny_budget, tiny_digits, tiny_space
 
-SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0,), name="tiny")
-TINY = dict(iterations=1, initial_archs=4, population=8, generations=2, candidates_per_iter=2, top_archs=8,
-            subnets_per_step=1, epochs_per_iter=1, warmup_epochs=1, batch_size=32, bn_batches=1, val_limit=32)
+SPACE = tiny_space()
+TINY = TINY_NAT
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    return LatencyPredictor.load(tiny_cpu_table(tmp_path_factory.mktemp("table"), SPACE))
+def predictor(tiny_table):
+    return LatencyPredictor.load(tiny_table)
 
 
 @pytest.fixture(scope="module")
 def data():
-    d = load_digits_data(size=40)
-    d.train_x, d.train_y = d.train_x[:64], d.train_y[:64]
-    return d
+    return tiny_digits()
 
 
 def test_repair_keeps_two_blocks_per_stage_and_canonical_order():
@@ -44,11 +40,12 @@ def test_budget_below_fastest_subnet_is_refused(tmp_path, data, predictor):
     assert not (tmp_path / "r").exists()
 
 
-def test_search_outputs_budget_and_exact_resume(tmp_path, data, predictor):
-    budget = float(np.median(predictor.predict(SPACE.sample(np.random.default_rng(0), 50))))
-    straight = run_search(tmp_path / "a", data, {"cpu": predictor}, {"cpu": budget}, SPACE,
-                          NATConfig(**{**TINY, "iterations": 2}))
-    run_dir = tmp_path / "a"
+def test_search_outputs_budget_and_exact_resume(tmp_path, data, predictor, tiny_nat_run):
+    budget = tiny_budget(predictor, SPACE)
+    # the straight two-iteration run: the session's (conftest.tiny_nat_run, with these settings and this budget)
+    assert tiny_nat_run.budget == budget
+    straight = tiny_nat_run.result
+    run_dir = shutil.copytree(tiny_nat_run.run, tmp_path / "a")
     for name in ("archive.jsonl", "pareto.json", "pareto.png", "best.json", "supernet.pt", "state.json"):
         assert (run_dir / name).exists(), name
     archive = [json.loads(line) for line in (run_dir / "archive.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ HELP = ("Measure a device's op latencies and whole subnets into a latency table 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "profile", HELP, examples(
         "natdeploy profile --device cpu",
-        "natdeploy profile --device cpu-litert --resolutions 32 --e2e-samples 4 --n-classes 10 --out tables/t.json",
+        "natdeploy profile --device cpu --resolutions 32 --e2e-samples 4 --n-classes 10 --out tables/t.json",
         "natdeploy profile --device cpu --space ofa --resolutions 160 224 --e2e-samples 50",
         "natdeploy profile --device pixel4 --serial 192.168.1.20:5555 --benchmark-binary ./benchmark_model",
         "natdeploy profile --device pixel4 --threads 4 --cpu-mask f0 --out latency_tables/pixel4-4t.json",

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"natdeploy search --device cpu --max-latency 2ms {_TINY}",
         "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa",
         "natdeploy search --device pixel4 --device cpu --max-latency pixel4=30ms cpu=8ms --data ./flowers",
-        "natdeploy search --device cpu --max-latency 2ms --settings quick --resume",
+        f"natdeploy search --device cpu --max-latency 2ms {_TINY} --resume",
         "natdeploy search --device cpu --max-latency 30ms --data ./flowers --space ofa --supernet "
         "ofa_mbv3_d234_e346_k357_w1.0 --accelerator cuda --precision bf16 --workers 8",
         "torchrun --nproc-per-node 2 -m natdeploy search --device cpu --max-latency 2ms " + _TINY))
