@@ -11,11 +11,18 @@ hypervolume per device become ``K/<key>/<inner key>``), at
 - any other kind: its place among the records of that kind.
 
 Missing values (``None``) are skipped. The ``tensorboard`` package is needed only here, imported when a log opens.
+Events are written with tensorboard's protobufs and record framing to a plain file, synchronously and flushed
+per record. Neither ``torch.utils.tensorboard.SummaryWriter`` nor tensorboard's ``EventFileWriter`` is used: both
+reach ``tensorboard.compat.tf``, which imports TensorFlow when it is installed (natdeploy's TFLite export installs
+it), and TensorFlow loaded before torch's first import of triton (by its first optimiser) crashes the process.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -59,23 +66,37 @@ class TensorBoardLog:
 
     def __init__(self, run_dir: str | Path, metrics_path: str | Path | None = None) -> None:
         require_tensorboard()
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
+        self._event, self._summary = Event, Summary
         self.counts: dict[str, int] = {}
         if metrics_path is not None and Path(metrics_path).is_file():  # continue the x axis of a resumed run
             for line in Path(metrics_path).read_text().splitlines():
                 if line.strip():
                     kind = str(json.loads(line).get("kind", "record"))
                     self.counts[kind] = self.counts.get(kind, 0) + 1
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TB_DIR), flush_secs=10)
+        folder = Path(run_dir) / TB_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        # a new file per writer (TensorBoard reads every events.out.tfevents.* of the folder in order)
+        name = f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}.{id(self)}"
+        self.path = folder / name
+        self.writer = RecordWriter(open(self.path, "wb"))
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: Any) -> None:
+        self.writer.write(event.SerializeToString())
+        self.writer.flush()
 
     def add(self, record: dict[str, Any]) -> None:
         """Write one metrics record's scalars."""
         kind = str(record.get("kind", "record"))
         self.counts[kind] = self.counts.get(kind, 0) + 1
         x = int(record["iteration"]) if kind == "iteration" and "iteration" in record else self.counts[kind]
-        for tag, value in scalars(record):
-            self.writer.add_scalar(tag, value, x)
+        values = [self._summary.Value(tag=tag, simple_value=value) for tag, value in scalars(record)]
+        if values:
+            self._write(self._event(wall_time=time.time(), step=x, summary=self._summary(value=values)))
 
     def close(self) -> None:
         self.writer.close()
