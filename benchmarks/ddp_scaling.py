@@ -49,10 +49,10 @@ def worker(args: argparse.Namespace) -> None:
                 .contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (args.batch,), generator=g))
                for _ in range(n)]
     archs = [space.sample(rng, args.subnets) + [space.smallest()] for _ in range(n)]
-    times = []
+    times, cpu = [], []
     for i, ((x, y), subnets) in enumerate(zip(batches, archs)):
         barrier(rt)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with sync_batch_norm(net, train_bn_reducer(rt, len(y))):  # as natdeploy.train.train_epochs does
             sandwich_backward(net, x, y, space.largest(), subnets, 1.0, rt)
@@ -63,9 +63,13 @@ def worker(args: argparse.Namespace) -> None:
         barrier(rt)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     if rt.is_main:
-        print(json.dumps({"world": rt.world_size, "seconds": times,
-                          "images_per_s": args.batch * len(times) / sum(times)}), flush=True)
+        # CPU seconds of rank 0: what the step costs apart from waiting for the CPU, so a busy machine can be told
+        # from a real scaling loss
+        print(json.dumps({"world": rt.world_size, "seconds": times, "cpu_seconds": cpu,
+                          "images_per_s": args.batch * len(times) / sum(times),
+                          "images_per_cpu_s": args.batch / rt.world_size * len(cpu) / sum(cpu)}), flush=True)
 
 
 def _free_port() -> int:
@@ -118,6 +122,10 @@ def main() -> None:
     ratio = many["images_per_s"] / one["images_per_s"]
     print(f"{args.processes} processes: {many['images_per_s']:8.1f} images/s")
     print(f"ratio {ratio:.2f} (target >= 1.5 with 2 processes on 2 cores)")
+    cpu_ratio = many["images_per_cpu_s"] / one["images_per_cpu_s"]
+    print(f"images per CPU second of one rank: {one['images_per_cpu_s']:.1f} vs {many['images_per_cpu_s']:.1f} "
+          f"(x{cpu_ratio:.2f}; x1.0 is perfect scaling: a wall-clock ratio far below {args.processes} x this means "
+          "a busy machine)")
     if not args.no_record:
         try:
             from _common import machine_line, record
