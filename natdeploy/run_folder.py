@@ -10,7 +10,8 @@ Files, and who reads them:
   epoch and every few minutes, so that a kill loses at most that much; it is removed when the phase's checkpoint
   commits, and resume uses it only for the phase it names.
 - ``metrics.jsonl``: one JSON record per training step and per iteration, appended as the run goes (steps after
-  the last checkpoint are logged again when a killed run resumes).
+  the last checkpoint are logged again when a killed run resumes); ``tensorboard/`` holds the same as TensorBoard
+  event files when enabled (``--tensorboard``).
 
 A checkpoint writes the supernet first (moving the previous one to ``supernet.prev.pt``), then ``state.json``,
 then ``archive.jsonl``. A kill at any point thus leaves a state whose supernet is one of the two files; each
@@ -121,6 +122,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.tensorboard: Any = None  # a natdeploy.tensorboard_log.TensorBoardLog once enable_tensorboard() ran
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -208,10 +210,26 @@ class RunFolder:
         (self.path / self.PHASE).unlink(missing_ok=True)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl (one write per line, flushed)."""
+        """Append one record to metrics.jsonl (one write per line, flushed), and to TensorBoard when enabled."""
         with open(self.path / self.METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add(record)
+
+    def enable_tensorboard(self) -> None:
+        """Mirror every later metrics record into TensorBoard event files under ``tensorboard/``."""
+        from natdeploy.tensorboard_log import TensorBoardLog
+
+        if self.tensorboard is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.tensorboard = TensorBoardLog(self.path, self.path / self.METRICS)
+
+    def close_tensorboard(self) -> None:
+        """Flush and close the TensorBoard event files (a no-op when not enabled)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def write_state(self, state: SearchState) -> None:
         """Rewrite state.json alone, for a change that leaves the iteration (and so the supernet) as it is, such as

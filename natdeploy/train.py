@@ -5,10 +5,11 @@ process on CPU in fp32) the arithmetic is exactly the single-process one.
 
 Several processes (``natdeploy.distributed``) train data-parallel: every rank draws the same global batch and the
 same subnets from one seeded RNG stream, takes its contiguous shard of the batch, weights its losses by its share,
-and the gradients are summed once per optimiser step. BatchNorm: with more than one process, training batches are
-normalised with the statistics of the global batch (sum and sum of squares all-reduced with autograd, see
-``natdeploy.supernet.layers.sync_batch_norm``), so the gradient equals the one-process gradient over the same
-global batch, and the running statistics receive the same update on every rank and stay identical. Dropout masks
+and the gradients are summed once per optimiser step. BatchNorm (``runtime.batch_norm``, see
+``natdeploy.distributed.train_bn_reducer``): by default each rank normalises its shard with its own statistics and
+the running statistics are averaged over the ranks after every step, so they stay identical; the gradient is then
+the one-process gradient with each shard as its own BN batch. With ``sync`` the statistics of the global batch are
+all-reduced per BN layer, so the gradient equals the one-process gradient over the same global batch. Dropout masks
 are drawn per rank (torch seeded with ``seed + rank``), so with dropout the runs agree in distribution only.
 """
 
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from natdeploy.data import ImageData
-from natdeploy.distributed import (LOCAL, Runtime, all_reduce_gradients, gather, grad_scaler, peer_failures,
-                                   precision_context, rng_states, shard_range, stats_reducer)
+from natdeploy.distributed import (LOCAL, Runtime, all_reduce_gradients, average_bn_statistics, gather, grad_scaler,
+                                   peer_failures, precision_context, rng_states, shard_range, train_bn_reducer)
 from natdeploy.errors import CheckpointError
 from natdeploy.space import Arch, SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, recalibrate_bn
@@ -228,8 +229,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "numpy_rng": rng_state, "torch_rng": states, "losses": losses[-10:]}))
 
-    with torch.random.fork_rng(devices=fork_devices), sync_batch_norm(supernet, stats_reducer(rt)), \
-            peer_failures("a training step", rt):
+    with torch.random.fork_rng(devices=fork_devices), peer_failures("a training step", rt):
         torch.manual_seed(seed + rt.rank)
         if torch_states is not None:
             _restore_torch_rng(torch_states, rt)
@@ -243,11 +243,13 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                 if epoch == start_epoch and b < skip:
                     continue  # replaying the data stream of a resumed epoch
                 opt.zero_grad(set_to_none=True)
-                loss = sandwich_backward(supernet, x, y, largest, archs, kd_alpha, rt, scaler)
+                with sync_batch_norm(supernet, train_bn_reducer(rt, len(y))):
+                    loss = sandwich_backward(supernet, x, y, largest, archs, kd_alpha, rt, scaler)
                 due = bool(checkpoint_every_s is not None and on_checkpoint is not None and rt.is_main
                            and time.monotonic() - last_ckpt >= checkpoint_every_s)
                 # rank 0's "checkpoint now" travels in the gradient buffer, so every rank agrees at no extra cost
                 loss_sum, due_sum = all_reduce_gradients(supernet, rt, extras=(float(loss), float(due)))
+                average_bn_statistics(supernet, rt)
                 if scaler is not None:
                     scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ import torch
 
 from natdeploy.data import ImageData
 from natdeploy.distributed import (LOCAL, AcceleratorError, DistributedError, Runtime, all_reduce_gradients,
-                                   check_same_config, init_runtime, shard_range, stats_reducer)
+                                   average_bn_statistics, check_same_config, init_runtime, shard_range,
+                                   train_bn_reducer)
 from natdeploy.space import SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet
 from natdeploy.supernet.layers import sync_batch_norm
@@ -60,9 +62,19 @@ def grad_batch() -> tuple[torch.Tensor, torch.Tensor, list]:
 def sandwich_grads(rt: Runtime) -> dict[str, torch.Tensor]:
     net = fresh_net().to(memory_format=torch.channels_last).train()
     x, y, archs = grad_batch()
-    with sync_batch_norm(net, stats_reducer(rt)):
+    with sync_batch_norm(net, train_bn_reducer(rt, len(y))):
         sandwich_backward(net, x, y, SPACE.largest(), archs, 1.0, rt)
     all_reduce_gradients(net, rt)
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def ghost_batch_grads(world: int = 2) -> dict[str, torch.Tensor]:
+    """One process, BN per shard: each rank's shard is its own BN batch (the ``local`` BN mode), losses weighted by
+    the shard's share of the global batch, gradients accumulated over the shards."""
+    net = fresh_net().to(memory_format=torch.channels_last).train()
+    x, y, archs = grad_batch()
+    for rank in range(world):
+        sandwich_backward(net, x, y, SPACE.largest(), archs, 1.0, Runtime(rank=rank, world_size=world))
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
@@ -75,7 +87,8 @@ def train_run(rt: Runtime, dropout: float) -> tuple[list[str], list[torch.Tensor
         if step <= 2:
             early.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
 
-    out = train_epochs(net, tiny_data(), SPACE, 2, lambda r, n: SPACE.sample(r, n), 1, seed=5, lr=0.1,
+    # 43 images in batches of 20: the last batch of 3 has a 1-image shard, which BN synchronises in either mode
+    out = train_epochs(net, tiny_data(n_train=43), SPACE, 2, lambda r, n: SPACE.sample(r, n), 1, seed=5, lr=0.1,
                        batch_size=20, include_smallest=True, runtime=rt, progress=after_step)
     return digests, early + [torch.cat([b.reshape(-1).float() for b in net.buffers()])], out
 
@@ -95,7 +108,9 @@ def _rank_main(scenario: str, out: Path) -> None:
         if scenario == "main":
             check_same_config({"seed": 5, "data": "random"}, rt)
             result["grads"] = sandwich_grads(rt)
+            result["grads_sync"] = sandwich_grads(replace(rt, batch_norm="sync"))
             result["train"] = train_run(rt, dropout=0.0)
+            result["train_sync"] = train_run(replace(rt, batch_norm="sync"), dropout=0.0)
             result["train_dropout"] = train_run(rt, dropout=0.1)[0]
             result["eval"] = eval_list(rt)
         elif scenario == "mismatch":
@@ -165,12 +180,26 @@ def _flat(d: dict[str, torch.Tensor], keys) -> torch.Tensor:
     return torch.cat([d[k].double().reshape(-1) for k in keys])
 
 
-def test_two_process_gradient_equals_one_process_gradient(main_results):
-    ref = sandwich_grads(LOCAL)
+def test_bn_mode_per_step():
+    two, sync = Runtime(rank=0, world_size=2), Runtime(rank=1, world_size=2, batch_norm="sync")
+    assert train_bn_reducer(LOCAL, 1) is None and train_bn_reducer(two, 4) is None
+    assert train_bn_reducer(two, 3) is not None  # a 1-image shard: synchronised
+    assert train_bn_reducer(sync, 64) is not None
+    net = fresh_net()
+    before = [b.clone() for b in net.buffers()]
+    average_bn_statistics(net, LOCAL)  # one process: nothing to do, no process group needed
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))
+
+
+@pytest.mark.parametrize("mode", ["local", "sync"])
+def test_two_process_gradient_equals_one_process_gradient(main_results, mode):
+    """local BN: the one-process gradient with each shard as its own BN batch; sync BN: the plain one-process
+    gradient over the global batch."""
+    ref = ghost_batch_grads(2) if mode == "local" else sandwich_grads(LOCAL)
     keys = sorted(ref)
     scale = max(float(v.abs().max()) for v in ref.values())
     for res in main_results:
-        got = res["grads"]
+        got = res["grads" if mode == "local" else "grads_sync"]
         assert set(got) == set(ref)  # the same parameters unused (grad None) as in one process
         # float32 BN on 7 images of a fresh network is ill-conditioned: one-process float32 itself is 2e-4 away
         # from float64 here, so the tolerance is a few times that
@@ -180,16 +209,20 @@ def test_two_process_gradient_equals_one_process_gradient(main_results):
             torch.testing.assert_close(got[k], ref[k], rtol=1e-2, atol=2e-3 * scale, msg=k)
     for k in keys:
         assert torch.equal(main_results[0]["grads"][k], main_results[1]["grads"][k])
+        assert torch.equal(main_results[0]["grads_sync"][k], main_results[1]["grads_sync"][k])
 
 
 def test_parameters_bit_identical_across_ranks_after_every_step(main_results):
-    (d0, s0, o0), (d1, s1, o1) = main_results[0]["train"], main_results[1]["train"]
-    assert len(d0) == 6 and d0 == d1  # 45 images in batches of 20: 3 steps an epoch, the last shard uneven
+    for key in ("train", "train_sync"):
+        (d0, s0, o0), (d1, s1, o1) = main_results[0][key], main_results[1][key]
+        assert len(d0) == 6 and d0 == d1  # 43 images in batches of 20: 3 steps an epoch, the last shard uneven
+        assert torch.equal(s0[-1], s1[-1])  # BN running statistics too (averaged every step in local mode)
+        assert o0 == o1
     assert main_results[0]["train_dropout"] == main_results[1]["train_dropout"]
-    assert torch.equal(s0[-1], s1[-1])  # BN running statistics too
-    assert o0 == o1
-    # close to one process over the same global batch after the first step; float noise grows fast in this
-    # fresh network at lr 0.1 (one process with only BN's arithmetic changed: 1e-5 after step 1, 5e-4 after step 2)
+    # sync BN: close to one process over the same global batch after the first step; float noise grows fast in
+    # this fresh network at lr 0.1 (one process with only BN's arithmetic changed: 1e-5 after step 1, 5e-4 after
+    # step 2)
+    s0 = main_results[0]["train_sync"][1]
     _, ref, _ = train_run(LOCAL, dropout=0.0)
     assert float((s0[0] - ref[0]).norm() / ref[0].norm()) < 1e-4
 

@@ -74,6 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-minutes", type=float, default=10.0,
                    help="save the training state inside long phases at least this often (default 10; also "
                         "after every epoch)")
+    g.add_argument("--batch-norm", choices=["local", "sync"], default="local",
+                   help="with several processes: local (default) normalises each rank's shard with its own BN "
+                        "statistics and averages the running statistics every step; sync uses the global batch's "
+                        "(exact, but about 400 small all-reduces per step)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write metrics.jsonl's records as TensorBoard event files in <run>/tensorboard")
     add_table_flag(p)
     p.set_defaults(func=run)
 
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_plugged(args, space, devices, budgets, objectives)
     name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
     run_dir = Path(args.out) / name
-    runtime = init_runtime(args.accelerator, args.precision)
+    runtime = init_runtime(args.accelerator, args.precision, batch_norm=args.batch_norm)
     try:
         _set_threads(args.threads)
         if not runtime.is_main:  # one voice: rank 0 prints progress and results, the others only warnings
@@ -142,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
                                 resume=args.resume, on_event=progress, extend=args.iterations is not None,
-                                runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes)
+                                runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes,
+                                tensorboard=args.tensorboard)
         finally:
             progress.close()
     except KeyboardInterrupt as exc:
@@ -206,7 +213,9 @@ def _run_plugged(args: argparse.Namespace, space: Any, devices: list[str], budge
     used += [flag for flag, on in (("--supernet", args.supernet != "scratch"), ("--resume", args.resume),
                                    ("--data-loading", args.data_loading != "auto"),
                                    ("--accelerator", args.accelerator != "auto"),
-                                   ("--precision", args.precision != "fp32")) if on]
+                                   ("--precision", args.precision != "fp32"),
+                                   ("--batch-norm", args.batch_norm != "local"),
+                                   ("--tensorboard", args.tensorboard)) if on]
     if used:
         raise ConfigError(f"{', '.join(used)} apply to NAT's own search; --accuracy-predictor searches with your "
                           "predictor alone")

@@ -124,18 +124,23 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
                budgets: dict[str, float], space: SearchSpace, config: NATConfig, supernet: str = "scratch",
                resume: bool = False, on_event: Callable[[str, dict], None] | None = None,
                extend: bool = False, runtime: Runtime | None = None,
-               checkpoint_every_s: float | None = 600.0) -> dict:
+               checkpoint_every_s: float | None = 600.0, tensorboard: bool = False) -> dict:
     """Run NAT end to end (or continue a run, with ``extend`` to ``config.iterations``) and write its outputs;
     returns the contents of best.json.
 
     ``runtime`` (:func:`natdeploy.distributed.init_runtime`) puts the run on an accelerator, a precision and the
     processes of a torchrun job; only its rank 0 writes. ``checkpoint_every_s`` bounds what a kill inside a long
-    phase loses (the training state is also saved every epoch)."""
+    phase loses (the training state is also saved every epoch). ``tensorboard`` also writes metrics.jsonl's
+    records as TensorBoard event files in ``run_dir/tensorboard`` (rank 0; needs the tensorboard package)."""
     run_dir = Path(run_dir)
     unknown = sorted(set(budgets) - set(predictors))
     if unknown:
         raise SearchError(f"budgets given for {unknown}, which are not searched devices {sorted(predictors)}")
     check_inputs(data, budgets, config)
+    if tensorboard:
+        from natdeploy.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     if resume:
         new_budgets = _resume_changes(run_dir, budgets, space, config, supernet, extend)
         search = NATSearch.resume(run_dir, data, predictors, iterations=config.iterations if extend else None,
@@ -162,7 +167,12 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
             log.warning(note)
         search = NATSearch.create(run_dir, config, space, data, predictors, budgets, net, supernet, runtime,
                                   checkpoint_every_s)
-    archive = search.run(on_event=on_event)
+    if tensorboard and is_main(runtime):
+        search.folder.enable_tensorboard()
+    try:
+        archive = search.run(on_event=on_event)
+    finally:
+        search.folder.close_tensorboard()
     state = search.state
     extra = {"devices": state.devices, "objectives": state.config["objectives"], "data": state.data,
              "n_classes": state.n_classes, "space": state.space, "kendall_tau": state.tau_history,
