@@ -40,7 +40,8 @@ from natdeploy.supernet.checkpoint import TRAIN_STATE_FORMAT, cpu_copy
 from natdeploy.train import evaluate_archs, train_epochs
 
 log = logging.getLogger(__name__)
-__all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION", "supernets_by_width"]
+__all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION",
+           "supernets_by_width"]
 
 
 class SearchError(NatDeployError):
