@@ -31,10 +31,11 @@ def evaluations(cfg: Any, iterations: int) -> int:
 
 
 def run_plan(cfg: Any, n_train: int, n_val: int, scratch: bool, warmed_up: bool = False,
-             completed_iteration: int = -1) -> dict[str, int]:
+             completed_iteration: int = -1, supernets: int = 1) -> dict[str, int]:
     """The work of a run with settings ``cfg`` (a NATConfig) on ``n_train`` / ``n_val`` images: training steps and
-    subnet evaluations in all and already done, and the images one step and one evaluation pass forward."""
-    per_epoch = -(-n_train // cfg.batch_size)
+    subnet evaluations in all and already done, and the images one step and one evaluation pass forward. Each of
+    ``supernets`` (one per width) trains on every batch."""
+    per_epoch = -(-n_train // cfg.batch_size) * max(1, supernets)
     warmup = cfg.warmup_epochs * per_epoch if scratch else 0
     adapt = cfg.epochs_per_iter * per_epoch
     done_its = max(0, completed_iteration)

@@ -3,19 +3,21 @@
 Files, and who reads them:
 
 - ``state.json``: the :class:`SearchState`, the commit point of every checkpoint; resume and export start here.
-- ``supernet.pt``: the supernet as of ``state.json``; ``supernet.prev.pt`` is the one before it.
+- ``supernet.pt``: the supernet as of ``state.json``; ``supernet.prev.pt`` is the one before it. A run over several
+  widths (NAT's width gene) keeps one pair per width instead: ``supernet-w1.0.pt`` and ``supernet-w1.0.prev.pt``, ...
 - ``archive.jsonl``: one :class:`ArchiveEntry` per line, for people and scripts.
 - ``pareto.json``, ``best.json``, ``pareto.png``: the outputs of a finished (or resumed) run.
 - ``phase.pt``: the training state inside a long phase (warm-up or one iteration's adaptation), written every
   epoch and every few minutes, so that a kill loses at most that much; it is removed when the phase's checkpoint
-  commits, and resume uses it only for the phase it names.
+  commits, and resume uses it only for the phase it names. Several widths train one after the other, each with its
+  own ``phase-w<width>.pt``, which also keeps a width's finished training until the phase commits.
 - ``metrics.jsonl``: one JSON record per training step and per iteration, appended as the run goes (steps after
   the last checkpoint are logged again when a killed run resumes); ``tensorboard/`` holds the same as TensorBoard
   event files when enabled (``--tensorboard``).
 
 A checkpoint writes the supernet first (moving the previous one to ``supernet.prev.pt``), then ``state.json``,
-then ``archive.jsonl``. A kill at any point thus leaves a state whose supernet is one of the two files; each
-checkpoint records the iteration and warm-up flag it belongs to, and :meth:`RunFolder.supernet_path` picks the
+then ``archive.jsonl``. A kill at any point thus leaves a state whose supernet is one of the two files (per width);
+each checkpoint records the iteration and warm-up flag it belongs to, and :meth:`RunFolder.supernet_path` picks the
 one that matches the state, or refuses. Nothing here knows how the search runs; ``search`` and ``export`` use it.
 """
 
@@ -26,7 +28,7 @@ import os
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
 from natdeploy.errors import CheckpointError, NatDeployError
 from natdeploy.fileio import atomic_write_bytes, atomic_write_text
@@ -66,11 +68,16 @@ class SearchState:
     n_classes: int
     completed_iteration: int = -1  # -1: initial archive not done; 0: initial archive evaluated
     warmed_up: bool = False
-    supernet_source: str = "scratch"
+    supernet_source: str | list[str] = "scratch"  # a list: one source per width of space.widths, in that order
     archive: list[ArchiveEntry] = field(default_factory=list)
     tau_history: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
     version: int = STATE_VERSION
+
+    @property
+    def widths(self) -> list[float]:
+        """The widths searched; each has its own supernet."""
+        return [float(w) for w in self.space["widths"]]
 
     def checkpoint_tag(self) -> dict[str, Any]:
         """What the supernet checkpoint of this state records about itself (its ``extra``)."""
@@ -92,6 +99,11 @@ class SearchState:
         lacking = [k for k in ("source", "classes", "n_train") if k not in values["data"]]
         if lacking:
             raise RunFolderError(f"{where}: the data description lacks {lacking}; the run folder is damaged")
+        source = values.get("supernet_source", "scratch")
+        if isinstance(source, list) and (len(source) != len(values["space"]["widths"])
+                                         or not all(isinstance(v, str) for v in source)):
+            raise RunFolderError(f"{where}: supernet_source must name one supernet per width of space.widths; the "
+                                 "run folder is damaged")
         if not all(isinstance(d, str) for d in values["devices"]):
             raise RunFolderError(f"{where}: devices must be a list of names; the run folder is damaged")
         if not all(_is_number(v) for v in values["budgets"].values()):
@@ -150,12 +162,20 @@ class RunFolder:
                                  "it was truncated or edited: the run folder is damaged, start a new run") from None
         return SearchState.from_json_dict(raw, str(path))
 
-    def supernet_path(self, state: SearchState) -> Path:
-        """The supernet checkpoint that belongs to ``state``: supernet.pt, or supernet.prev.pt after a kill
-        between the two writes of a checkpoint. Never one of another iteration: that is an error."""
+    def supernet_names(self, state: SearchState, width: float) -> tuple[str, str]:
+        """The current and previous checkpoint file names of ``width``'s supernet: supernet.pt and supernet.prev.pt
+        for a single-width run, supernet-w<width>.pt and supernet-w<width>.prev.pt with several widths."""
+        if len(state.widths) == 1:
+            return self.SUPERNET, self.PREVIOUS
+        return f"supernet-w{float(width)}.pt", f"supernet-w{float(width)}.prev.pt"
+
+    def supernet_path(self, state: SearchState, width: float | None = None) -> Path:
+        """The supernet checkpoint that belongs to ``state`` (of ``width``; default the run's first width):
+        the current file, or the previous one after a kill between the writes of a checkpoint. Never one of
+        another iteration: that is an error."""
         want = state.checkpoint_tag()
         seen = []
-        for name in (self.SUPERNET, self.PREVIOUS):
+        for name in self.supernet_names(state, state.widths[0] if width is None else width):
             path = self.path / name
             if not path.is_file():
                 seen.append(f"{name} missing")
@@ -172,31 +192,54 @@ class RunFolder:
                              f"{want['iteration']}, warmed_up {want['warmed_up']}): {'; '.join(seen)}; the run "
                              "folder is damaged: restore the checkpoint or start a new run")
 
+    def supernet_paths(self, state: SearchState) -> dict[float, Path]:
+        """:meth:`supernet_path` of every width of the run."""
+        return {w: self.supernet_path(state, w) for w in state.widths}
+
     def load_supernet(self, state: SearchState) -> OFAMobileNetV3Supernet:
-        """The supernet of ``state`` (see :meth:`supernet_path`)."""
+        """The supernet of ``state`` (see :meth:`supernet_path`); of the first width where the run has several."""
         return load_supernet(self.supernet_path(state))
+
+    def load_supernets(self, state: SearchState) -> dict[float, OFAMobileNetV3Supernet]:
+        """The supernet of every width of ``state``, by width."""
+        nets = {w: load_supernet(p) for w, p in self.supernet_paths(state).items()}
+        wrong = {w: n.width for w, n in nets.items() if n.width != w}
+        if wrong:
+            raise RunFolderError(f"{self.path}: the checkpoint of width {next(iter(wrong))} holds a "
+                                 f"w{next(iter(wrong.values()))} supernet; the run folder is damaged")
+        return nets
 
     # ----- writing ------------------------------------------------------------------------------------------
     def write_checkpoint(self, state: SearchState, archive: Sequence[ArchiveEntry],
-                         supernet: OFAMobileNetV3Supernet) -> None:
-        """Commit ``state`` with ``archive`` and ``supernet``: supernet first (keeping the previous one), then
-        state.json, the commit point, then archive.jsonl."""
+                         supernet: OFAMobileNetV3Supernet | Mapping[float, OFAMobileNetV3Supernet]) -> None:
+        """Commit ``state`` with ``archive`` and the supernet (or one per width, by width): supernets first (each
+        keeping its previous file), then state.json, the commit point, then archive.jsonl."""
         self.path.mkdir(parents=True, exist_ok=True)
-        current = self.path / self.SUPERNET
-        if current.exists():
-            os.replace(current, self.path / self.PREVIOUS)
-        save_supernet(supernet, current, extra=state.checkpoint_tag())
+        nets = dict(supernet) if isinstance(supernet, Mapping) else {state.widths[0]: supernet}
+        if sorted(nets) != sorted(state.widths):
+            raise ValueError(f"supernets of widths {sorted(nets)} for a run over widths {state.widths}")
+        for width in state.widths:
+            name, prev = self.supernet_names(state, width)
+            current = self.path / name
+            if current.exists():
+                os.replace(current, self.path / prev)
+            save_supernet(nets[width], current, extra=state.checkpoint_tag())
         state.archive = list(archive)
         atomic_write_text(self.state_path, state.to_json())
         atomic_write_text(self.path / self.ARCHIVE, "".join(json.dumps(asdict(e)) + "\n" for e in archive))
 
-    def write_phase(self, tag: str, state: dict[str, Any]) -> None:
-        """Save the training state of the phase ``tag`` (e.g. ``warmup``, ``adapt-3``) inside that phase."""
-        save_training_state(self.path / self.PHASE, {**state, "phase_tag": tag})
+    def _phase_path(self, width: float | None) -> Path:
+        return self.path / (self.PHASE if width is None else f"phase-w{float(width)}.pt")
 
-    def read_phase(self, tag: str) -> dict[str, Any] | None:
-        """The saved training state of phase ``tag``, or None when there is none (or it is of another phase)."""
-        path = self.path / self.PHASE
+    def write_phase(self, tag: str, state: dict[str, Any], width: float | None = None) -> None:
+        """Save the training state of the phase ``tag`` (e.g. ``warmup``, ``adapt-3``) inside that phase; with
+        ``width``, that width's part of a phase that trains several supernets."""
+        save_training_state(self._phase_path(width), {**state, "phase_tag": tag})
+
+    def read_phase(self, tag: str, width: float | None = None) -> dict[str, Any] | None:
+        """The saved training state of phase ``tag`` (of ``width``), or None when there is none (or it is of
+        another phase)."""
+        path = self._phase_path(width)
         if not path.is_file():
             return None
         try:
@@ -206,8 +249,10 @@ class RunFolder:
         return state if state.get("phase_tag") == tag else None
 
     def clear_phase(self) -> None:
-        """Forget the in-phase state (after the phase's checkpoint has committed)."""
+        """Forget the in-phase states (after the phase's checkpoint has committed)."""
         (self.path / self.PHASE).unlink(missing_ok=True)
+        for path in self.path.glob("phase-w*.pt"):
+            path.unlink(missing_ok=True)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl (one write per line, flushed), and to TensorBoard when enabled."""

@@ -267,6 +267,12 @@ class SearchSpace:
         p = PRESETS[name]
         return cls(resolutions=tuple(resolutions or p["resolutions"]), widths=tuple(widths or p["widths"]), name=name)
 
+    def at_width(self, width: float) -> "SearchSpace":
+        """This space narrowed to one width: what one supernet of a several-width search trains and samples."""
+        if float(width) not in self.widths:
+            raise ArchError(f"width {width} is not in search space {self.name!r}; allowed: {list(self.widths)}")
+        return SearchSpace(resolutions=self.resolutions, widths=(float(width),), name=self.name)
+
     def validate(self, arch: Arch) -> Arch:
         """Raise ``ValueError`` when ``arch`` lies outside this space; return it otherwise."""
         if arch.r not in self.resolutions:

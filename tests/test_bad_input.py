@@ -48,6 +48,7 @@ VALUES = {
     "--space": {"unknown": "nosuch"},
     "--format": {"unknown": "pdf"},
     "--objectives": {"unknown": "foo"},
+    "--width": {"unknown": "0.7"},
     "--elasticity": {"wrong type": "steep", "out of range": "9"},
     "--cpu-mask": {"wrong type": "zz"},
     "--arch": {"wrong type": "w1.0-nonsense"},
@@ -164,6 +165,13 @@ NAMED = [
                     "{tables}/cpu.json"], "at least 2"),
     ("few-shot missing source", ["profile", "--device", "cpu", "--out", "t.json", "--few-shot", "4", "--from",
                                  "missing.json"], "missing.json"),
+    ("width twice", ["search", "--device", "cpu", "--max-latency", "2ms", *TINY, "--width", "1.0", "1.0"], "twice"),
+    ("width with supernet", ["search", "--device", "cpu", "--max-latency", "2ms", *TINY, "--width", "1.2",
+                             "--supernet", "ofa_mbv3_d234_e346_k357_w1.2"], "--width"),
+    ("supernet given twice", ["search", "--device", "cpu", "--max-latency", "2ms", *TINY, "--supernet",
+                              "ofa_mbv3_d234_e346_k357_w1.0", "--supernet", "ofa_mbv3_d234_e346_k357_w1.0"], "twice"),
+    ("resume changed width", ["search", "--device", "cpu", "--max-latency", "2ms", *TINY, "--out", "{runs}",
+                              "--name", "r", "--resume", "--width", "1.2"], "--width"),
 ]
 CASES = [(name, argv, must) for name, argv, must in NAMED] + FLAG_CASES
 

@@ -34,8 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation ImageFolder (default: a seeded 20%% split of --data)")
     p.add_argument("--train-per-class", type=positive_int, help="use a seeded subset of this many training images per class")
     p.add_argument("--val-per-class", type=positive_int, help="use at most this many validation images per class")
-    p.add_argument("--supernet", default="scratch", help="'scratch' (default), an OFA or natdeploy checkpoint path, or an OFA name such as "
-                   "ofa_mbv3_d234_e346_k357_w1.0 (fetched once into the cache; `natdeploy supernets` lists them)")
+    p.add_argument("--supernet", action="append", help="'scratch' (default), an OFA or natdeploy checkpoint path, or an OFA name such as "
+                   "ofa_mbv3_d234_e346_k357_w1.0 (fetched once into the cache; `natdeploy supernets` lists them); "
+                   "repeat it with one supernet per width to search both widths, as NAT does")
+    p.add_argument("--width", type=width_value, nargs="+", metavar="W",
+                   help="from scratch: the width multipliers to search, one supernet each (default: the space's "
+                        "first), e.g. --width 1.0 1.2")
     p.add_argument("--space", default="small", help="search-space preset: small (default), ofa, nat")
     p.add_argument("--resolutions", type=positive_int, nargs="+", help="override the preset's resolutions")
     p.add_argument("--objectives", help="comma list from error,latency,madds,params (default error,latency)")
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
     _check_loading_flags(args)
-    space = SearchSpace.preset(args.space, resolutions=args.resolutions)
+    space = SearchSpace.preset(args.space, resolutions=args.resolutions, widths=args.width)
     if args.accuracy_predictor:
         return _run_plugged(args, space, devices, budgets, objectives)
     name = args.name or f"{'-'.join(devices)}-{args.space}-s{args.seed}"
@@ -143,13 +147,13 @@ def run(args: argparse.Namespace) -> int:
             "population": args.population, "generations": args.generations, "candidates_per_iter": args.candidates,
             "surrogate": args.surrogate, "batch_size": args.batch_size, "objectives": objectives, "seed": args.seed,
         }.items() if v is not None}
-        config = NATConfig.preset(args.settings, pretrained=args.supernet != "scratch", **overrides)
+        config = NATConfig.preset(args.settings, pretrained=args.supernet != ["scratch"], **overrides)
         progress = _progress(args, config, overrides, data, quiet)
         try:
             record = run_search(run_dir, data, predictors, budgets, space, config, supernet=args.supernet,
                                 resume=args.resume, on_event=progress, extend=args.iterations is not None,
                                 runtime=runtime, checkpoint_every_s=60.0 * args.checkpoint_minutes,
-                                tensorboard=args.tensorboard)
+                                tensorboard=args.tensorboard, widths=args.width)
         finally:
             progress.close()
     except KeyboardInterrupt as exc:
@@ -166,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nbest within budget: {best['arch']}  accuracy {100 * best['accuracy']:.2f}%  ({lat})")
     else:
         print("\nno evaluated subnet meets every budget")
-    print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json report.html metrics.jsonl "
-          f"supernet.pt")
+    widths = record.get("space", {}).get("widths") or [None]
+    nets = "supernet.pt" if len(widths) == 1 else " ".join(f"supernet-w{float(w)}.pt" for w in widths)
+    print(f"outputs in {run_dir}: archive.jsonl pareto.json pareto.png best.json report.html metrics.jsonl {nets}")
     print(f"elapsed {time.perf_counter() - t_start:.1f} s")
     return 0
 
@@ -190,8 +195,10 @@ def _progress(args: argparse.Namespace, config: Any, overrides: dict[str, Any], 
     label = f"--settings {args.settings} ({config.iterations} iteration{'s' * (config.iterations != 1)})"
     shorter = None
     if args.settings == "paper":
-        quick = NATConfig.preset("quick", pretrained=args.supernet != "scratch", **overrides)
-        shorter = ("--settings quick", run_plan(quick, len(data.train_y), len(data.val_y), args.supernet == "scratch"))
+        quick = NATConfig.preset("quick", pretrained=args.supernet != ["scratch"], **overrides)
+        plan = run_plan(quick, len(data.train_y), len(data.val_y), args.supernet == ["scratch"],
+                        supernets=len(args.width or args.supernet))
+        shorter = ("--settings quick", plan)
     return Progress(quiet, label, shorter)
 
 
@@ -210,7 +217,7 @@ def _run_plugged(args: argparse.Namespace, space: Any, devices: list[str], budge
     from natdeploy.search import load_callable, search_front
 
     used = [f"--{k.replace('_', '-')}" for k in _NAT_ONLY if getattr(args, k) is not None]
-    used += [flag for flag, on in (("--supernet", args.supernet != "scratch"), ("--resume", args.resume),
+    used += [flag for flag, on in (("--supernet", args.supernet != ["scratch"]), ("--resume", args.resume),
                                    ("--data-loading", args.data_loading != "auto"),
                                    ("--accelerator", args.accelerator != "auto"),
                                    ("--precision", args.precision != "fp32"),
@@ -271,6 +278,49 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def width_value(text: str) -> float:
+    """A --width value: one of OFA MobileNetV3's width multipliers."""
+    from natdeploy.space import WIDTHS
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value not in WIDTHS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a supernet width; allowed: "
+                                         f"{' '.join(f'{w:g}' for w in WIDTHS)}")
+    return value
+
+
+def _check_supernets(sources: list[str], widths: list[float] | None) -> list[str]:
+    """The --supernet values (absolute where they are paths), refusing what cannot make one supernet per width."""
+    from natdeploy.supernet.hub import OFA_SUPERNETS
+
+    if widths and len(set(widths)) < len(widths):
+        raise ConfigError(f"--width {' '.join(f'{w:g}' for w in widths)} names a width twice")
+    if widths and sources != ["scratch"]:
+        raise ConfigError("--width applies from scratch; each --supernet checkpoint has its own width (drop --width, "
+                          "or drop --supernet)")
+    if len(sources) > 1 and "scratch" in sources:
+        raise ConfigError("--supernet scratch cannot be combined with other --supernet checkpoints; for several "
+                          "widths from scratch use --width, e.g. --width 1.0 1.2")
+    out = []
+    for source in sources:
+        if source != "scratch" and looks_like_path(source):
+            if not Path(source).is_file():
+                raise ConfigError(f"--supernet {source} does not exist; give a checkpoint file, 'scratch', or an "
+                                  "OFA name (`natdeploy supernets` lists them)")
+            source = str(Path(source).resolve())
+        if source in out:
+            raise ConfigError(f"--supernet {source} is given twice; give one supernet per width")
+        out.append(source)
+    named = [OFA_SUPERNETS[v] for v in out if v in OFA_SUPERNETS]
+    if len(set(named)) < len(named):
+        twice = next(w for w in named if named.count(w) > 1)
+        raise ConfigError(f"two --supernet of width {twice:g}; give one supernet per width")
+    return out
+
+
 def validate(args: argparse.Namespace) -> None:
     """Check the search's flags together before any slow work (and before a run folder exists); make paths
     absolute, so that the run records where its data and supernet are wherever it is exported from."""
@@ -292,11 +342,7 @@ def validate(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{flag} {value} is not a folder; give an ImageFolder directory (one sub-folder "
                                   "per class)")
             setattr(args, flag[2:], str(Path(value).resolve()))
-    if args.supernet != "scratch" and looks_like_path(args.supernet):
-        if not Path(args.supernet).is_file():
-            raise ConfigError(f"--supernet {args.supernet} does not exist; give a checkpoint file, 'scratch', or an "
-                              "OFA name (`natdeploy supernets` lists them)")
-        args.supernet = str(Path(args.supernet).resolve())
+    args.supernet = _check_supernets(args.supernet or ["scratch"], args.width)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; give the folder that holds run folders")
     if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name):

@@ -23,12 +23,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunInfo:
-    """What an export reads from a run folder: its state, the search settings, and the matching supernet."""
+    """What an export reads from a run folder: its state, the search settings, and the matching supernet (of the
+    run's first width; ``supernet_paths`` holds the one of every width)."""
 
     run_dir: Path
     state: SearchState
     supernet_path: Path
     config: NATConfig = field(default_factory=NATConfig)
+    supernet_paths: dict[float, Path] = field(default_factory=dict)
+
+    def supernet_path_for(self, arch: Arch) -> Path:
+        """The run's supernet checkpoint of ``arch``'s width; an Arch of a width the run did not search is refused."""
+        paths = self.supernet_paths or {self.state.widths[0]: self.supernet_path}
+        if arch.w not in paths:
+            raise ExportError(f"Arch {arch} has width w{arch.w}, but {self.run_dir} searched widths "
+                              f"{' '.join(f'w{w}' for w in sorted(paths))}; pick an Arch of one of them")
+        return paths[arch.w]
 
     @property
     def devices(self) -> list[str]:
@@ -96,10 +106,10 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if not state.archive:
         raise ExportError(f"{folder.path} has an empty archive; there is no Arch to export")
     try:
-        supernet_path = folder.supernet_path(state)
+        paths = folder.supernet_paths(state)
     except RunFolderError as exc:
         raise ExportError(str(exc)) from None
-    return RunInfo(folder.path, state, supernet_path, config)
+    return RunInfo(folder.path, state, paths[state.widths[0]], config, paths)
 
 
 def resolve_budgets(budget: float | Mapping[str, float] | None, devices: Sequence[str],
@@ -167,8 +177,9 @@ def from_run(run_dir: str | Path, arch: Arch | str | None = None, budget: float 
     else:
         chosen = Arch.parse(arch) if isinstance(arch, str) else arch
         entry = run.entry_for(chosen)
+    supernet_path = run.supernet_path_for(chosen)
     try:
-        supernet = load_supernet(run.supernet_path)
+        supernet = load_supernet(supernet_path)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
     _check_fits(supernet, chosen, run.n_classes)
@@ -177,7 +188,7 @@ def from_run(run_dir: str | Path, arch: Arch | str | None = None, budget: float 
         raise ExportError(f"the data has {data.n_classes} classes, the run's model {run.n_classes}")
     return Source(arch=chosen, supernet=supernet, data=data, n_classes=run.n_classes, classes=list(data.classes),
                   budgets=budgets, devices=list(devices) if devices is not None else run.devices, seed=run.seed,
-                  bn_batches=run.bn_batches, run=run, supernet_path=run.supernet_path, archive_entry=entry)
+                  bn_batches=run.bn_batches, run=run, supernet_path=supernet_path, archive_entry=entry)
 
 
 def from_arch(arch: Arch | str, supernet: str | Path, data: ImageData | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search.engine import (AccuracyModel, OFAAccuracyPredictor, SearchEngineError, SearchResult,
                                      accuracy_model, genomes_to_archs, load_callable, search_front)
-from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError
+from natdeploy.search.nat import ArchiveEntry, NATConfig, NATSearch, SearchError, supernets_by_width
 from natdeploy.search.html_report import write_report
 from natdeploy.run_folder import RunFolder
 from natdeploy.search.report import best_record, check_budgets, pareto_front, summary_table, write_outputs
@@ -78,8 +78,38 @@ def check_inputs(data: ImageData, budgets: dict[str, float], config: NATConfig) 
         raise SearchError("the validation split is empty; give more images per class or a --val folder")
 
 
+def supernet_sources(supernet: str | Sequence[str]) -> str | list[str]:
+    """What a run records of where its supernets start: one source as a string, several as a list (one per
+    width); ``scratch`` may not be combined with checkpoints, and no source may repeat."""
+    sources = [supernet] if isinstance(supernet, (str, Path)) else list(supernet)
+    sources = [str(v) for v in sources]
+    if not sources:
+        raise SearchError("give at least one --supernet, or 'scratch'")
+    if len(sources) > 1 and "scratch" in sources:
+        raise SearchError("--supernet scratch cannot be combined with other --supernet checkpoints; for several "
+                          "widths from scratch use --width, e.g. --width 1.0 1.2")
+    if len(set(sources)) < len(sources):
+        twice = next(v for v in sources if sources.count(v) > 1)
+        raise SearchError(f"--supernet {twice} is given twice; give one supernet per width")
+    return sources[0] if len(sources) == 1 else sources
+
+
+def scratch_widths(space: SearchSpace, widths: Sequence[float] | None) -> tuple[float, ...]:
+    """The widths a from-scratch run trains: ``widths`` (each in ``space``, none twice), else the space's first."""
+    if not widths:
+        return (space.widths[0],)
+    asked = [float(w) for w in widths]
+    if len(set(asked)) < len(asked):
+        raise SearchError(f"--width {' '.join(f'{w:g}' for w in asked)} names a width twice")
+    outside = [w for w in asked if w not in space.widths]
+    if outside:
+        raise SearchError(f"--width {outside[0]:g} is not in the search space's widths {list(space.widths)}")
+    return tuple(sorted(asked))
+
+
 def _resume_changes(run_dir: Path, budgets: dict[str, float], space: SearchSpace, config: NATConfig,
-                    supernet: str, extend: bool) -> dict[str, float] | None:
+                    supernet: str | Sequence[str], extend: bool,
+                    widths: Sequence[float] | None = None) -> dict[str, float] | None:
     """Compare what a resume asks for with what the run recorded: refuse a change of settings, space or supernet
     (naming the flag); return the new budgets where only those changed (None: the same)."""
     folder = RunFolder(run_dir)
@@ -97,9 +127,18 @@ def _resume_changes(run_dir: Path, budgets: dict[str, float], space: SearchSpace
         detail = ", ".join(f"{k} {recorded[k]!r} -> {asked[k]!r}" for k in changed[:4])
         raise SearchError(f"--resume with changed {' '.join(flags)} ({detail}); {run_dir} was searched with other "
                           "settings: resume with the original flags, or start a new run (--name)")
-    if state.supernet_source != str(supernet):
-        raise SearchError(f"--resume with changed --supernet ({state.supernet_source} -> {supernet}); resume with "
-                          f"--supernet {state.supernet_source}, or start a new run (--name)")
+    asked_source = supernet_sources(supernet)
+    if state.supernet_source != asked_source:
+        def flags(source: str | list[str]) -> str:
+            return " ".join(f"--supernet {v}" for v in ([source] if isinstance(source, str) else source))
+
+        raise SearchError(f"--resume with changed --supernet ({state.supernet_source} -> {asked_source}); resume "
+                          f"with {flags(state.supernet_source)}, or start a new run (--name)")
+    if asked_source == "scratch" and state.widths != list(scratch_widths(space, widths)):
+        asked_widths = list(scratch_widths(space, widths))
+        raise SearchError(f"--resume with changed --width ({' '.join(f'{w:g}' for w in state.widths)} -> "
+                          f"{' '.join(f'{w:g}' for w in asked_widths)}); resume with --width "
+                          f"{' '.join(f'{w:g}' for w in state.widths)}, or start a new run (--name)")
     if list(state.space["resolutions"]) != list(space.resolutions) or state.space.get("name") != space.name:
         raise SearchError(f"--resume with changed --space/--resolutions ({state.space.get('name')} "
                           f"{state.space['resolutions']} -> {space.name} {list(space.resolutions)}); resume with the "
@@ -121,12 +160,17 @@ def coverage_notes(predictors: dict[str, LatencyPredictor], space: SearchSpace, 
 
 
 def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, LatencyPredictor],
-               budgets: dict[str, float], space: SearchSpace, config: NATConfig, supernet: str = "scratch",
-               resume: bool = False, on_event: Callable[[str, dict], None] | None = None,
-               extend: bool = False, runtime: Runtime | None = None,
-               checkpoint_every_s: float | None = 600.0, tensorboard: bool = False) -> dict:
+               budgets: dict[str, float], space: SearchSpace, config: NATConfig,
+               supernet: str | Sequence[str] = "scratch", resume: bool = False,
+               on_event: Callable[[str, dict], None] | None = None, extend: bool = False,
+               runtime: Runtime | None = None, checkpoint_every_s: float | None = 600.0,
+               widths: Sequence[float] | None = None, tensorboard: bool = False) -> dict:
     """Run NAT end to end (or continue a run, with ``extend`` to ``config.iterations``) and write its outputs;
     returns the contents of best.json.
+
+    ``supernet``: ``scratch``, or one checkpoint (path or OFA name) per width to search (NAT's w1.0 and w1.2
+    supernets, say). From scratch, ``widths`` names the widths to train (default: the space's first); every
+    Arch is evaluated and adapted on the supernet of its width.
 
     ``runtime`` (:func:`natdeploy.distributed.init_runtime`) puts the run on an accelerator, a precision and the
     processes of a torchrun job; only its rank 0 writes. ``checkpoint_every_s`` bounds what a kill inside a long
@@ -137,12 +181,15 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
     if unknown:
         raise SearchError(f"budgets given for {unknown}, which are not searched devices {sorted(predictors)}")
     check_inputs(data, budgets, config)
+    sources = supernet_sources(supernet)
+    if sources != "scratch" and widths:
+        raise SearchError("--width applies from scratch; each --supernet checkpoint has its own width")
     if tensorboard:
         from natdeploy.tensorboard_log import require_tensorboard
 
         require_tensorboard()
     if resume:
-        new_budgets = _resume_changes(run_dir, budgets, space, config, supernet, extend)
+        new_budgets = _resume_changes(run_dir, budgets, space, config, supernet, extend, widths)
         search = NATSearch.resume(run_dir, data, predictors, iterations=config.iterations if extend else None,
                                   runtime=runtime, checkpoint_every_s=checkpoint_every_s)
         notes: list[str] = []
@@ -159,13 +206,19 @@ def run_search(run_dir: str | Path, data: ImageData, predictors: dict[str, Laten
     else:
         if RunFolder(run_dir).has_state():
             raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
-        net = initial_supernet(supernet, data.n_classes, space.widths[0], config.seed, runtime)
-        space = SearchSpace(resolutions=space.resolutions, widths=(net.width,), name=space.name)
+        if sources == "scratch":
+            nets = [initial_supernet("scratch", data.n_classes, w, config.seed, runtime)
+                    for w in scratch_widths(space, widths)]
+        else:
+            nets = [initial_supernet(src, data.n_classes, space.widths[0], config.seed, runtime)
+                    for src in ([sources] if isinstance(sources, str) else sources)]
+        by_width = supernets_by_width(nets)
+        space = SearchSpace(resolutions=space.resolutions, widths=tuple(by_width), name=space.name)
         notes = check_budgets(predictors, budgets, space, data.n_classes)
         notes += coverage_notes(predictors, space, data.n_classes, config.seed)
         for note in notes:
             log.warning(note)
-        search = NATSearch.create(run_dir, config, space, data, predictors, budgets, net, supernet, runtime,
+        search = NATSearch.create(run_dir, config, space, data, predictors, budgets, nets, sources, runtime,
                                   checkpoint_every_s)
     if tensorboard and is_main(runtime):
         search.folder.enable_tensorboard()

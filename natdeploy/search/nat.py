@@ -9,6 +9,13 @@ training shards each global batch, evaluation shards the subnets and gathers the
 NSGA and subset selection run on rank 0 and are broadcast, and only rank 0 writes the run folder. Nothing in the
 state depends on the number of processes, so a run resumes with another. With several nodes, the run folder must
 be on a filesystem that every node sees.
+
+Widths (NAT's width gene): a run holds one supernet per width of its space (w1.0 and w1.2, say), each trained
+and checkpointed on its own. The surrogate and NSGA search genomes of every width; an Arch is evaluated (BN
+recalibration included) on the supernet of its width; the warm-up trains each supernet with the sandwich rule at its
+width; each iteration's adaptation trains each supernet on subnets sampled from the best archive members of its own
+width (the top ``top_archs`` of that width, ranked as NAT ranks the whole archive), one width after the other, on
+the same seeded data order. A single-width run is exactly what it was before widths were added.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,10 +36,12 @@ from natdeploy.run_folder import STATE_VERSION, ArchiveEntry, RunFolder, RunFold
 from natdeploy.search.problem import CostCache, NATProblem, canonical, evaluate_columns, objective_columns, repair_genomes
 from natdeploy.space import GENOME_LENGTH, SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet
+from natdeploy.supernet.checkpoint import TRAIN_STATE_FORMAT, cpu_copy
 from natdeploy.train import evaluate_archs, train_epochs
 
 log = logging.getLogger(__name__)
-__all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION"]
+__all__ = ["NATConfig", "NATSearch", "SearchError", "ArchiveEntry", "SearchState", "STATE_VERSION",
+           "supernets_by_width"]
 
 
 class SearchError(NatDeployError):
@@ -113,12 +122,14 @@ def _rng(seed: int, iteration: int, phase: int) -> np.random.Generator:
 class NATSearch:
     """One NAT run in ``run_dir``. Build it with :meth:`create` or :meth:`resume`, then call :meth:`run`."""
 
-    def __init__(self, run_dir: Path, state: SearchState, supernet: OFAMobileNetV3Supernet, data: ImageData,
+    def __init__(self, run_dir: Path, state: SearchState,
+                 supernet: OFAMobileNetV3Supernet | Mapping[float, OFAMobileNetV3Supernet] | None, data: ImageData,
                  predictors: dict[str, LatencyPredictor], archive: list[ArchiveEntry],
                  runtime: Runtime | None = None, checkpoint_every_s: float | None = 600.0) -> None:
         self.rt = runtime or LOCAL
         self.run_dir, self.state = run_dir, state
-        self.supernet = supernet.to(self.rt.device) if supernet is not None else None
+        nets = supernets_by_width(supernet) if supernet is not None else {}
+        self.supernets: dict[float, OFAMobileNetV3Supernet] = {w: n.to(self.rt.device) for w, n in nets.items()}
         # in-memory images go to the accelerator once, so batches are cut and augmented there
         self.data = data.to(self.rt.device) if data is not None and self.rt.device.type != "cpu" else data
         self.predictors, self.archive = predictors, archive
@@ -130,23 +141,45 @@ class NATSearch:
         self.costs = CostCache(self.space, state.n_classes)
         self.columns = objective_columns(self.cfg.objectives, state.devices)
 
+    @property
+    def supernet(self) -> OFAMobileNetV3Supernet | None:
+        """The supernet of the run's first width (its only one in a single-width run)."""
+        return self.supernets[min(self.supernets)] if self.supernets else None
+
+    @property
+    def widths(self) -> list[float]:
+        return sorted(self.supernets)
+
     # ----- construction -------------------------------------------------------------------------------------
     @classmethod
     def create(cls, run_dir: Path, config: NATConfig, space: SearchSpace, data: ImageData,
                predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
-               supernet: OFAMobileNetV3Supernet, supernet_source: str = "scratch", runtime: Runtime | None = None,
+               supernet: OFAMobileNetV3Supernet | Sequence[OFAMobileNetV3Supernet],
+               supernet_source: str | Sequence[str] = "scratch", runtime: Runtime | None = None,
                checkpoint_every_s: float | None = 600.0) -> "NATSearch":
+        """A new run in ``run_dir`` over the widths of ``supernet`` (one supernet, or one per width; the space is
+        narrowed to their widths). ``supernet_source``: ``scratch``, or where each supernet came from, in the
+        order of the supernets given."""
         if RunFolder(run_dir).has_state():
             raise SearchError(f"{run_dir} already holds a search; pass --resume to continue it or --out elsewhere")
         barrier(runtime)  # every rank has looked before rank 0 writes
-        if supernet.width not in space.widths:
-            raise SearchError(f"the supernet's width {supernet.width} is not in the search space {space.widths}")
-        space = SearchSpace(resolutions=space.resolutions, widths=(supernet.width,), name=space.name)
+        given = [supernet] if isinstance(supernet, OFAMobileNetV3Supernet) else list(supernet)
+        nets = supernets_by_width(given)
+        outside = [w for w in nets if w not in space.widths]
+        if outside:
+            raise SearchError(f"the supernet's width {outside[0]} is not in the search space {space.widths}")
+        space = SearchSpace(resolutions=space.resolutions, widths=tuple(nets), name=space.name)
+        sources = [supernet_source] if isinstance(supernet_source, str) else [str(v) for v in supernet_source]
+        if len(sources) not in (1, len(given)):
+            raise SearchError(f"{len(sources)} supernet sources for {len(given)} supernets")
+        if len(sources) > 1:  # recorded in the order of the widths
+            sources = [src for _, src in sorted(zip([n.width for n in given], sources))]
         state = SearchState(config=config.to_record(),
                             devices=list(predictors), budgets=budgets,
                             space={"name": space.name, "resolutions": list(space.resolutions),
                                    "widths": list(space.widths)},
-                            data=data.describe(), n_classes=data.n_classes, supernet_source=str(supernet_source))
+                            data=data.describe(), n_classes=data.n_classes,
+                            supernet_source=sources[0] if len(sources) == 1 else sources)
         _check_ranks_agree(state, runtime)
         search = cls(run_dir, state, supernet, data, predictors, [], runtime, checkpoint_every_s)
         search._checkpoint()
@@ -172,11 +205,11 @@ class NATSearch:
         if data.describe()["n_train"] != state.data["n_train"] or data.classes != state.data["classes"]:
             raise SearchError(f"{run_dir} was searched on {state.data['source']}; resume it with the same data")
         try:
-            supernet = folder.load_supernet(state)
+            supernets = folder.load_supernets(state)
         except RunFolderError as exc:
             raise SearchError(str(exc)) from None
         _check_ranks_agree(state, runtime)
-        return cls(run_dir, state, supernet, data, predictors, list(state.archive), runtime, checkpoint_every_s)
+        return cls(run_dir, state, supernets, data, predictors, list(state.archive), runtime, checkpoint_every_s)
 
     # ----- the loop -----------------------------------------------------------------------------------------
     def run(self, on_event: Callable[[str, dict], None] | None = None) -> list[ArchiveEntry]:
@@ -189,16 +222,15 @@ class NATSearch:
             if self.state.supernet_source == "scratch" and cfg.warmup_epochs > 0 and not self.state.warmed_up:
                 emit("phase", {"name": f"warm-up: {cfg.warmup_epochs} sandwich-rule epochs from scratch"})
                 t0 = time.perf_counter()
-                train_epochs(self.supernet, self.data, self.space, cfg.warmup_epochs,
-                             lambda rng, n: self.space.sample(rng, n), cfg.subnets_per_step, seed=cfg.seed,
-                             lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha, include_smallest=True,
-                             **self._phase_args("warmup", emit))
+                self._train_each("warmup", emit, lambda w: (lambda rng, n: self.space.at_width(w).sample(rng, n)),
+                                 epochs=cfg.warmup_epochs, seed=cfg.seed, include_smallest=True)
                 self.state.timings.append({"phase": "warmup", "seconds": round(time.perf_counter() - t0, 1)})
                 self.state.warmed_up = True
                 self._checkpoint()
             emit("phase", {"name": f"initial archive: {cfg.initial_archs} subnets"})
             rng = _rng(cfg.seed, -1, 0)
-            archs = [self.space.smallest(), self.space.largest()] + self.space.sample(rng, max(0, cfg.initial_archs - 2))
+            ends = [a for w in self.widths for a in (self.space.smallest(w), self.space.largest(w))]
+            archs = ends + self.space.sample(rng, max(0, cfg.initial_archs - len(ends)))
             genomes = np.unique(canonical(np.stack([self.space.encode(a) for a in archs])), axis=0)
             self._evaluate_new(genomes, iteration=0, predicted=None, emit=emit)
             self.state.completed_iteration = 0
@@ -219,7 +251,7 @@ class NATSearch:
 
         st = self.state
         return run_plan(self.cfg, len(self.data.train_y), len(self.data.val_y), st.supernet_source == "scratch",
-                        st.warmed_up, st.completed_iteration)
+                        st.warmed_up, st.completed_iteration, supernets=len(self.supernets))
 
     def _iteration(self, it: int, emit: Callable[[str, dict], None]) -> None:
         from natdeploy.search.surrogates import AdaptiveSwitching, cross_validated_tau, kendall_tau, make_surrogate
@@ -247,15 +279,14 @@ class NATSearch:
         emit("phase", {"name": f"iteration {it}: evaluating {len(chosen)} candidates"})
         new = self._evaluate_new(chosen, it, predicted, emit)
         tau = kendall_tau(np.array([e.accuracy for e in new]), predicted) if len(new) >= 2 else float("nan")
-        emit("phase", {"name": f"iteration {it}: adapting the supernet ({cfg.epochs_per_iter} epochs)"})
+        what = "the supernet" if len(self.supernets) == 1 else f"the {len(self.supernets)} supernets"
+        emit("phase", {"name": f"iteration {it}: adapting {what} ({cfg.epochs_per_iter} epochs)"})
         t1 = time.perf_counter()
-        sampler = self._adaptation_sampler(it)
         # one cosine schedule over all iterations' adaptation; restarting it at cfg.lr every iteration, the archive's
         # top-1 fell from 33-34% to 30-32% over 3 one-epoch iterations (benchmarks/nat_cifar10.py, 2026-11-30)
-        train_epochs(self.supernet, self.data, self.space, cfg.epochs_per_iter, sampler, cfg.subnets_per_step,
-                     seed=cfg.seed * 1000 + it, lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha,
-                     schedule=((it - 1) * cfg.epochs_per_iter, cfg.iterations * cfg.epochs_per_iter),
-                     **self._phase_args(f"adapt-{it}", emit))
+        self._train_each(f"adapt-{it}", emit, lambda w: self._adaptation_sampler(it, w), epochs=cfg.epochs_per_iter,
+                         seed=cfg.seed * 1000 + it,
+                         schedule=((it - 1) * cfg.epochs_per_iter, cfg.iterations * cfg.epochs_per_iter))
         t_train = time.perf_counter() - t1
         if cfg.reevaluate_archive:
             emit("phase", {"name": f"iteration {it}: re-evaluating the archive ({len(self.archive)} subnets)"})
@@ -321,19 +352,22 @@ class NATSearch:
         chosen += rest[:k - len(chosen)]
         return X[pool_arr[chosen[:k]]]
 
-    def _adaptation_sampler(self, it: int) -> Callable[[np.random.Generator, int], list]:
-        """Per-gene categorical distributions fitted on the archive's best, for sampling training subnets."""
+    def _adaptation_sampler(self, it: int, width: float | None = None) -> Callable[[np.random.Generator, int], list]:
+        """Per-gene categorical distributions fitted on the archive's best, for sampling training subnets; with
+        ``width``, on the best archive members of that width, and the subnets drawn are of that width."""
         from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
         cfg = self.cfg
-        F = np.column_stack([[1 - e.accuracy for e in self.archive],
+        wi = self.space.widths.index(width) if width is not None else None
+        entries = [e for e in self.archive if wi is None or e.genome[1] == wi] or list(self.archive)
+        F = np.column_stack([[1 - e.accuracy for e in entries],
                              [e.latency_ms[self.state.devices[0]] if self.state.devices else e.madds
-                              for e in self.archive]])
+                              for e in entries]])
         ranks = np.empty(len(F), dtype=int)
         for r, front in enumerate(NonDominatedSorting().do(F)):
             ranks[front] = r
         order = np.lexsort((F[:, 0], ranks))[:cfg.top_archs]
-        G = np.array([self.archive[i].genome for i in order])
+        G = np.array([entries[i].genome for i in order])
         lo, hi = self.space.lower_bounds, self.space.upper_bounds
         probs = []
         for j in range(G.shape[1]):
@@ -342,18 +376,34 @@ class NATSearch:
 
         def sample(rng: np.random.Generator, n: int) -> list:
             raw = np.array([[lo[j] + rng.choice(len(p), p=p) for j, p in enumerate(probs)] for _ in range(n)])
+            if wi is not None:
+                raw[:, 1] = wi
             return [self.space.decode(g) for g in repair_genomes(self.space, raw, rng)]
 
         return sample
 
     # ----- evaluation and bookkeeping -----------------------------------------------------------------------
     def _accuracies(self, archs: list, emit: Callable[[str, dict], None], kind: str = "evaluated") -> list[float]:
+        """Each Arch's accuracy on the supernet of its width (the widths one after the other), in ``archs``' order."""
         # Every subnet's BN statistics are recalibrated on the same training images (OFA does the same): with
         # other images per subnet, their accuracies would differ by BN-sampling noise too (measured: up to 0.4
         # points SD with 4 batches of 256), which the surrogates would then have to learn as signal.
-        return evaluate_archs(self.supernet, archs, self.data, self.cfg.bn_batches, seed=self.cfg.seed,
-                              val_limit=self.cfg.val_limit, runtime=self.rt,
-                              progress=lambda done, total: emit(kind, {"done": done, "total": total}))
+        unknown = sorted({a.w for a in archs} - set(self.supernets))
+        if unknown:
+            raise SearchError(f"no supernet of width {unknown[0]} in this run (widths {self.widths})")
+        accuracies = [0.0] * len(archs)
+        done = 0
+        for width in self.widths:
+            idx = [i for i, a in enumerate(archs) if a.w == width]
+            if not idx:
+                continue
+            accs = evaluate_archs(self.supernets[width], [archs[i] for i in idx], self.data, self.cfg.bn_batches,
+                                  seed=self.cfg.seed, val_limit=self.cfg.val_limit, runtime=self.rt,
+                                  progress=lambda d, t, o=done: emit(kind, {"done": o + d, "total": len(archs)}))
+            for i, acc in zip(idx, accs):
+                accuracies[i] = acc
+            done += len(idx)
+        return accuracies
 
     def _evaluate_new(self, genomes: np.ndarray, iteration: int, predicted: np.ndarray | None,
                       emit: Callable[[str, dict], None]) -> list[ArchiveEntry]:
@@ -371,20 +421,49 @@ class NATSearch:
             self.archive.append(entry)
         return new
 
-    def _phase_args(self, tag: str, emit: Callable[[str, dict], None]) -> dict[str, Any]:
-        """train_epochs' arguments for the long phase ``tag``: this run's runtime and weight decay, progress and
-        metrics, and the in-phase checkpoints (saved by rank 0; a resumed run continues from the phase's own)."""
+    def _train_each(self, tag: str, emit: Callable[[str, dict], None],
+                    sampler_of: Callable[[float], Callable[[np.random.Generator, int], list]], epochs: int,
+                    seed: int, include_smallest: bool = False, schedule: tuple[int, int] | None = None) -> None:
+        """The long phase ``tag`` (warm-up or one iteration's adaptation): train each width's supernet in turn,
+        with subnets from ``sampler_of(width)``. With several widths, each width's finished training is kept in
+        its phase file, so that a kill during a later width does not redo it."""
+        cfg, multi = self.cfg, len(self.supernets) > 1
+        for width in self.widths:
+            net = self.supernets[width]
+            part = {"width": width} if multi else {}
+            if multi:
+                finished = self.folder.read_phase(tag, width)
+                if finished is not None and finished.get("finished"):
+                    net.load_state_dict(finished["model"])
+                    emit("phase", {"name": f"{tag}: w{width} already trained (from its checkpoint)"})
+                    continue
+                emit("phase", {"name": f"{tag}: the w{width} supernet"})
+            train_epochs(net, self.data, self.space.at_width(width), epochs, sampler_of(width), cfg.subnets_per_step,
+                         seed=seed, lr=cfg.lr, batch_size=cfg.batch_size, kd_alpha=cfg.kd_alpha,
+                         include_smallest=include_smallest, schedule=schedule, **self._phase_args(tag, emit, **part))
+            if multi:
+                if self.rt.is_main:
+                    self.folder.write_phase(tag, {"format": TRAIN_STATE_FORMAT, "finished": True,
+                                                  "model": cpu_copy(net.state_dict())}, width)
+                barrier(self.rt)
+
+    def _phase_args(self, tag: str, emit: Callable[[str, dict], None], width: float | None = None) -> dict[str, Any]:
+        """train_epochs' arguments for the long phase ``tag`` (of ``width``'s supernet, with several widths): this
+        run's runtime and weight decay, progress and metrics, and the in-phase checkpoints (saved by rank 0; a
+        resumed run continues from the phase's own)."""
+        where = {} if width is None else {"width": width}
+
         def on_step(info: dict) -> None:
             emit("step", info)
             if self.rt.is_main:
-                self.folder.append_metrics({"kind": "step", "phase": tag, **info,
+                self.folder.append_metrics({"kind": "step", "phase": tag, **where, **info,
                                             "images_per_s": round(info["images"] / max(info["seconds"], 1e-9), 2)})
 
-        resume_from = self.folder.read_phase(tag)
+        resume_from = self.folder.read_phase(tag, width)
         if resume_from is not None:
             emit("note", {"text": f"{tag}: continuing from its checkpoint at step {resume_from['step']}"})
         return {"runtime": self.rt, "weight_decay": self.cfg.weight_decay, "on_step": on_step,
-                "on_checkpoint": lambda state: self.folder.write_phase(tag, state),
+                "on_checkpoint": lambda state: self.folder.write_phase(tag, state, width),
                 "checkpoint_every_s": self.checkpoint_every_s, "resume_from": resume_from}
 
     def _log_iteration(self, it: int) -> None:
@@ -406,9 +485,30 @@ class NATSearch:
         """Commit the state, archive and supernet through the run folder (supernet first, state.json last); only
         rank 0 writes, the others wait for it."""
         if self.rt.is_main:
-            self.folder.write_checkpoint(self.state, self.archive, self.supernet)
+            self.folder.write_checkpoint(self.state, self.archive, self.supernets)
             self.folder.clear_phase()
         barrier(self.rt)
+
+
+def supernets_by_width(supernets: OFAMobileNetV3Supernet | Sequence[OFAMobileNetV3Supernet]
+                       | Mapping[float, OFAMobileNetV3Supernet]) -> dict[float, OFAMobileNetV3Supernet]:
+    """One supernet, several, or a mapping by width, as ``{width: supernet}`` in width order; two of one width, or
+    a mapping key that is not its supernet's width, are refused."""
+    if isinstance(supernets, OFAMobileNetV3Supernet):
+        supernets = [supernets]
+    if isinstance(supernets, Mapping):
+        wrong = [(w, n.width) for w, n in supernets.items() if float(w) != n.width]
+        if wrong:
+            raise SearchError(f"the supernet given for width {wrong[0][0]} is w{wrong[0][1]}")
+        supernets = list(supernets.values())
+    nets: dict[float, OFAMobileNetV3Supernet] = {}
+    for net in supernets:
+        if net.width in nets:
+            raise SearchError(f"two supernets of width {net.width}; give one supernet per width")
+        nets[net.width] = net
+    if not nets:
+        raise SearchError("a search needs at least one supernet")
+    return dict(sorted(nets.items()))
 
 
 def _check_ranks_agree(state: SearchState, runtime: Runtime | None) -> None:
