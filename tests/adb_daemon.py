@@ -13,7 +13,7 @@ after rewriting device paths (``/data/...``, ``/sys/...``, ...) to sandbox paths
 stand-in benchmark_model that a test pushes like the real binary. It really runs a real .tflite with LiteRT
 (``litert_zygote=True`` preloads LiteRT in a fork server, so each run starts in milliseconds like a native
 binary). Fault hooks: :meth:`AdbDaemon.disconnect_after`, :meth:`AdbDaemon.disconnect_on`, ``storage_full``,
-:meth:`AdbDaemon.reboot`, ``crash_benchmark``.
+:meth:`AdbDaemon.reboot`, ``crash_benchmark``; ``speed_factor`` makes a slower phone.
 Every loop is bounded: by the daemon's lifetime, a command timeout, or an idle timeout. The services live in
 tests/adb_services.py, the fake phone's tools in tests/fake_phone.py.
 """
@@ -121,6 +121,7 @@ class AdbDaemon:
         self.storage_full = False
         self.crash_benchmark = False
         self.benchmark_sleep_s = 0.0
+        self.speed_factor = 1.0  # >1: a slower phone; its benchmark_model reports times this many times longer
         self._disconnect_after: int | None = None
         self._disconnect_on: tuple[str, float] | None = None
         # what clients did, for assertions
@@ -269,6 +270,8 @@ class AdbDaemon:
             env["FAKE_BENCHMARK_CRASH"] = "1"
         if self.benchmark_sleep_s:
             env["FAKE_BENCHMARK_SLEEP_S"] = str(self.benchmark_sleep_s)
+        if self.speed_factor != 1.0:
+            env["FAKE_BENCHMARK_SLOWDOWN"] = str(self.speed_factor)
         if self._zygote_dir is not None:
             env["FAKE_BENCHMARK_ZYGOTE"] = f"{self._zygote_dir}/sock"
         return env
