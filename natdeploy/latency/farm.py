@@ -5,10 +5,11 @@
 1. **Identity.** Every phone is described (model, SoC, benchmark_model build, threads, ...). A phone whose
    measuring conditions (:data:`natdeploy.latency.table.COMPAT_FIELDS`) differ from the table being resumed, or,
    for a new table, from the farm's majority, is refused and named: its numbers could not share a table.
-2. **Speed.** :data:`REFERENCE_OPS` ops spread over the op list are measured :data:`REFERENCE_REPEATS` times on
-   every phone. A phone's speed is the median over those ops of its time over the farm's; a phone off by more
-   than the tolerance (:func:`speed_tolerance`) is refused and named. Reference timings are kept in the table's
-   provenance, so a resumed farm does not measure a phone twice.
+2. **Speed.** The :data:`REFERENCE_OPS` largest ops are measured on every phone in :data:`REFERENCE_REPEATS`
+   round-robin rounds after a warm-up round. A phone's speed is the median over those ops of its fastest run over
+   the farm's (:func:`phone_speeds`); a phone off by more than the tolerance (:func:`speed_tolerance`, from the
+   rounds' own noise) is refused and named. The timings are kept in the table's provenance, so a resumed farm
+   does not measure a phone twice.
 3. **Shards.** The ops still missing, then the whole subnets, form one queue of batches that every phone's thread
    takes from, so a fast phone does more. Each measurement is saved at once (atomic write) with the serial that
    measured it (``provenance["farm"]["ops"]`` / ``["e2e"]``). A phone that drops out (its link does not come
@@ -46,7 +47,7 @@ __all__ = ["FarmError", "FarmResult", "profile_farm", "speed_tolerance", "TOLERA
 log = logging.getLogger(__name__)
 
 REFERENCE_OPS = 3
-REFERENCE_REPEATS = 3
+REFERENCE_REPEATS = 5
 # A phone this far from the farm's speed is refused even where the reference ops repeat perfectly: the latency
 # predictor is judged within +-10% of a measurement, so a shard measured 10% off would spend that whole band.
 TOLERANCE_FLOOR = 0.10
@@ -79,47 +80,44 @@ class _Phone:
 
 
 def speed_tolerance(repeats: dict[str, dict[str, list[float]]]) -> float:
-    """The relative speed difference beyond which a phone is refused, from the reference ops' repeat spread.
+    """The relative speed difference beyond which a phone is refused, from the reference ops' own noise.
 
-    ``repeats``: serial -> op key -> repeated timings. Each phone's speed is a median over ``K`` ops of a ratio
-    of means of ``R`` repeats, so its standard error in log space is about ``sigma * sqrt(2 / (R * K))``, with
-    ``sigma`` the pooled standard deviation of log(timing) between repeats (the factor 2: the farm's value it is
-    divided by is as noisy). The tolerance is :data:`NOISE_SIGMAS` such errors, and never below
-    :data:`TOLERANCE_FLOOR`, the accuracy band the predictor is scored in: a noisier farm widens it, so that
-    noise alone refuses no phone, and a warning says when it is too wide to catch a 30% slower phone.
+    ``repeats``: serial -> op key -> the fastest run of each repeat. Each phone's fastest time of an op is taken
+    twice, over its odd and over its even repeats; half the variance of the log difference of the two, pooled over
+    phones and ops with a robust scale (1.4826 x the median absolute difference, so that one disturbed repeat does
+    not widen it), is the variance ``sigma**2`` of one such fastest time. It overstates the noise of the fastest
+    time over all repeats, which :func:`phone_speeds` uses. A speed is a median over ``K`` ops of a ratio of two
+    such times, so its standard error is about ``sigma * sqrt(2 / K)``. The tolerance is :data:`NOISE_SIGMAS`
+    standard errors, so that noise alone refuses no phone, and never below :data:`TOLERANCE_FLOOR`, the accuracy
+    band the predictor is scored in.
     """
-    variances, n_ops, n_reps = [], 0, []
-    for by_op in repeats.values():
-        for values in by_op.values():
-            logs = [math.log(v) for v in values if v > 0]
-            if len(logs) >= 2:
-                variances.append(statistics.variance(logs))
-                n_reps.append(len(logs))
-        n_ops = max(n_ops, len(by_op))
-    if not variances:
+    diffs = [math.log(min(v[::2]) / min(v[1::2])) for by_op in repeats.values() for v in by_op.values()
+             if len(v) >= 2 and min(v) > 0]
+    if not diffs:
         return TOLERANCE_FLOOR
-    sigma = math.sqrt(statistics.fmean(variances))
-    se = sigma * math.sqrt(2.0 / (statistics.fmean(n_reps) * max(1, n_ops)))
-    return max(TOLERANCE_FLOOR, math.expm1(NOISE_SIGMAS * se))
+    sigma = 1.4826 * statistics.median(abs(d) for d in diffs) / math.sqrt(2)
+    n_ops = max(len(by_op) for by_op in repeats.values())
+    return max(TOLERANCE_FLOOR, math.expm1(NOISE_SIGMAS * sigma * math.sqrt(2.0 / n_ops)))
 
 
 def phone_speeds(repeats: dict[str, dict[str, list[float]]]) -> dict[str, float]:
     """Serial -> speed relative to the farm (1.3: takes 30% longer), the median over the reference ops.
 
-    The farm's time of an op is the lower median over phones: phones lose speed (thermal throttling, background
-    load) rather than gain it, so where two phones disagree the faster one is taken as the model's speed."""
+    A phone's time of an op is its fastest run over all repeats: contention, background work and throttling
+    only ever add time, so the fastest run is the statistic they move least. The farm's time of an op is the
+    lower median over phones: phones lose speed rather than gain it, so where two phones disagree the faster one
+    is taken as the model's speed."""
     ops = sorted({k for by_op in repeats.values() for k in by_op})
-    central = {s: {k: statistics.median(v) for k, v in by_op.items() if v} for s, by_op in repeats.items()}
-    farm = {k: statistics.median_low([c[k] for c in central.values() if k in c]) for k in ops}
-    return {s: math.exp(statistics.median([math.log(c[k] / farm[k]) for k in c if farm[k] > 0]))
-            for s, c in central.items() if c}
+    fastest = {s: {k: min(v) for k, v in by_op.items() if v and min(v) > 0} for s, by_op in repeats.items()}
+    farm = {k: statistics.median_low([f[k] for f in fastest.values() if k in f]) for k in ops
+            if any(k in f for f in fastest.values())}
+    return {s: math.exp(statistics.median([math.log(f[k] / farm[k]) for k in f])) for s, f in fastest.items() if f}
 
 
 def reference_ops(ops: Sequence[OpSig]) -> list[OpSig]:
-    """:data:`REFERENCE_OPS` ops spread over the op list, including the single-phone profiler's reference."""
-    n = len(ops)
-    picks = sorted({n // 2, n // 4, (3 * n) // 4})[:REFERENCE_OPS] if n >= REFERENCE_OPS else range(n)
-    return [ops[i] for i in picks]
+    """The :data:`REFERENCE_OPS` ops of most multiply-adds: the longest runs, so the least noise relative to
+    their time (a phone's fixed per-invoke overhead hides in a tiny op)."""
+    return sorted(ops, key=lambda op: (-op.madds, op.key))[:REFERENCE_OPS]
 
 
 def profile_farm(spec: DeviceSpec, serials: Sequence[str], space: SearchSpace,
@@ -209,7 +207,9 @@ def _connect(spec: DeviceSpec, serials: Sequence[str], refused: dict[str, str]) 
             refused[serial] = f"is unreachable ({str(exc).splitlines()[0]})"
             log.warning("refusing phone %s: %s", serial, refused[serial])
 
-    threads = [threading.Thread(target=describe, args=(s,), daemon=True) for s in serials]
+    if serials:
+        describe(serials[0])  # first alone: it makes the ADB key pair that the other links then load
+    threads = [threading.Thread(target=describe, args=(s,), daemon=True) for s in serials[1:]]
     for t in threads:
         t.start()
     for t in threads:
@@ -243,25 +243,26 @@ def _check_speed(phones: list[_Phone], refs: list[OpSig], table: LatencyTable, o
     stored = table.provenance["farm"]["phones"]
     failed: dict[str, str] = {}
 
-    def measure(p: _Phone) -> None:
-        timings: dict[str, list[float]] = {op.key: [] for op in refs}
-        try:
-            for _ in range(REFERENCE_REPEATS):
+    todo = [p for p in phones if set(stored.get(p.serial, {}).get("reference_ms", {})) != {op.key for op in refs}]
+    timings = {p.serial: {op.key: [] for op in refs} for p in todo}
+    # Round-robin, one phone at a time: every phone's repeats are spread over the same stretch of time, and the
+    # driving computer converts and talks to one phone at a time. The first round warms each phone up (files
+    # cached, clocks raised) and is dropped.
+    for rep in range(REFERENCE_REPEATS + 1):
+        for p in todo:
+            if p.serial in failed:
+                continue
+            try:
                 for op, m in _measured_ops(p.backend, refs):
-                    timings[op.key].append(m.value(table.statistic))
-        except BackendError as exc:
-            failed[p.serial] = f"failed its reference ops ({str(exc).splitlines()[0]})"
-            return
-        with lock:
-            stored[p.serial]["reference_ms"] = timings
-            table.save(out)
-
-    threads = [threading.Thread(target=measure, args=(p,), daemon=True) for p in phones
-               if set(stored.get(p.serial, {}).get("reference_ms", {})) != {op.key for op in refs}]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+                    if rep:
+                        timings[p.serial][op.key].append(m.min_ms if m.min_ms else m.value(table.statistic))
+            except BackendError as exc:
+                failed[p.serial] = f"failed its reference ops ({str(exc).splitlines()[0]})"
+    with lock:
+        for p in todo:
+            if p.serial not in failed:
+                stored[p.serial]["reference_ms"] = timings[p.serial]
+        table.save(out)
     repeats = {s: entry["reference_ms"] for s, entry in stored.items() if entry.get("reference_ms")
                and s not in failed}
     tol = tolerance if tolerance is not None else speed_tolerance(repeats)
