@@ -232,10 +232,15 @@ class AdbDaemon:
         with self._lock:
             self._went_down.clear()
             self._reboot_request = self.reboot_down_s if down_s is None else down_s
+        if threading.current_thread() is not self._thread:
+            self._went_down.wait(timeout=5)  # closed first: a client that reconnects at once is refused
         for conn in self._connections():
             conn.drop()
-        if threading.current_thread() is not self._thread:
-            self._went_down.wait(timeout=5)
+
+    def power_on(self) -> None:
+        """End a reboot's down time now: the port opens again (for a test that decides when a phone is back)."""
+        with self._lock:
+            self._down_until = 0.0
 
     def set_temperature(self, celsius: float) -> None:
         """Set every CPU thermal zone (millidegrees in sysfs, as on the phone)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def test_farm_end_to_end_kill_dropouts_and_resume(farm: dict[str, AdbDaemon], ad
     assert n_ops(out) >= 12, text
     assert f"refusing phone {d.serial}: it differs (host: the farm has 'Google Pixel 4 (SM8150)', this phone " \
            "'Google Pixel 5 (SM7250)')" in text
-    assert f"refusing phone {b.serial}: it runs at 1.3" in text and "beyond the tolerance" in text
+    slow = re.search(rf"refusing phone {re.escape(b.serial)}: it runs at ([\d.]+)x the farm's time on the reference "
+                     r"ops, beyond the tolerance of (\d+)%", text)
+    assert slow and 1.15 < float(slow[1]) < 1.45 and 10 <= int(slow[2]) < 100 * (float(slow[1]) - 1), text
     killed = LatencyTable.load(out)
     farm_prov = killed.provenance["farm"]
     assert set(farm_prov["ops"].values()) <= {a.serial, c.serial} and set(farm_prov["ops"]) == set(killed.ops)
@@ -106,9 +109,9 @@ def test_farm_end_to_end_kill_dropouts_and_resume(farm: dict[str, AdbDaemon], ad
 
     # 2. Both working phones drop out (rebooting for longer than reconnect_wait_s): a one-line message, and the
     # partial table resumes. The phones' reference timings are kept: b is refused again without a run.
-    def both_reboot() -> None:
-        a.reboot(down_s=3.0)
-        c.reboot(down_s=3.0)
+    def both_reboot() -> None:  # down until the test powers them on: conversion may outlast any fixed down time
+        a.reboot(down_s=600.0)
+        c.reboot(down_s=600.0)
 
     watcher = when(lambda: n_ops(out) >= len(killed.ops) + 10, both_reboot)
     assert main(args) == 2
@@ -123,13 +126,15 @@ def test_farm_end_to_end_kill_dropouts_and_resume(farm: dict[str, AdbDaemon], ad
     assert not any("--graph=" in s for s in b.services[b_runs:])
 
     # 3. c drops out for good mid-run; a takes over its work and finishes the table.
-    watcher = when(lambda: n_ops(out) >= len(partial.ops) + 8, lambda: c.reboot(down_s=120.0))
+    a.power_on()
+    c.power_on()
+    watcher = when(lambda: n_ops(out) >= len(partial.ops) + 8, lambda: c.reboot(down_s=600.0))
     assert main(args) == 0
     watcher.join(1)
     printed = capsys.readouterr().out
     assert f"{all_ops} ops ({all_ops - len(partial.ops)} measured now), 1 whole subnets, on 1 of 4 phones" in printed
     assert f"{c.serial}: " in printed and "then dropped out" in printed
-    assert f"{d.serial}: refused: it differs (host:" in printed and f"{b.serial}: refused: it runs at 1.3" in printed
+    assert f"{d.serial}: refused: it differs (host:" in printed and f"{b.serial}: refused: it runs at 1." in printed
     table = LatencyTable.load(out)
     assert len(table.ops) == all_ops and len(table.e2e) == 1
     assert all(table.ops[k] == m for k, m in partial.ops.items())
