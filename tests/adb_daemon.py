@@ -13,7 +13,7 @@ after rewriting device paths (``/data/...``, ``/sys/...``, ...) to sandbox paths
 stand-in benchmark_model that a test pushes like the real binary. It really runs a real .tflite with LiteRT
 (``litert_zygote=True`` preloads LiteRT in a fork server, so each run starts in milliseconds like a native
 binary). Fault hooks: :meth:`AdbDaemon.disconnect_after`, :meth:`AdbDaemon.disconnect_on`, ``storage_full``,
-:meth:`AdbDaemon.reboot`, ``crash_benchmark``.
+:meth:`AdbDaemon.reboot`, ``crash_benchmark``; ``speed_factor`` makes a slower phone.
 Every loop is bounded: by the daemon's lifetime, a command timeout, or an idle timeout. The services live in
 tests/adb_services.py, the fake phone's tools in tests/fake_phone.py.
 """
@@ -121,6 +121,7 @@ class AdbDaemon:
         self.storage_full = False
         self.crash_benchmark = False
         self.benchmark_sleep_s = 0.0
+        self.speed_factor = 1.0  # >1: a slower phone; its benchmark_model reports times this many times longer
         self._disconnect_after: int | None = None
         self._disconnect_on: tuple[str, float] | None = None
         # what clients did, for assertions
@@ -231,10 +232,15 @@ class AdbDaemon:
         with self._lock:
             self._went_down.clear()
             self._reboot_request = self.reboot_down_s if down_s is None else down_s
+        if threading.current_thread() is not self._thread:
+            self._went_down.wait(timeout=5)  # closed first: a client that reconnects at once is refused
         for conn in self._connections():
             conn.drop()
-        if threading.current_thread() is not self._thread:
-            self._went_down.wait(timeout=5)
+
+    def power_on(self) -> None:
+        """End a reboot's down time now: the port opens again (for a test that decides when a phone is back)."""
+        with self._lock:
+            self._down_until = 0.0
 
     def set_temperature(self, celsius: float) -> None:
         """Set every CPU thermal zone (millidegrees in sysfs, as on the phone)."""
@@ -269,6 +275,8 @@ class AdbDaemon:
             env["FAKE_BENCHMARK_CRASH"] = "1"
         if self.benchmark_sleep_s:
             env["FAKE_BENCHMARK_SLEEP_S"] = str(self.benchmark_sleep_s)
+        if self.speed_factor != 1.0:
+            env["FAKE_BENCHMARK_SLOWDOWN"] = str(self.speed_factor)
         if self._zygote_dir is not None:
             env["FAKE_BENCHMARK_ZYGOTE"] = f"{self._zygote_dir}/sock"
         return env

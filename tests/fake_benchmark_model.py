@@ -3,7 +3,8 @@
 It takes the real tool's flags, reads the --graph file like the real binary (failing the same way when it is
 missing or not a TFLite flatbuffer), and prints its statistics in the real (2.14+) output format. A real .tflite
 is really run with the LiteRT interpreter, honouring --num_threads, --use_xnnpack, --warmup_runs, --num_runs,
---warmup_min_secs, --min_secs and --max_secs as the real tool does (there is no GPU: --use_gpu runs on the CPU).
+--warmup_min_secs, --min_secs and --max_secs as the real tool does (there is no GPU: --use_gpu runs on the CPU);
+$FAKE_BENCHMARK_SLOWDOWN scales the timings of real models, as on a slower phone.
 A placeholder from write_fake_tflite() gets synthetic numbers derived from its bytes, so transport tests need
 no LiteRT. With $FAKE_BENCHMARK_ZYGOTE set, the whole run happens in a fork of a server that has LiteRT loaded
 already, so the fake starts in milliseconds, as a native binary does, instead of a Python import's half second.
@@ -61,11 +62,12 @@ def preload():
 
 def timed_runs(fn, runs, min_secs, max_secs):
     """Call fn at least `runs` times and for at least min_secs, but stop after max_secs: microseconds per call."""
+    slowdown = float(os.environ.get("FAKE_BENCHMARK_SLOWDOWN", "1"))  # read per run: the zygote forks this module
     values, start = [], time.perf_counter()
     while (len(values) < runs or time.perf_counter() - start < min_secs) and time.perf_counter() - start < max_secs:
         t0 = time.perf_counter()
         fn()
-        values.append(int((time.perf_counter() - t0) * 1e6))
+        values.append(int((time.perf_counter() - t0) * 1e6 * slowdown))
     return values
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -62,24 +62,7 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     out = Path(out) if out else new_table_path(spec.name)
     provenance = backend.describe()
     statistic = backend.statistic
-    if out.exists():
-        table = LatencyTable.load(out)
-        mismatch = table.precision_mismatch(provenance.get("precision"))
-        if mismatch:  # not even with --force: an int8 op's cost is not an fp32 op's
-            raise TableError(f"{out}: {mismatch}, and {spec.name} measures {spec.precision} models; a table never "
-                             "mixes precisions: use --out for a new table")
-        why = table.incompatibility(provenance)
-        if why and not force:
-            raise TableError(f"{out} was measured under different conditions ({why}); mixing them would corrupt "
-                             "the table. Use --out for a new table, or --force to mix anyway")
-        if table.n_classes != n_classes:
-            raise TableError(f"{out} was profiled for {table.n_classes} classes, not {n_classes}; use --out")
-        if table.statistic != statistic:  # not even with --force: the table could not read the new measurements
-            raise TableError(f"{out} uses the {table.statistic!r} statistic, but this backend measures "
-                             f"{statistic!r}; use --out for a new table")
-        log.info("resuming %s: %d ops and %d subnets already measured", out, len(table.ops), len(table.e2e))
-    else:
-        table = LatencyTable(device=spec.name, n_classes=n_classes, statistic=statistic)
+    table = open_table(out, spec, provenance, statistic, n_classes, force)
     resolutions = list(resolutions or spec.resolutions or space.resolutions)
     table.provenance = {**provenance, "statistic": statistic, "space": space.name, "widths": list(space.widths),
                         "resolutions": sorted(set(resolutions) | set(table.provenance.get("resolutions", [])))}
@@ -135,6 +118,30 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
                     100 * DRIFT_LIMIT)
     model_path = fit_table(table, out, seed, spec.speed_elasticity)
     return ProfileResult(out, model_path, len(ops), len(todo), len(table.e2e), table.drift)
+
+
+def open_table(out: Path, spec: DeviceSpec, provenance: dict[str, Any], statistic: str, n_classes: int,
+               force: bool) -> LatencyTable:
+    """The table at ``out`` to resume (checked against the measuring conditions ``provenance``), else a new one."""
+    if out.exists():
+        table = LatencyTable.load(out)
+        mismatch = table.precision_mismatch(provenance.get("precision"))
+        if mismatch:  # not even with --force: an int8 op's cost is not an fp32 op's
+            raise TableError(f"{out}: {mismatch}, and {spec.name} measures {spec.precision} models; a table never "
+                             "mixes precisions: use --out for a new table")
+        why = table.incompatibility(provenance)
+        if why and not force:
+            raise TableError(f"{out} was measured under different conditions ({why}); mixing them would corrupt "
+                             "the table. Use --out for a new table, or --force to mix anyway")
+        if table.n_classes != n_classes:
+            raise TableError(f"{out} was profiled for {table.n_classes} classes, not {n_classes}; use --out")
+        if table.statistic != statistic:  # not even with --force: the table could not read the new measurements
+            raise TableError(f"{out} uses the {table.statistic!r} statistic, but this backend measures "
+                             f"{statistic!r}; use --out for a new table")
+        log.info("resuming %s: %d ops and %d subnets already measured", out, len(table.ops), len(table.e2e))
+    else:
+        table = LatencyTable(device=spec.name, n_classes=n_classes, statistic=statistic)
+    return table
 
 
 def _measured_ops(backend: Backend, ops: Sequence[OpSig]) -> Iterator[tuple[OpSig, Measurement]]:

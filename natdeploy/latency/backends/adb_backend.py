@@ -87,6 +87,10 @@ def adb_options(spec: DeviceSpec) -> dict[str, Any]:
     return {**ADB_OPTIONS, **spec.extra}
 
 
+# One conversion at a time in this process: TF's converter is not made for threads.
+_CONVERT_LOCK = threading.RLock()
+
+
 class AdbBackendError(BackendError):
     """A measurement on the phone failed. ``retryable`` is False when trying again at once cannot help."""
 
@@ -140,7 +144,7 @@ class AdbBackend(Backend):
         self._pending: dict[tuple[Any, ...], Future[Path]] = {}
         self._builder: ThreadPoolExecutor | None = None
         self._pusher: AdbTransport | None = None  # a second link that pushes prefetched models ahead
-        self._build_lock = threading.RLock()  # one conversion at a time: TF's converter is not made for threads
+        self._build_lock = _CONVERT_LOCK  # shared by every backend in the process (a farm drives several)
         self._info: dict[str, Any] | None = None
         self._adb_provenance: dict[str, Any] = {}
         self._temps: list[float] = []
