@@ -55,6 +55,7 @@ VALUES = {
     "--accuracy-predictor": {"wrong type": "no-colon", "unknown": "no_such_module_here:accuracy"},
     "--memory-budget": {"wrong type": "lots", "out of range": "0GB"},
     "--checkpoint-minutes": {"wrong type": "soon", "out of range": "0"},
+    "--farm-tolerance": {"wrong type": "tight", "out of range": "2"},
 }
 PATH_FLAGS = {"--data", "--val", "--supernet", "--table", "--tables", "--benchmark-binary", "--from"}
 # Flags with no wrong value of their own here: names, output paths, switches, a phone's serial.
