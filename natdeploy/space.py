@@ -384,6 +384,19 @@ class SearchSpace:
             return self._sample_one(rng)
         return [self._sample_one(rng) for _ in range(n)]
 
+    def sample_genomes(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` canonical genomes of uniformly random Archs (the distribution of :meth:`sample`: kernel, expand
+        ratio, depth, resolution and width each uniform), drawn in one array operation per gene kind."""
+        g = np.zeros((n, GENOME_LENGTH), dtype=np.int64)
+        g[:, 0] = rng.integers(0, len(self.resolutions), n)
+        g[:, 1] = rng.integers(0, len(self.widths), n)
+        genes = 1 + rng.integers(0, len(KERNELS), (n, N_BLOCKS)) + len(KERNELS) * rng.integers(0, len(EXPANDS),
+                                                                                                 (n, N_BLOCKS))
+        depth = np.asarray(DEPTHS)[rng.integers(0, len(DEPTHS), (n, N_STAGES))]
+        kept = np.arange(MAX_DEPTH)[None, None, :] < depth[:, :, None]
+        g[:, 2:] = np.where(kept.reshape(n, N_BLOCKS), genes, 0)
+        return g
+
     def _sample_one(self, rng: np.random.Generator) -> Arch:
         return Arch(ks=rng.choice(KERNELS, N_BLOCKS).tolist(), e=rng.choice(EXPANDS, N_BLOCKS).tolist(),
                     d=rng.choice(DEPTHS, N_STAGES).tolist(), r=int(rng.choice(self.resolutions)),

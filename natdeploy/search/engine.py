@@ -303,7 +303,7 @@ def _start_population(space: SearchSpace, initial: Any, population: int, rng: np
     for _ in range(20):
         if need <= 0:
             break
-        batch = space.canonical(np.stack([space.encode(a) for a in space.sample(rng, population)]))
+        batch = space.sample_genomes(rng, population)
         ok = feasible(batch)
         fill.append(batch[ok][:need])
         spare.append(batch[~ok])

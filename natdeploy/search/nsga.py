@@ -200,21 +200,23 @@ def _radix(space: SearchSpace) -> np.ndarray:
 
 
 def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator, mutation: float | None,
-               feasible: Feasible | None = None) -> np.ndarray:
+               feasible: Feasible | None = None, share: list[float] | None = None) -> np.ndarray:
     """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
     another offspring. Each round mates enough pairs for the share of usable offspring the last round had.
 
     ``feasible(genomes)`` (a cheap check, such as latency within the budgets): offspring it rejects are kept only
-    to fill the batch when the rounds run out, so the costly evaluation is spent on subnets that can survive."""
+    to fill the batch when the rounds run out, so the costly evaluation is spent on subnets that can survive.
+    ``share``: a one-item list carrying the usable share from one generation to the next (updated in place), so
+    that a tight budget costs about one mating round per generation rather than several."""
     xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
     base = _radix(space)
     seen = _keys(X, base)
     out: list[np.ndarray] = []
     spare: list[np.ndarray] = []
     found = 0
-    share = 0.5
+    share = share if share is not None else [0.5]
     for _ in range(_MATING_ROUNDS):
-        pairs = min(8 * n, int(np.ceil((n - found) / (2 * share))))
+        pairs = min(8 * n, int(np.ceil((n - found) / (2 * share[0]))))
         p1 = X[_tournament(len(X), pairs, rng)].astype(float)
         p2 = X[_tournament(len(X), pairs, rng)].astype(float)
         c1, c2 = _sbx(p1, p2, xl, xu, rng)
@@ -235,7 +237,7 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         found += len(fresh)
         if found >= n:
             break
-        share = max(len(fresh) / len(kids), 1.0 / 16)
+        share[0] = max(len(fresh) / len(kids), 1.0 / 16)
     if found < n and spare:
         out.append(np.concatenate(spare)[:n - found])
     return np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
@@ -259,8 +261,9 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
     n_eval = len(X)
     keep = _survive(F, CV, population, rng, elite, elite_column)
     X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
+    share = [0.5] if feasible is not None else None  # carried over generations when offspring are filtered
     for _ in range(generations - 1):
-        kids = _offspring(X, population, space, rng, mutation, feasible)
+        kids = _offspring(X, population, space, rng, mutation, feasible, share)
         if not len(kids):
             break  # every offspring the operators can make is already in the population
         Fk, CVk, Vk = evaluate(kids)
