@@ -15,7 +15,6 @@ from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search import NATConfig, run_search
 from natdeploy.space import SearchSpace
 from natdeploy.tensorboard_log import TensorBoardError, TensorBoardLog, require_tensorboard
-from tiny_fixtures import tiny_cpu_table
 
 SPACE = SearchSpace(resolutions=(32,), widths=(1.0,), name="tiny")
 TINY = dict(iterations=1, initial_archs=3, population=8, generations=2, candidates_per_iter=2, top_archs=8,
@@ -38,10 +37,10 @@ def same(got: list[tuple[int, float]], expected: list[tuple[int, float]]) -> Non
     assert np.allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6)
 
 
-def test_search_writes_metrics_jsonl_as_tensorboard_events(tmp_path):
+def test_search_writes_metrics_jsonl_as_tensorboard_events(tmp_path, tiny_table):
     data = load_digits_data(size=32)
     data.train_x, data.train_y = data.train_x[:32], data.train_y[:32]  # one step per epoch
-    predictor = LatencyPredictor.load(tiny_cpu_table(tmp_path, SPACE))
+    predictor = LatencyPredictor.load(tiny_table)  # the session's table covers 32 and 40 px
     budget = float(np.median(predictor.predict(SPACE.sample(np.random.default_rng(0), 20))))
     run_search(tmp_path / "r", data, {"cpu": predictor}, {"cpu": budget}, SPACE, NATConfig(**TINY),
                tensorboard=True)

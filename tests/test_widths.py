@@ -10,7 +10,6 @@ from natdeploy.data import load_digits_data
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search import NATConfig, NATSearch, SearchError, run_search
 from natdeploy.space import Arch, SearchSpace
-from tiny_fixtures import tiny_cpu_table
 
 SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0, 1.2), name="tiny")
 TINY = dict(iterations=1, initial_archs=5, population=8, generations=2, candidates_per_iter=2, top_archs=8,
@@ -19,9 +18,11 @@ WIDTHS = (1.0, 1.2)
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    # profiled at w1.0 only: w1.2's ops are the predictor's estimates (the search warns with their share)
-    return LatencyPredictor.load(tiny_cpu_table(tmp_path_factory.mktemp("table"), SPACE.at_width(1.0)))
+def predictor(tiny_table):
+    # the session's tiny table, profiled at w1.0 only: w1.2's ops are the predictor's estimates (the search warns
+    # with their share)
+    assert SPACE.at_width(1.0).resolutions == (32, 40)
+    return LatencyPredictor.load(tiny_table)
 
 
 @pytest.fixture(scope="module")
