@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from adb_daemon import AdbDaemon  # noqa: E402
 from fake_phone import write_fake_benchmark_model  # noqa: E402
-from test_adb_profile import TEST_PHONE_YAML, n_ops, when  # noqa: E402
+from test_adb_profile import TEST_PHONE_YAML, adb_home, n_ops, when  # noqa: E402,F401  (adb_home: a fixture)
 
 from natdeploy.cli import main  # noqa: E402
 from natdeploy.latency import LatencyTable, space_ops  # noqa: E402
@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FARM_PHONE_YAML = TEST_PHONE_YAML.replace("\nruns: 5\n", "\nruns: 40\n")
 PIXEL5 = {"ro.product.model": "Pixel 5", "ro.product.manufacturer": "Google", "ro.soc.model": "SM7250",
           "ro.build.version.release": "13", "ro.build.version.sdk": "33", "ro.product.cpu.abi": "arm64-v8a"}
-
-
-@pytest.fixture
-def adb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "android-home"
-    monkeypatch.setenv("ANDROID_USER_HOME", str(home))
-    monkeypatch.setenv("NATDEPLOY_NO_PROGRESS", "1")
-    return home
 
 
 @pytest.fixture
