@@ -134,8 +134,8 @@ def _resume_changes(run_dir: Path, budgets: dict[str, float], space: SearchSpace
 
         raise SearchError(f"--resume with changed --supernet ({state.supernet_source} -> {asked_source}); resume "
                           f"with {flags(state.supernet_source)}, or start a new run (--name)")
-    if asked_source == "scratch" and state.widths != list(scratch_widths(space, widths)):
-        asked_widths = list(scratch_widths(space, widths))
+    asked_widths = list(scratch_widths(space, widths)) if asked_source == "scratch" else state.widths
+    if asked_widths != state.widths:
         raise SearchError(f"--resume with changed --width ({' '.join(f'{w:g}' for w in state.widths)} -> "
                           f"{' '.join(f'{w:g}' for w in asked_widths)}); resume with --width "
                           f"{' '.join(f'{w:g}' for w in state.widths)}, or start a new run (--name)")
