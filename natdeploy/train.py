@@ -3,9 +3,9 @@
 Everything runs on ``runtime.device`` in channels_last, under ``runtime.precision``. Without a runtime (or with one
 process on CPU in fp32) the arithmetic is exactly the single-process one.
 
-Several processes (``natdeploy.distributed``) train data-parallel: every rank draws the same global batch and the
-same subnets from one seeded RNG stream, takes its contiguous shard of the batch, weights its losses by its share,
-and the gradients are summed once per optimiser step. BatchNorm (``runtime.batch_norm``, see
+Several processes (``natdeploy.distributed``) train data-parallel: every rank draws the same global batch order,
+augmentation and subnets from one seeded RNG stream, but reads (streamed: decodes) only its contiguous shard of
+each global batch, weights its losses by its share, and the gradients are summed once per optimiser step. BatchNorm (``runtime.batch_norm``, see
 ``natdeploy.distributed.train_bn_reducer``): by default each rank normalises its shard with its own statistics and
 the running statistics are averaged over the ranks after every step, so they stay identical; the gradient is then
 the one-process gradient with each shard as its own BN batch. With ``sync`` the statistics of the global batch are
