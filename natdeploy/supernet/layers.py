@@ -246,8 +246,8 @@ def unused_taps(kernel: int, stride: int, size: int) -> int:
     On the tiny maps of the last stages (1x1 and 2x2 at 32 px) a 7x7 depthwise kernel reaches far beyond the
     map: at 1x1 only its centre tap meets data. The other taps add exact zeros to the output and get exactly zero
     weight gradient, yet PyTorch's CPU depthwise backward pays for all 49: measured here (1 thread, channels_last)
-    about 25 ms per call for 960 channels at 1x1 and 32 images, 0.5 ms with the centre tap alone. Such calls were
-    most of a 32 px sandwich step at 32 images per process (benchmarks/ddp_scaling.py). Dropping the rings keeps
+    about 25 ms per call for 960 channels at 1x1 and 32 images, 0.5 ms with the centre tap alone; in a profile of
+    32 px sandwich steps at 32 images, such calls took about a third of the CPU time. Dropping the rings keeps
     the output size: with padding p = k // 2 it is floor((size + 2p - k) / stride) + 1, and 2p - k = -1 for every
     odd k.
     """
