@@ -2,9 +2,10 @@
 
 Both runs use the same global batch, the same threads per process, the same subnets (one seeded RNG stream) and
 natdeploy's own step (``sandwich_backward``, one gradient all-reduce, SGD), with BN statistics handled as in
-training (``--batch-norm local``, the default: per-rank statistics and one running-statistics average per step;
-``sync``: the global batch's statistics all-reduced per BN layer). The batches are made before timing, so only the
-step is measured. Target (issue 15): >= 1.5x with 2 processes on a 2-core machine.
+training (``--batch-norm local``, the default: per-rank statistics and the running statistics averaged in the
+gradient all-reduce; ``sync``: the global batch's statistics all-reduced per BN layer). The batches are made before
+timing (each rank holds only its shard, as training's data yields it), so only the step is measured, and no more
+than training does in a step. Target (issue 15): >= 1.5x with 2 processes on a 2-core machine.
 
     python benchmarks/ddp_scaling.py [--processes 2] [--batch 64] [--resolution 32] [--steps 6] [--threads 1]
                                      [--batch-norm local|sync]
@@ -28,9 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: time ``args.steps`` sandwich steps after ``args.warmup``; rank 0 prints a JSON line."""
-    from natdeploy.distributed import (all_reduce_gradients, average_bn_statistics, barrier, init_runtime,
-                                       train_bn_reducer)
+    """One rank: time ``args.steps`` sandwich steps after ``args.warmup``; rank 0 prints a JSON line.
+
+    The timed steps are what ``natdeploy.train.train_epochs`` runs per step, no more: this rank's shard of the
+    global batch (as training's data yields it), the shard sizes, the sandwich, one all-reduce of the gradients
+    with the loss and BN running statistics in the same buffer, clipping and SGD. There is no barrier between the
+    steps (training has none): one before the first timed step, and one after the last, inside the timing.
+    """
+    from natdeploy.distributed import (all_reduce_gradients, barrier, gather, init_runtime, shard_range,
+                                       shard_sizes, train_bn_reducer)
     from natdeploy.space import SearchSpace
     from natdeploy.supernet import OFAMobileNetV3Supernet
     from natdeploy.supernet.layers import sync_batch_norm
@@ -45,31 +52,37 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     g = torch.Generator().manual_seed(0)
     n = args.warmup + args.steps
-    batches = [(torch.randn(args.batch, 3, args.resolution, args.resolution, generator=g)
-                .contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (args.batch,), generator=g))
+    lo, hi = shard_range(args.batch, rt)
+    batches = [(torch.randn(args.batch, 3, args.resolution, args.resolution, generator=g)[lo:hi]
+                .contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (args.batch,), generator=g)[lo:hi])
                for _ in range(n)]
     archs = [space.sample(rng, args.subnets) + [space.smallest()] for _ in range(n)]
-    times, cpu = [], []
+    times = []
     for i, ((x, y), subnets) in enumerate(zip(batches, archs)):
-        barrier(rt)
-        t0, c0 = time.perf_counter(), time.process_time()
+        if i == args.warmup:
+            barrier(rt)
+            start, cpu_start = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
+        sizes = shard_sizes(len(y), rt, total=args.batch)  # in memory: no communication, as in training
+        total = sum(sizes)
         opt.zero_grad(set_to_none=True)
-        with sync_batch_norm(net, train_bn_reducer(rt, len(y))):  # as natdeploy.train.train_epochs does
-            sandwich_backward(net, x, y, space.largest(), subnets, 1.0, rt)
-        all_reduce_gradients(net, rt)
-        average_bn_statistics(net, rt)
+        with sync_batch_norm(net, train_bn_reducer(rt, total, sizes)):  # as natdeploy.train.train_epochs does
+            loss = sandwich_backward(net, x, y, space.largest(), subnets, 1.0, rt, global_batch=total)
+        all_reduce_gradients(net, rt, extras=(float(loss), 0.0), bn_statistics=True)
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
-        barrier(rt)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
+    barrier(rt)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    cpus = gather([cpu], rt)  # after the timing: every rank's CPU seconds (its gloo threads included)
     if rt.is_main:
-        # CPU seconds of rank 0: what the step costs apart from waiting for the CPU, so a busy machine can be told
+        # CPU seconds per rank: what the step costs apart from waiting for the CPU, so a busy machine can be told
         # from a real scaling loss
-        print(json.dumps({"world": rt.world_size, "seconds": times, "cpu_seconds": cpu,
-                          "images_per_s": args.batch * len(times) / sum(times),
-                          "images_per_cpu_s": args.batch / rt.world_size * len(cpu) / sum(cpu)}), flush=True)
+        print(json.dumps({"world": rt.world_size, "seconds": times, "wall_s": wall, "cpu_s_per_rank": cpus,
+                          "images_per_s": args.batch * args.steps / wall,
+                          "images_per_cpu_s": args.batch / rt.world_size * args.steps / (sum(cpus) / len(cpus)),
+                          "load_average": os.getloadavg()}), flush=True)
 
 
 def _free_port() -> int:
@@ -97,6 +110,12 @@ def run(world: int, args: argparse.Namespace) -> dict:
     return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
+def _cpu_line(res: dict, args: argparse.Namespace) -> str:
+    per_step = ", ".join(f"{c / args.steps:.3f}" for c in res["cpu_s_per_rank"])
+    load = ", ".join(f"{v:.2f}" for v in res["load_average"])
+    return f"wall {res['wall_s'] / args.steps:.3f} s/step; CPU s/step per rank: {per_step}; load average {load}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--processes", type=int, default=2)
@@ -117,10 +136,10 @@ def main() -> None:
         worker(args)
         return
     one = run(1, args)
-    print(f"1 process : {one['images_per_s']:8.1f} images/s", flush=True)
+    print(f"1 process : {one['images_per_s']:8.1f} images/s  ({_cpu_line(one, args)})", flush=True)
     many = run(args.processes, args)
     ratio = many["images_per_s"] / one["images_per_s"]
-    print(f"{args.processes} processes: {many['images_per_s']:8.1f} images/s")
+    print(f"{args.processes} processes: {many['images_per_s']:8.1f} images/s  ({_cpu_line(many, args)})")
     print(f"ratio {ratio:.2f} (target >= 1.5 with 2 processes on 2 cores)")
     cpu_ratio = many["images_per_cpu_s"] / one["images_per_cpu_s"]
     print(f"images per CPU second of one rank: {one['images_per_cpu_s']:.1f} vs {many['images_per_cpu_s']:.1f} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ class ImageData:
     # the loader's arguments (source as an absolute path, val, limit_per_class, val_limit_per_class, val_fraction,
     # seed), so that describe() records how to load the same images into the same split; empty when built by hand
     loaded_with: dict = field(default_factory=dict)
+    # batches() never comes short: unreadable files were left out at load (StreamData's can, mid-epoch)
+    skips_mid_epoch: ClassVar[bool] = False
 
     @property
     def n_classes(self) -> int:
@@ -92,11 +94,18 @@ Draws = tuple[np.ndarray, np.ndarray]  # per image of a batch: crop offsets (n x
 
 
 def shard_bounds(n: int, shard: Shard) -> tuple[int, int]:
-    """[lo, hi) of rank's contiguous part of a batch of ``n``, for ``shard=(rank, world)``."""
+    """[lo, hi) of rank's contiguous part of ``n`` items, for ``shard=(rank, world)``; the first ``n % world`` ranks
+    get one more. Concatenating the parts in rank order gives the items in their order.
+
+    The one rule for every split over processes: batches of training data, lists of subnets to evaluate
+    (:func:`natdeploy.distributed.shard_range`).
+    """
     rank, world = shard
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"shard={shard} must be (rank, world) with 0 <= rank < world")
-    return n * rank // world, n * (rank + 1) // world
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def epoch_order(n_all: int, rng: np.random.Generator | None, limit: int | None = None) -> np.ndarray:

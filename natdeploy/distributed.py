@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from natdeploy.data import shard_bounds
 from natdeploy.errors import NatDeployError
 
 log = logging.getLogger(__name__)
@@ -204,14 +205,27 @@ def is_main(runtime: Runtime | None = None) -> bool:
 
 
 def shard_range(n: int, runtime: Runtime | None = None) -> tuple[int, int]:
-    """This rank's contiguous part ``[lo, hi)`` of ``n`` items; the first ``n % world`` ranks get one more.
+    """This rank's contiguous part ``[lo, hi)`` of ``n`` items (:func:`natdeploy.data.shard_bounds`: the first
+    ``n % world`` ranks get one more, and the parts in rank order give the items in their original order)."""
+    return shard_bounds(n, (runtime.rank, runtime.world_size) if runtime else (0, 1))
 
-    Concatenating the shards in rank order gives the items in their original order.
+
+def shard_sizes(mine: int, runtime: Runtime | None = None, total: int | None = None) -> list[int]:
+    """Every rank's number of items in its shard of one global batch, in rank order.
+
+    With ``total`` (the global batch's size, when every rank holds its full :func:`shard_range`) they are computed
+    here, with no communication. Without it they are exchanged in one small all-reduce: streamed data skips an
+    unreadable file in the shard of the rank that read it, so only the ranks together know the global batch.
     """
-    world, rank = (runtime.world_size, runtime.rank) if runtime else (1, 0)
-    base, extra = divmod(n, world)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
+    if not _active(runtime):
+        return [mine if total is None else total]
+    world = runtime.world_size
+    if total is not None:
+        return [hi - lo for lo, hi in (shard_bounds(total, (r, world)) for r in range(world))]
+    counts = torch.zeros(world, dtype=torch.int64, device=runtime.device)
+    counts[runtime.rank] = mine
+    _collective("exchanging batch sizes", lambda: dist.all_reduce(counts))
+    return [int(c) for c in counts.tolist()]
 
 
 def gather(values: Sequence[float], runtime: Runtime | None = None) -> list[float]:
@@ -264,8 +278,8 @@ def barrier(runtime: Runtime | None = None) -> None:
 
 
 # ----- gradients and BN statistics --------------------------------------------------------------------------------
-def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None,
-                         extras: Sequence[float] = ()) -> list[float]:
+def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None, extras: Sequence[float] = (),
+                         bn_statistics: bool = False) -> list[float]:
     """Sum every parameter's gradient over the ranks in ONE flattened all-reduce; returns ``extras`` summed too.
 
     Callers weight each rank's loss by its share of the global batch, so the sum is the gradient of the global
@@ -273,12 +287,19 @@ def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None,
     counts as zeros, and a per-parameter "used" flag travels in the same buffer. A parameter no rank used keeps
     ``grad=None``, so the optimiser skips it exactly as in a one-process run (momentum and weight decay included);
     a parameter that only some ranks used means the ranks trained different subnets, which is an error.
+    ``bn_statistics=True`` also does :func:`average_bn_statistics` in the same all-reduce (one collective a step
+    instead of two; the same arithmetic).
 
     Why not DistributedDataParallel(find_unused_parameters=True): the sandwich rule runs 3-5 backward passes per
     step, and DDP reduces per backward (or needs no_sync bookkeeping), walks the autograd graph every forward to
     find unused parameters, and rebroadcasts buffers (BN running statistics) from rank 0. Since every rank trains
     the same subnets from one RNG stream, the unused set is known and identical, so one bucket after the
     accumulation is both cheaper and simpler, and the module keeps its ``forward(x, arch)`` signature.
+
+    Overlapping parts of this all-reduce with the last backward pass (the blocks the last subnet leaves unused)
+    was left out: every rank already keeps one of the 2 cores busy computing, and gloo's transfer needs CPU of its
+    own, so on CPU there is no idle core to hide it on. The summed buffer becomes the gradients (views into it, no
+    copy back) wherever a gradient's layout allows.
     """
     if not _active(runtime):
         return list(extras)
@@ -287,16 +308,22 @@ def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None,
         return list(extras)
     ref = params[0]
     dtype = ref.grad.dtype if ref.grad is not None else torch.float32
-    flat = torch.zeros(sum(p.numel() for p in params) + len(params) + len(extras), dtype=dtype, device=ref.device)
+    bufs = _bn_to_average(module, runtime) if bn_statistics and dtype == torch.float32 else []
+    n_grad = sum(p.numel() for p in params)
+    n_bn = sum(b.numel() for b in bufs)
+    flat = torch.empty(n_grad + len(params) + len(extras) + n_bn, dtype=dtype, device=ref.device)
     offset = 0
     for p in params:
+        chunk = flat[offset:offset + p.numel()]
         if p.grad is not None:
-            flat[offset:offset + p.numel()].copy_(p.grad.reshape(-1))
+            chunk.view_as(p).copy_(p.grad)
+        else:
+            chunk.zero_()
         offset += p.numel()
-    n_grad = offset
-    flat[n_grad:n_grad + len(params)] = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype)
-    if extras:
-        flat[n_grad + len(params):] = torch.tensor([float(v) for v in extras], dtype=dtype)
+    head = [float(p.grad is not None) for p in params] + [float(v) for v in extras]
+    flat[n_grad:n_grad + len(head)] = torch.tensor(head, dtype=dtype)
+    if bufs:
+        torch.cat([b.reshape(-1).float() for b in bufs], out=flat[n_grad + len(head):])
     _collective("averaging gradients", lambda: dist.all_reduce(flat))
     used = flat[n_grad:n_grad + len(params)].round().to(torch.int64).tolist()
     offset = 0
@@ -307,12 +334,16 @@ def all_reduce_gradients(module: nn.Module, runtime: Runtime | None = None,
                                    "seeds or sampling differ)")
         if u:
             chunk = flat[offset:offset + p.numel()].view_as(p)
-            if p.grad is None:
-                p.grad = chunk.clone()
+            if p.grad is None or p.grad.is_contiguous():
+                p.grad = chunk
             else:
                 p.grad.copy_(chunk)
         offset += p.numel()
-    return flat[n_grad + len(params):].tolist()
+    if bufs:
+        _set_bn_average(bufs, flat[n_grad + len(head):], runtime.world_size)
+    elif bn_statistics:
+        average_bn_statistics(module, runtime)
+    return flat[n_grad + len(params):n_grad + len(head)].tolist()
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -339,8 +370,10 @@ def stats_reducer(runtime: Runtime | None) -> Callable[[torch.Tensor], torch.Ten
     return _SumOverRanks.apply
 
 
-def train_bn_reducer(runtime: Runtime | None, batch: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The BN statistics reducer for one training step on a global batch of ``batch`` (for ``sync_batch_norm``).
+def train_bn_reducer(runtime: Runtime | None, batch: int,
+                     sizes: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The BN statistics reducer for one training step on a global batch of ``batch`` (for ``sync_batch_norm``);
+    ``sizes``: every rank's shard size (:func:`shard_sizes`), when they are not ``batch``'s :func:`shard_range`.
 
     ``local`` (the default): each rank normalises its shard with the shard's own statistics, in PyTorch's fused
     BN kernel, as plain DistributedDataParallel does; :func:`average_bn_statistics` then makes the running
@@ -354,39 +387,45 @@ def train_bn_reducer(runtime: Runtime | None, batch: int) -> Callable[[torch.Ten
     """
     if not _active(runtime):
         return None
-    smallest = min(hi - lo for lo, hi in (shard_range(batch, Runtime(rank=r, world_size=runtime.world_size))
-                                          for r in range(runtime.world_size)))
+    smallest = min(sizes if sizes is not None else shard_sizes(0, runtime, total=batch))
     if runtime.batch_norm == "sync" or smallest < 2:
         return _SumOverRanks.apply
     return None
 
 
-def _bn_buffers(module: nn.Module) -> list[torch.Tensor]:
+def _bn_to_average(module: nn.Module, runtime: Runtime | None) -> list[torch.Tensor]:
+    """The BN running means and variances :func:`average_bn_statistics` averages (none with one process or in
+    ``sync`` mode, whose statistics are already global)."""
+    if not _active(runtime) or runtime.batch_norm == "sync":
+        return []
     return [b for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats
             for b in (m.running_mean, m.running_var) if b is not None]
+
+
+def _set_bn_average(bufs: list[torch.Tensor], summed: torch.Tensor, world: int) -> None:
+    summed /= world
+    offset = 0
+    with torch.no_grad():
+        for b in bufs:
+            b.copy_(summed[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def average_bn_statistics(module: nn.Module, runtime: Runtime | None = None) -> None:
     """Average every BN running mean and variance over the ranks in one flattened all-reduce (``local`` BN mode).
 
-    Called once per optimiser step, so the running statistics are identical on every rank after every step
-    (they are what BN recalibration starts from and what a checkpoint saves). With equal shards the mean is the
-    global batch's; the variance is the mean of the shards' variances, which leaves out the spread between the
-    shards' means. A no-op with one process and in ``sync`` mode, whose statistics are already global.
+    Called once per optimiser step (training does it inside :func:`all_reduce_gradients`), so the running
+    statistics are identical on every rank after every step (they are what BN recalibration starts from and what
+    a checkpoint saves). With equal shards the mean is the global batch's; the variance is the mean of the shards'
+    variances, which leaves out the spread between the shards' means. A no-op with one process and in ``sync``
+    mode, whose statistics are already global.
     """
-    if not _active(runtime) or runtime.batch_norm == "sync":
-        return
-    bufs = _bn_buffers(module)
+    bufs = _bn_to_average(module, runtime)
     if not bufs:
         return
     flat = torch.cat([b.reshape(-1).float() for b in bufs])
     _collective("averaging BN statistics", lambda: dist.all_reduce(flat))
-    flat /= runtime.world_size
-    offset = 0
-    with torch.no_grad():
-        for b in bufs:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+    _set_bn_average(bufs, flat, runtime.world_size)
 
 
 # ----- precision ---------------------------------------------------------------------------------------------------

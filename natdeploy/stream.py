@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +135,7 @@ class StreamData:
     hflip: bool = True
     bad: dict[str, dict[int, str]] = field(default_factory=lambda: {"train": {}, "val": {}})
     loaded_with: dict = field(default_factory=dict)  # as ImageData.loaded_with
+    skips_mid_epoch: ClassVar[bool] = True  # a batch holding an unreadable file comes that much shorter
 
     @property
     def n_classes(self) -> int:

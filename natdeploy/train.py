@@ -3,9 +3,9 @@
 Everything runs on ``runtime.device`` in channels_last, under ``runtime.precision``. Without a runtime (or with one
 process on CPU in fp32) the arithmetic is exactly the single-process one.
 
-Several processes (``natdeploy.distributed``) train data-parallel: every rank draws the same global batch and the
-same subnets from one seeded RNG stream, takes its contiguous shard of the batch, weights its losses by its share,
-and the gradients are summed once per optimiser step. BatchNorm (``runtime.batch_norm``, see
+Several processes (``natdeploy.distributed``) train data-parallel: every rank draws the same global batch order,
+augmentation and subnets from one seeded RNG stream, but reads (streamed: decodes) only its contiguous shard of
+each global batch, weights its losses by its share, and the gradients are summed once per optimiser step. BatchNorm (``runtime.batch_norm``, see
 ``natdeploy.distributed.train_bn_reducer``): by default each rank normalises its shard with its own statistics and
 the running statistics are averaged over the ranks after every step, so they stay identical; the gradient is then
 the one-process gradient with each shard as its own BN batch. With ``sync`` the statistics of the global batch are
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from natdeploy.data import ImageData
-from natdeploy.distributed import (LOCAL, Runtime, all_reduce_gradients, average_bn_statistics, gather, grad_scaler,
-                                   peer_failures, precision_context, rng_states, shard_range, train_bn_reducer)
+from natdeploy.distributed import (LOCAL, Runtime, all_reduce_gradients, gather, grad_scaler, peer_failures,
+                                   precision_context, rng_states, shard_range, shard_sizes, train_bn_reducer)
 from natdeploy.errors import CheckpointError
 from natdeploy.space import Arch, SearchSpace
 from natdeploy.supernet import OFAMobileNetV3Supernet, recalibrate_bn
@@ -116,18 +116,23 @@ def make_optimizer(supernet: nn.Module, lr: float, weight_decay: float = 3e-5) -
 
 def sandwich_backward(supernet: OFAMobileNetV3Supernet, x: torch.Tensor, y: torch.Tensor, largest: Arch,
                       archs: Sequence[Arch], kd_alpha: float = 1.0, runtime: Runtime | None = None,
-                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-    """Accumulate one sandwich step's gradients for this rank's shard of the global batch ``(x, y)``.
+                      scaler: torch.amp.GradScaler | None = None, *,
+                      global_batch: int | None = None) -> torch.Tensor:
+    """Accumulate one sandwich step's gradients for this rank's shard of a global batch.
 
-    The largest subnet learns the labels, then each of ``archs`` is distilled from its outputs. With several
-    ranks, the losses are this shard's share of the global batch's mean, so the gradients sum over the ranks to
-    the one-process gradient. Returns this rank's (weighted) label loss of the largest subnet, detached.
+    ``(x, y)`` is the global batch, of which this rank takes its :func:`~natdeploy.distributed.shard_range`; with
+    ``global_batch``, it is already this rank's shard (as training's data yields it) of a global batch of that
+    many images. The largest subnet learns the labels, then each of ``archs`` is distilled from its outputs. With
+    several ranks, the losses are this shard's share of the global batch's mean, so the gradients sum over the
+    ranks to the one-process gradient. Returns this rank's (weighted) label loss of the largest subnet, detached.
     """
     rt = runtime or LOCAL
-    n = len(y)
-    lo, hi = shard_range(n, rt)
-    x = x[lo:hi].to(rt.device, non_blocking=True).contiguous(memory_format=CL)
-    y = y[lo:hi].to(rt.device, non_blocking=True)
+    n = global_batch if global_batch is not None else len(y)
+    if global_batch is None:
+        lo, hi = shard_range(n, rt)
+        x, y = x[lo:hi], y[lo:hi]
+    x = x.to(rt.device, non_blocking=True).contiguous(memory_format=CL)
+    y = y.to(rt.device, non_blocking=True)
 
     def backward(loss: torch.Tensor) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -195,7 +200,11 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
     supernet.to(device=rt.device, memory_format=CL).train()
     opt = make_optimizer(supernet, lr, weight_decay)
     scaler = grad_scaler(rt)
-    n_batches = (len(data.train_y) + batch_size - 1) // batch_size
+    n_train = len(data.train_y)
+    n_batches = (n_train + batch_size - 1) // batch_size
+    # each rank reads (and, streaming, decodes) only its shard of every global batch; streamed data can skip an
+    # unreadable file in one rank's shard, so then the ranks exchange their shard sizes (one tiny all-reduce a step)
+    shard, drops = (rt.rank, rt.world_size), data.skips_mid_epoch
     done, total = schedule or (0, epochs)
     if not (0 <= done and done + epochs <= total):
         raise ValueError(f"schedule {schedule} does not hold {epochs} more epochs")
@@ -238,18 +247,24 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
             if epoch == start_epoch:
                 rng.bit_generator.state = epoch_rng
             epoch_rng = rng.bit_generator.state
-            for b, (x, y) in enumerate(data.batches("train", batch_size, largest.r, rng=rng, augment=True)):
+            for b, (x, y) in enumerate(data.batches("train", batch_size, largest.r, rng=rng, augment=True,
+                                                    shard=shard)):
                 archs = list(sample_archs(rng, n_sampled)) + ([smallest] if include_smallest else [])
                 if epoch == start_epoch and b < skip:
                     continue  # replaying the data stream of a resumed epoch
+                sizes = shard_sizes(len(y), rt, None if drops else min(batch_size, n_train - b * batch_size))
+                n = sum(sizes)
+                if n == 0:
+                    continue  # every file of this global batch was unreadable (one process drops it in the data)
                 opt.zero_grad(set_to_none=True)
-                with sync_batch_norm(supernet, train_bn_reducer(rt, len(y))):
-                    loss = sandwich_backward(supernet, x, y, largest, archs, kd_alpha, rt, scaler)
+                with sync_batch_norm(supernet, train_bn_reducer(rt, n, sizes)):
+                    loss = sandwich_backward(supernet, x, y, largest, archs, kd_alpha, rt, scaler, global_batch=n)
                 due = bool(checkpoint_every_s is not None and on_checkpoint is not None and rt.is_main
                            and time.monotonic() - last_ckpt >= checkpoint_every_s)
-                # rank 0's "checkpoint now" travels in the gradient buffer, so every rank agrees at no extra cost
-                loss_sum, due_sum = all_reduce_gradients(supernet, rt, extras=(float(loss), float(due)))
-                average_bn_statistics(supernet, rt)
+                # rank 0's "checkpoint now" and the BN running statistics travel in the gradient buffer, so every
+                # rank agrees at no extra cost
+                loss_sum, due_sum = all_reduce_gradients(supernet, rt, extras=(float(loss), float(due)),
+                                                         bn_statistics=True)
                 if scaler is not None:
                     scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
@@ -265,7 +280,7 @@ def train_epochs(supernet: OFAMobileNetV3Supernet, data: ImageData, space: Searc
                     progress(step, epochs * n_batches)
                 if on_step:  # seconds since the previous step: data loading included
                     now = time.perf_counter()
-                    on_step({"step": step, "total": epochs * n_batches, "loss": loss_sum, "images": len(y),
+                    on_step({"step": step, "total": epochs * n_batches, "loss": loss_sum, "images": n,
                              "seconds": now - t_last})
                     t_last = now
                 if due_sum > 0 and b + 1 < n_batches:

@@ -19,14 +19,20 @@ import numpy as np
 import pytest
 import torch
 
-from natdeploy.data import ImageData
+import natdeploy.stream
+import natdeploy.train
+from natdeploy.data import ImageData, load_image_folder
 from natdeploy.distributed import (LOCAL, AcceleratorError, DistributedError, Runtime, all_reduce_gradients,
                                    average_bn_statistics, check_same_config, init_runtime, shard_range,
                                    train_bn_reducer)
 from natdeploy.space import SearchSpace
+from natdeploy.stream import stream_image_folder
 from natdeploy.supernet import OFAMobileNetV3Supernet
 from natdeploy.supernet.layers import sync_batch_norm
 from natdeploy.train import evaluate_archs, sandwich_backward, train_epochs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_stream import _folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace(resolutions=(32, 40), widths=(1.0,))
@@ -99,6 +105,45 @@ def eval_list(rt: Runtime) -> list[float]:
                           runtime=rt)
 
 
+def shards_seen(rt: Runtime, data) -> tuple[list[tuple[torch.Tensor, torch.Tensor, int]], list[str], str]:
+    """One epoch of train_epochs on ``data``: each step's (x, y, global batch) as this rank's sandwich_backward got
+    them, the files this rank decoded while training (streamed data), and the parameters' digest after it."""
+    seen, decoded = [], []
+    real_backward, real_decode = natdeploy.train.sandwich_backward, natdeploy.stream.decode_image
+
+    def spy(net, x, y, *args, **kwargs):
+        seen.append((x.clone(), y.clone(), kwargs.get("global_batch", len(y))))
+        return real_backward(net, x, y, *args, **kwargs)
+
+    def counting_decode(path, size):
+        decoded.append(str(path))
+        return real_decode(path, size)
+
+    natdeploy.train.sandwich_backward, natdeploy.stream.decode_image = spy, counting_decode
+    try:
+        net = fresh_net()
+        train_epochs(net, data, SPACE, 1, lambda r, n: SPACE.sample(r, n), 1, seed=5, lr=0.1, batch_size=7,
+                     include_smallest=True, runtime=rt)
+    finally:
+        natdeploy.train.sandwich_backward, natdeploy.stream.decode_image = real_backward, real_decode
+    return seen, decoded, params_digest(net)
+
+
+def stream_scenario(rt: Runtime, root: Path) -> dict:
+    """Memory and stream mode on one folder (workers=0, so decoding happens in this process, where it is counted),
+    then stream mode again after one training file turned unreadable."""
+    out = {"memory": shards_seen(rt, load_image_folder(root, size=16, seed=3))}
+    stream = stream_image_folder(root, size=16, seed=3, workers=0)
+    out["stream"] = shards_seen(rt, stream)
+    out["files"] = [str(f) for f in stream.train_files]
+    if rt.rank == 0:
+        stream.train_files[4].write_bytes(b"not an image")
+    check_same_config("corrupted", rt)  # a collective: rank 1 waits for the corruption
+    out["corrupt"] = shards_seen(rt, stream)
+    out["skipped"] = stream.skipped
+    return out
+
+
 # ----- the rank side ------------------------------------------------------------------------------------------
 def _rank_main(scenario: str, out: Path) -> None:
     torch.set_num_threads(1)
@@ -113,6 +158,8 @@ def _rank_main(scenario: str, out: Path) -> None:
             result["train_sync"] = train_run(replace(rt, batch_norm="sync"), dropout=0.0)
             result["train_dropout"] = train_run(rt, dropout=0.1)[0]
             result["eval"] = eval_list(rt)
+        elif scenario == "stream":
+            result["stream"] = stream_scenario(rt, out / "images")
         elif scenario == "mismatch":
             check_same_config({"seed": 5, "lr": 0.1 if rt.rank == 0 else 0.2}, rt)
         elif scenario == "dead":
@@ -225,6 +272,37 @@ def test_parameters_bit_identical_across_ranks_after_every_step(main_results):
     s0 = main_results[0]["train_sync"][1]
     _, ref, _ = train_run(LOCAL, dropout=0.0)
     assert float((s0[0] - ref[0]).norm() / ref[0].norm()) < 1e-4
+
+
+def test_each_rank_decodes_only_its_shard_in_stream_mode(tmp_path):
+    """Stream mode: every rank gets memory mode's shard of every global batch (the one-process global batch cut by
+    shard_range) and decodes only those files; an unreadable file shortens only its rank's shard, and the ranks
+    still agree on the global batch and stay bit-identical."""
+    root = _folder(tmp_path / "images", n=9)
+    ref, _, _ = shards_seen(LOCAL, load_image_folder(root, size=16, seed=3))
+    assert [n for _, _, n in ref] == [7, 7, 7]  # 21 training images: shards of 4 and 3
+    ranks = [r["stream"] for r in launch("stream", tmp_path)]
+    files = ranks[0]["files"]
+    for rank, res in enumerate(ranks):
+        mem, stream = res["memory"][0], res["stream"][0]
+        assert len(mem) == len(stream) == len(ref)
+        for (xm, ym, nm), (xs, ys, ns), (xr, yr, nr) in zip(mem, stream, ref):
+            lo, hi = shard_range(nr, Runtime(rank=rank, world_size=2))
+            assert nm == ns == nr and len(ym) == len(ys) == hi - lo
+            assert torch.equal(xm, xr[lo:hi]) and torch.equal(ym, yr[lo:hi])
+            torch.testing.assert_close(xs, xm, rtol=0, atol=1e-6)
+            assert torch.equal(ys, ym)
+        # this rank decoded exactly its shards' files, each once
+        decoded = res["stream"][1]
+        assert len(decoded) == len(set(decoded)) == sum(len(y) for _, y, _ in stream) == 12 - 3 * rank
+    d0, d1 = set(ranks[0]["stream"][1]), set(ranks[1]["stream"][1])
+    assert not d0 & d1 and d0 | d1 == set(files)
+    # one file unreadable: skipped by the rank that read it; both ranks see the same global batches of 20 in all
+    c0, c1 = ranks[0]["corrupt"], ranks[1]["corrupt"]
+    assert [n for _, _, n in c0[0]] == [n for _, _, n in c1[0]] and sum(n for _, _, n in c0[0]) == 20
+    assert sum(len(y) for _, y, _ in c0[0]) + sum(len(y) for _, y, _ in c1[0]) == 20
+    assert ranks[0]["skipped"] + ranks[1]["skipped"] == 1 and c0[2] == c1[2]
+    assert ranks[0]["stream"][2] == ranks[1]["stream"][2]
 
 
 def test_evaluate_archs_same_list_on_every_rank(main_results):

@@ -155,3 +155,35 @@ def test_supernet_and_static_subnet_work_channels_last(supernet):
     with torch.no_grad():
         torch.testing.assert_close(net_cl(x.to(memory_format=torch.channels_last), arch), net(x, arch),
                                    atol=1e-5, rtol=0)
+
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_without_the_taps_that_meet_only_padding_is_the_full_convolution(stride):
+    """On tiny maps DynamicDWConv leaves out the kernel rings that reach only zero padding: the output and the
+    gradients equal the full kernel's, and no more rings go than may (one more ring changes the output)."""
+    from natdeploy.supernet.layers import DynamicDWConv, unused_taps
+
+    conv = randomise(DynamicDWConv(6, stride))
+    weight = conv.conv.weight
+    g = torch.Generator().manual_seed(1)
+    trimmed = 0
+    for kernel in (3, 5, 7):
+        for size in range(1, 10):
+            x = torch.randn(2, 6, size, size, generator=g).contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            full = torch.nn.functional.conv2d(x, conv.weight(6, kernel), None, stride, kernel // 2, 1, 6)
+            out = conv(x, kernel)
+            assert out.shape == full.shape
+            gy = torch.randn(full.shape, generator=g)
+            for a, b in zip(torch.autograd.grad(out, (x, weight), gy), torch.autograd.grad(full, (x, weight), gy)):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+            torch.testing.assert_close(out, full, atol=1e-5, rtol=0)
+            trim = unused_taps(kernel, stride, size)
+            trimmed += trim > 0
+            if trim < kernel // 2:
+                t, w = trim + 1, conv.weight(6, kernel).detach()
+                less = torch.nn.functional.conv2d(x.detach(), w[:, :, t:kernel - t, t:kernel - t], None, stride,
+                                                  kernel // 2 - t, 1, 6)
+                assert less.shape != full.shape or not torch.allclose(less, full.detach(), atol=1e-5)
+    assert trimmed >= 6

@@ -232,7 +232,30 @@ class DynamicDWConv(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         c = x.shape[1]
-        return F.conv2d(x, self.weight(c, kernel), None, self.stride, kernel // 2, 1, c)
+        w, pad = self.weight(c, kernel), kernel // 2
+        trim = unused_taps(kernel, self.stride, max(x.shape[-2:]))
+        if trim:  # the outer taps meet only zero padding: the same output and gradients at a fraction of the cost
+            w, pad = w[:, :, trim:kernel - trim, trim:kernel - trim], pad - trim
+        return F.conv2d(x, w, None, self.stride, pad, 1, c)
+
+
+def unused_taps(kernel: int, stride: int, size: int) -> int:
+    """How many outer rings of a ``kernel`` x ``kernel`` convolution (padding ``kernel // 2``) touch only the zero
+    padding of a ``size`` x ``size`` map at every output position.
+
+    On the tiny maps of the last stages (1x1 and 2x2 at 32 px) a 7x7 depthwise kernel reaches far beyond the
+    map: at 1x1 only its centre tap meets data. The other taps add exact zeros to the output and get exactly zero
+    weight gradient, yet PyTorch's CPU depthwise backward pays for all 49: measured here (1 thread, channels_last)
+    about 25 ms per call for 960 channels at 1x1 and 32 images, 0.5 ms with the centre tap alone; in a profile of
+    32 px sandwich steps at 32 images, such calls took about a third of the CPU time. Dropping the rings keeps
+    the output size: with padding p = k // 2 it is floor((size + 2p - k) / stride) + 1, and 2p - k = -1 for every
+    odd k.
+    """
+    pad = kernel // 2
+    out = (size + 2 * pad - kernel) // stride + 1
+    first = max(0, pad - (out - 1) * stride)  # lowest tap index that meets data at some output position
+    last = min(kernel - 1, size - 1 + pad)  # highest
+    return max(0, min(first, kernel - 1 - last))
 
 
 class DynamicSE(nn.Module):
