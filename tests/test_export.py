@@ -22,12 +22,12 @@ from natdeploy.devices import load_device
 from natdeploy.export import ExportError, build_subnet, export_bundle, verify
 from natdeploy.cli.export import register as add_export_parser, run as cmd_export
 from natdeploy.export.source import from_run
-from natdeploy.latency.profiler import profile_device
 from natdeploy.search.nat import ArchiveEntry, SearchState
 from natdeploy.search.report import best_within
 from natdeploy.space import Arch, SearchSpace, madds, params
 from natdeploy.supernet import OFAMobileNetV3Supernet, save_supernet
 from natdeploy.train import evaluate, evaluate_arch, train_epochs
+from tiny_fixtures import TINY_TABLE_E2E
 
 SPACE = SearchSpace(resolutions=(32,), name="small")
 DEVICES = ["cpu", "cpu-litert", "pixel4"]
@@ -38,8 +38,11 @@ def _fast(name: str):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A finished one-iteration run folder written the way NATSearch writes it, from real training and tables."""
+def env(tmp_path_factory, tiny_table):
+    """A finished one-iteration run folder written the way NATSearch writes it, from real training and tables.
+
+    The onnxruntime table is the session's ``tiny_table`` (its ops at 32 px are this space's), copied in as
+    ``tables/cpu.json`` with its models."""
     root = tmp_path_factory.mktemp("export")
     data = load_digits_data(size=32)
     with torch.random.fork_rng(devices=[]):
@@ -48,13 +51,10 @@ def env(tmp_path_factory):
     few = ImageData(data.train_x[:192], data.train_y[:192], data.val_x, data.val_y, data.classes, data.source,
                     data.mean, data.std)
     train_epochs(net, few, SPACE, 1, lambda rng, n: SPACE.sample(rng, n), 1, seed=0, lr=0.1, batch_size=64)
-    spec = root / "fastcpu.yaml"
-    spec.write_text("description: test cpu\ntransport: local\nruntime: onnxruntime\nthreads: 1\nwarmup: 1\nruns: 3\n"
-                    "e2e_warmup: 1\ne2e_runs: 3\nspace: small\nresolutions: [32]\n")
     tables = root / "tables"
     tables.mkdir()
-    profile_device(load_device(str(spec)), SPACE, resolutions=[32], e2e_samples=5, n_classes=10,
-                   out=tables / "cpu.json", quiet=True)
+    shutil.copyfile(tiny_table, tables / "cpu.json")
+    shutil.copyfile(tiny_table.with_suffix(".xgb.json"), tables / "cpu.xgb.json")
     from natdeploy.latency.predictor import LatencyPredictor
 
     predictor = LatencyPredictor.load(tables / "cpu.json")
@@ -171,7 +171,7 @@ def test_latency_measured_with_each_tables_backend(env, bundle):
         assert d["predicted_ms"] == pytest.approx(predicted)
     tables = bundle.metadata["table_provenance"]
     assert sorted(tables) == sorted(DEVICES) and tables["cpu"]["provenance"]["runtime"] == "onnxruntime"
-    assert tables["cpu"]["statistic"] == "p10" and tables["cpu"]["n_e2e"] == 5
+    assert tables["cpu"]["statistic"] == "p10" and tables["cpu"]["n_e2e"] == TINY_TABLE_E2E
     assert "int8" in lite["notes"][0]  # the shipped file is int8, the table measured fp32
     assert cpu["budget_ms"] == env["budget"] and cpu["tolerance_ms"] >= 0.05 * env["budget"]
     assert phone["measured_ms"].startswith("not measured:") and "adb" in phone["measured_ms"]

@@ -48,6 +48,9 @@ def tiny_budget(predictor, space) -> float:
     return float(np.median(predictor.predict(space.sample(np.random.default_rng(0), 50))))
 
 
+TINY_TABLE_E2E = 8  # whole subnets the tiny table measures
+
+
 def tiny_cpu_table(folder: Path, space) -> Path:
     """A 10-class onnxruntime table of ``space`` at 32 and 40 px, profiled in seconds (5 runs per model)."""
     from natdeploy.devices import load_device
@@ -56,8 +59,8 @@ def tiny_cpu_table(folder: Path, space) -> Path:
     spec = folder / "tcpu.yaml"
     spec.write_text("description: test\ntransport: local\nruntime: onnxruntime\nwarmup: 1\nruns: 5\n"
                     "e2e_warmup: 1\ne2e_runs: 5\n")
-    res = profile_device(load_device(str(spec)), space, resolutions=[32, 40], e2e_samples=8, n_classes=10,
-                         out=folder / "tcpu.json", quiet=True)
+    res = profile_device(load_device(str(spec)), space, resolutions=[32, 40], e2e_samples=TINY_TABLE_E2E,
+                         n_classes=10, out=folder / "tcpu.json", quiet=True)
     return res.table_path
 
 
