@@ -35,7 +35,8 @@ def venv_python(tmp_path_factory) -> Path:
          src)
     wheel = next((base / "dist").glob("natdeploy-*.whl"))
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], base)
+    # without a pip of its own (ensurepip costs seconds): the system's pip, which the venv sees, installs into it
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], base)
     python = venv / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], base)
     return python
