@@ -146,7 +146,7 @@ def stream_scenario(rt: Runtime, root: Path) -> dict:
 
 
 # ----- the rank side ------------------------------------------------------------------------------------------
-def _rank_scenario(scenario: str, rt: Runtime) -> dict:
+def _rank_scenario(scenario: str, rt: Runtime, out: Path) -> dict:
     result: dict = {"rank": rt.rank}
     try:
         if scenario == "main":
@@ -179,7 +179,7 @@ def _rank_main(scenarios: str, out: Path) -> None:
     torch.set_num_threads(1)
     rt = init_runtime("cpu", "fp32", timeout_s=float(os.environ.get("TEST_TIMEOUT_S", "60")))
     for scenario in scenarios.split(","):
-        result = _rank_scenario(scenario, rt)
+        result = _rank_scenario(scenario, rt, out)
         (out / scenario).mkdir(exist_ok=True)
         torch.save(result, out / scenario / f"rank{rt.rank}.pt")
 
@@ -301,7 +301,7 @@ def test_each_rank_decodes_only_its_shard_in_stream_mode(tmp_path):
     root = _folder(tmp_path / "images", n=9)
     ref, _, _ = shards_seen(LOCAL, load_image_folder(root, size=16, seed=3))
     assert [n for _, _, n in ref] == [7, 7, 7]  # 21 training images: shards of 4 and 3
-    ranks = [r["stream"] for r in launch("stream", tmp_path)]
+    ranks = [r["stream"] for r in launch(["stream"], tmp_path)["stream"]]
     files = ranks[0]["files"]
     for rank, res in enumerate(ranks):
         mem, stream = res["memory"][0], res["stream"][0]
