@@ -13,6 +13,7 @@ issue 15's target: stream pipeline >= 1.5x the step at 224 px). Images are a gen
 random JPEGs at ``--source-size`` (or ``--data PATH``), stored at the largest resolution.
 
     python benchmarks/train_throughput.py [--quick] [--workers N] [--batch 32] [--steps 3] [--data PATH]
+                                          [--precisions fp32 bf16]
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda")
     ap.add_argument("--data", type=Path, help="an ImageFolder to read instead of generated JPEGs")
     ap.add_argument("--source-size", type=int, nargs=2, default=[500, 375], help="generated JPEGs' width height")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                    help="step precisions (a CPU without native bf16 emulates it, far slower: on such a CPU, "
+                         "--precisions fp32 keeps a 224 px run to minutes)")
     ap.add_argument("--quick", action="store_true", help="a tiny run (32 and 64 px, batch 8, 1 step)")
     ap.add_argument("--no-record", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -130,23 +134,29 @@ def main() -> None:
             for mode, data in datas.items():
                 pipe[r, mode] = pipeline_rate(data, args.batch, r, device, args.pipeline_images)
                 print(f"{r:>4} px  pipeline  {mode:<6}        {pipe[r, mode]:9.1f} images/s", flush=True)
-            for precision in ("fp32", "bf16"):
+            for precision in args.precisions:
                 for mode, data in datas.items():
                     net = OFAMobileNetV3Supernet(n_classes=len(memory.classes)).to(device)
                     step[r, mode, precision] = step_rate(net, data, space, args.batch, args.steps, args.subnets,
                                                          precision, device)
                     print(f"{r:>4} px  step      {mode:<6} {precision}  {step[r, mode, precision]:9.1f} images/s",
                           flush=True)
+            def rate(mode: str, precision: str) -> str:
+                return f"{step[r, mode, precision]:.1f}" if (r, mode, precision) in step else "-"
+
+            def ratio(a: float | None, b: float | None) -> str:
+                return f"{a / b:.2f}x" if a is not None and b else "-"
+
+            fp32, bf16 = step.get((r, "memory", "fp32")), step.get((r, "memory", "bf16"))
             rows.append(
-                f"| {r} | {pipe[r, 'memory']:.1f} | {pipe[r, 'stream']:.1f} | {step[r, 'memory', 'fp32']:.1f} | "
-                f"{step[r, 'memory', 'bf16']:.1f} | {step[r, 'stream', 'fp32']:.1f} | "
-                f"{step[r, 'memory', 'bf16'] / step[r, 'memory', 'fp32']:.2f}x | "
-                f"{step[r, 'stream', 'fp32'] / step[r, 'memory', 'fp32']:.2f}x | "
-                f"{pipe[r, 'stream'] / step[r, 'memory', 'fp32']:.2f}x |")
+                f"| {r} | {pipe[r, 'memory']:.1f} | {pipe[r, 'stream']:.1f} | {rate('memory', 'fp32')} | "
+                f"{rate('memory', 'bf16')} | {rate('stream', 'fp32')} | {ratio(bf16, fp32)} | "
+                f"{ratio(step.get((r, 'stream', 'fp32')), fp32)} | {ratio(pipe[r, 'stream'], fp32)} |")
     header = ("| px | pipeline memory | pipeline stream | step memory fp32 | step memory bf16 | step stream fp32 | "
               "bf16/fp32 | stream/memory step | stream pipeline/step |\n|---|---|---|---|---|---|---|---|---|")
     body = (f"Command: `python benchmarks/train_throughput.py --workers {args.workers} --batch {args.batch} "
-            f"--steps {args.steps} --subnets {args.subnets}{' --quick' if args.quick else ''}`\n\n"
+            f"--steps {args.steps} --subnets {args.subnets} --resolutions {' '.join(map(str, args.resolutions))} "
+            f"--precisions {' '.join(args.precisions)}{' --quick' if args.quick else ''}`\n\n"
             f"Device {device}; {machine_line(args.threads)}; images/s; a step is the largest subnet plus "
             f"{args.subnets} sampled subnets (bf16: torch.autocast around train_epochs). Memory mode decoded "
             f"the folder in {decode_s:.1f} s up front (not in the figures).\n\n{header}\n" + "\n".join(rows))
