@@ -12,15 +12,20 @@ All randomness comes from the Generator passed in.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
 
-from natdeploy.space import DEPTHS, MAX_DEPTH, N_CHOICES, N_STAGES, SearchSpace
+from natdeploy.space import DEPTHS, MAX_DEPTH, N_CHOICES, N_STAGES, PATTERN_KEPT, SearchSpace, stage_patterns
 
-Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
-Feasible = Callable[[np.ndarray], np.ndarray]
+# evaluate(genomes, known) -> (objectives, total violation, all values by column); ``known``: the values the
+# feasibility check computed for these genomes (its rows), or None
+Evaluate = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
+# feasible(genomes) -> (whether each passes, an (N, k) array of what the check computed, handed on to evaluate)
+Feasible = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 _MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are new to the population
+_BEFORE = np.triu(np.ones((MAX_DEPTH, MAX_DEPTH), dtype=bool), 1)  # [i, j]: slot i comes before slot j
 
 
 def _domination(F: np.ndarray) -> np.ndarray:
@@ -98,7 +103,9 @@ def _survive(F: np.ndarray, CV: np.ndarray, n: int, rng: np.random.Generator, el
         return np.lexsort((rng.random(len(F)), -cd, rank))[:n]
     elite = min(elite, n, len(F))
     best = np.lexsort((rng.random(len(F)), F[:, column], CV))[:elite]
-    rest = np.setdiff1d(np.arange(len(F)), best)
+    others = np.ones(len(F), dtype=bool)
+    others[best] = False
+    rest = np.nonzero(others)[0]
     return np.concatenate([best, rest[_survive(F[rest], CV[rest], n - elite, rng)]])
 
 
@@ -114,12 +121,13 @@ def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np
     factors are computed only where a variable crosses over."""
     n, m = p1.shape
     do = (rng.random((n, 1)) < prob) & (rng.random((n, m)) < prob_var) & (np.abs(p1 - p2) > 1e-14)
-    rows, cols = np.nonzero(do)
-    a, b = p1[rows, cols], p2[rows, cols]
+    at = np.flatnonzero(do)  # flat indices (np.nonzero of a 2-D mask costs several times more)
+    cols = at % m
+    a, b = np.take(p1, at), np.take(p2, at)
     y1, y2 = np.minimum(a, b), np.maximum(a, b)
     lo, hi = xl[cols], xu[cols]
     delta = y2 - y1
-    u = rng.random(len(rows))
+    u = rng.random(len(at))
     exp = 1.0 / (eta + 1.0)
 
     def betaq(beta: np.ndarray) -> np.ndarray:
@@ -129,10 +137,10 @@ def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np
 
     c1 = np.clip(0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - lo) / delta) * delta), lo, hi)
     c2 = np.clip(0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (hi - y2) / delta) * delta), lo, hi)
-    swap = rng.random(len(rows)) < 0.5
+    swap = rng.random(len(at)) < 0.5
     k1, k2 = p1.copy(), p2.copy()
-    k1[rows, cols] = np.where(swap, c2, c1)
-    k2[rows, cols] = np.where(swap, c1, c2)
+    np.put(k1, at, np.where(swap, c2, c1))
+    np.put(k2, at, np.where(swap, c1, c2))
     return k1, k2
 
 
@@ -140,25 +148,26 @@ def _pm(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator,
     """Bounded polynomial mutation (Deb), each variable with probability 1 / n_var (variables with a single value
     never move)."""
     n, m = X.shape
-    rows, cols = np.nonzero((rng.random((n, m)) < 1.0 / m) & (xu > xl))
-    x, lo, span = X[rows, cols], xl[cols], (xu - xl)[cols]
-    u = rng.random(len(rows))
+    at = np.flatnonzero((rng.random((n, m)) < 1.0 / m) & (xu > xl))
+    cols = at % m
+    x, lo, span = np.take(X, at), xl[cols], (xu - xl)[cols]
+    u = rng.random(len(at))
     d1, d2 = (x - lo) / span, (lo + span - x) / span
     power = 1.0 / (eta + 1.0)
     low = np.power(2.0 * u + (1.0 - 2.0 * u) * np.power(1.0 - d1, eta + 1.0), power) - 1.0
     high = 1.0 - np.power(2.0 * (1.0 - u) + 2.0 * (u - 0.5) * np.power(1.0 - d2, eta + 1.0), power)
     out = X.copy()
-    out[rows, cols] = np.clip(x + np.where(u <= 0.5, low, high) * span, lo, lo + span)
+    np.put(out, at, np.clip(x + np.where(u <= 0.5, low, high) * span, lo, lo + span))
     return out
 
 
 def _reset(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
     """Random-reset mutation: each variable, with probability ``prob``, takes a uniformly random value in bounds
     (the categorical counterpart of polynomial mutation, which after rounding rarely moves a small integer range)."""
-    do = rng.random(X.shape) < prob
-    rows, cols = np.nonzero(do)
+    at = np.flatnonzero(rng.random(X.shape) < prob)
+    cols = at % X.shape[1]
     out = X.copy()
-    out[rows, cols] = np.floor(xl[cols] + rng.random(len(rows)) * (xu[cols] - xl[cols] + 1.0))
+    np.put(out, at, np.floor(xl[cols] + rng.random(len(at)) * (xu[cols] - xl[cols] + 1.0)))
     return out
 
 
@@ -166,15 +175,22 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
     """:meth:`SearchSpace.repair`'s rule (round, clip, give every stage at least two blocks by filling random empty
     slots with random choices, canonicalise) drawn for the whole batch at once; NAT's loop keeps the row-by-row
     original, whose random stream its runs were made with."""
-    g = np.clip(np.rint(X), space.lower_bounds, space.upper_bounds).astype(np.int64)
+    x = np.rint(X)
+    np.maximum(x, space.lower_bounds, out=x)
+    g = np.minimum(x, space.upper_bounds, out=x).astype(np.int64)
     blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
-    need = DEPTHS[0] - (blocks != 0).sum(axis=2, keepdims=True)
-    rows = np.nonzero((need > 0).any(axis=(1, 2)))[0]
+    need = DEPTHS[0] - PATTERN_KEPT[stage_patterns(blocks)]
+    rows = np.flatnonzero((need > 0).view(np.uint8) @ np.ones(N_STAGES, dtype=np.uint8))
     if len(rows):
-        # each empty slot gets a random key; the ``need`` lowest of a stage are filled
+        # each empty slot gets a random key; the ``need`` lowest of a stage are filled (a slot's rank among its
+        # stage's keys: how many are lower, or equal and before it, as a stable sort ranks them)
         sub = blocks[rows]
         keys = np.where(sub == 0, rng.random(sub.shape), np.inf)
-        fill = np.argsort(np.argsort(keys, axis=2), axis=2) < need[rows]
+        rank = np.zeros(sub.shape, dtype=np.int64)
+        for i in range(MAX_DEPTH):
+            key = keys[..., i:i + 1]
+            rank += (key < keys) | ((key == keys) & _BEFORE[i])
+        fill = rank < need[rows][..., None]
         sub[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
         g[rows, 2:] = sub.reshape(len(rows), -1)
     return space.canonical(g)
@@ -188,6 +204,7 @@ def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
     return a + 1j * b
 
 
+@functools.lru_cache(maxsize=16)
 def _radix(space: SearchSpace) -> np.ndarray:
     size = space.upper_bounds.astype(float) + 1.0
     half = (len(size) + 1) // 2
@@ -196,13 +213,16 @@ def _radix(space: SearchSpace) -> np.ndarray:
         place[part] = np.concatenate([[1.0], np.cumprod(size[part][:-1])])
         if np.prod(size[part]) >= 2.0 ** 53:
             raise ValueError("genomes too wide for exact duplicate keys")
+    place.setflags(write=False)
     return place
 
 
 def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator, mutation: float | None,
-               feasible: Feasible | None = None, share: list[float] | None = None) -> np.ndarray:
+               feasible: Feasible | None = None,
+               share: list[float] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``n`` repaired offspring of the population ``X`` (sorted best first), none equal to a member or to
-    another offspring. Each round mates enough pairs for the share of usable offspring the last round had.
+    another offspring, and what ``feasible`` computed for them (None without it). Each round mates enough pairs for
+    the share of usable offspring the last round had.
 
     ``feasible(genomes)`` (a cheap check, such as latency within the budgets): offspring it rejects are kept only
     to fill the batch when the rounds run out, so the costly evaluation is spent on subnets that can survive.
@@ -213,6 +233,8 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
     seen = _keys(X, base)
     out: list[np.ndarray] = []
     spare: list[np.ndarray] = []
+    out_known: list[np.ndarray] = []
+    spare_known: list[np.ndarray] = []
     found = 0
     share = share if share is not None else [0.5]
     for _ in range(_MATING_ROUNDS):
@@ -230,9 +252,11 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         seen = np.concatenate([seen, keys[new]])
         fresh = kids[new]
         if feasible is not None and len(fresh):
-            ok = feasible(fresh)
+            ok, known = feasible(fresh)
             spare.append(fresh[~ok])
+            spare_known.append(known[~ok])
             fresh = fresh[ok]
+            out_known.append(known[ok])
         out.append(fresh)
         found += len(fresh)
         if found >= n:
@@ -240,7 +264,9 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         share[0] = max(len(fresh) / len(kids), 1.0 / 16)
     if found < n and spare:
         out.append(np.concatenate(spare)[:n - found])
-    return np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
+        out_known.append(np.concatenate(spare_known)[:n - found])
+    kids = np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
+    return kids, np.concatenate(out_known)[:n] if out_known else None
 
 
 def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population: int, generations: int,
@@ -251,22 +277,23 @@ def nsga2(evaluate: Evaluate, space: SearchSpace, start: np.ndarray, population:
     ``elite``: rows kept each generation for being best in objective ``elite_column`` among the least violating
     (see :func:`_survive`). ``feasible``: a cheap check offspring must pass before they are evaluated (see
     :func:`_offspring`).
-    ``evaluate(genomes)`` returns (objectives, total violation, all values by column). Returns the final
+    ``evaluate(genomes, known)`` returns (objectives, total violation, all values by column); ``known`` is what
+    ``feasible`` computed for the offspring (None for ``start``). Returns the final
     population's genomes, objectives, violations and values, and the number of evaluations."""
     X = np.unique(np.asarray(start, dtype=np.int64).reshape(-1, len(space.lower_bounds)), axis=0)
     X = X[rng.permutation(len(X))]
     if not len(X):
         raise ValueError("NSGA-II needs a non-empty start population")
-    F, CV, V = evaluate(X)
+    F, CV, V = evaluate(X, None)
     n_eval = len(X)
     keep = _survive(F, CV, population, rng, elite, elite_column)
     X, F, CV, V = X[keep], F[keep], CV[keep], {k: v[keep] for k, v in V.items()}
     share = [0.5] if feasible is not None else None  # carried over generations when offspring are filtered
     for _ in range(generations - 1):
-        kids = _offspring(X, population, space, rng, mutation, feasible, share)
+        kids, known = _offspring(X, population, space, rng, mutation, feasible, share)
         if not len(kids):
             break  # every offspring the operators can make is already in the population
-        Fk, CVk, Vk = evaluate(kids)
+        Fk, CVk, Vk = evaluate(kids, known)
         n_eval += len(kids)
         X, F, CV = np.concatenate([X, kids]), np.concatenate([F, Fk]), np.concatenate([CV, CVk])
         V = {k: np.concatenate([V[k], Vk[k]]) for k in V}
