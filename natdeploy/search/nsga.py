@@ -39,6 +39,54 @@ def _domination(F: np.ndarray) -> np.ndarray:
     return le & lt
 
 
+def _matrix_fronts(F: np.ndarray, needed: int) -> np.ndarray:
+    """Non-dominated front of each row, whole fronts until ``needed`` rows have one (-1 for the others), from the
+    domination matrix: any number of objectives."""
+    fronts = np.full(len(F), -1, dtype=np.int64)
+    D = _domination(F)
+    count = D.sum(axis=0)
+    left = np.ones(len(F), dtype=bool)
+    done = r = 0
+    while done < needed:
+        front = np.flatnonzero(left & (count == 0))
+        fronts[front] = r
+        left[front] = False
+        count -= D[front].sum(axis=0)
+        done += len(front)
+        r += 1
+    return fronts
+
+
+def _sweep_fronts(F: np.ndarray, needed: int) -> np.ndarray:
+    """:func:`_matrix_fronts` for one or two objectives, by a sweep in lexicographic order instead of the (n, n)
+    matrix. In that order, a row is dominated exactly when a row before its run of identical rows has a second
+    objective no larger. With one objective, the fronts are its distinct values in order."""
+    n = len(F)
+    if F.shape[1] == 1:  # the fronts are the distinct values, in order
+        _, front, count = np.unique(F[:, 0], return_inverse=True, return_counts=True)
+        last = int(np.searchsorted(np.cumsum(count), needed)) if needed > 0 else -1
+        return np.where(front <= last, front, -1)
+    fronts = np.full(n, -1, dtype=np.int64)
+    second = F[:, 1]
+    left = np.lexsort((second, F[:, 0]))  # the rows not yet in a front, in lexicographic order
+    done = r = 0
+    while done < needed:
+        a, b = F[left, 0], second[left]
+        idx = np.arange(len(left))
+        run_start = np.ones(len(left), dtype=bool)
+        run_start[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        start = np.maximum.accumulate(np.where(run_start, idx, 0))
+        best_before = np.empty(len(left))  # the smallest second objective among the rows before each position
+        best_before[0] = np.inf
+        np.minimum.accumulate(b[:-1], out=best_before[1:])
+        front = best_before[start] > b
+        fronts[left[front]] = r
+        left = left[~front]
+        done += int(front.sum())
+        r += 1
+    return fronts
+
+
 def _crowding(F: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """Crowding distance of every row within its front (all fronts at once); a front's extremes get inf."""
     n, m = F.shape
@@ -70,20 +118,11 @@ def rank_and_crowding(F: np.ndarray, CV: np.ndarray, needed: int,
     ranked (the rest get a rank past every front); infeasible rows follow, one rank each, by violation."""
     n = len(F)
     rank = np.full(n, n + 1, dtype=np.int64)
-    feas = np.nonzero(CV <= 0)[0]
-    r = 0
+    feas = np.flatnonzero(CV <= 0)
     if len(feas):
-        D = _domination(F[feas])
-        count = D.sum(axis=0)
-        left = np.ones(len(feas), dtype=bool)
-        done = 0
-        while done < min(needed, len(feas)):
-            front = np.nonzero(left & (count == 0))[0]
-            rank[feas[front]] = r
-            left[front] = False
-            count -= D[front].sum(axis=0)
-            done += len(front)
-            r += 1
+        fronts = (_sweep_fronts if F.shape[1] <= 2 else _matrix_fronts)(F[feas], min(needed, len(feas)))
+        ranked = fronts >= 0
+        rank[feas[ranked]] = fronts[ranked]
     infeas = np.nonzero(CV > 0)[0]
     if len(infeas):
         order = infeas[np.lexsort((rng.random(len(infeas)), CV[infeas]))]
@@ -116,9 +155,10 @@ def _tournament(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator,
-         eta: float = 15.0, prob: float = 0.9, prob_var: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Bounded simulated binary crossover (Deb & Agrawal) of parent rows ``p1``, ``p2`` (floats); the spread
-    factors are computed only where a variable crosses over."""
+         eta: float = 15.0, prob: float = 0.9, prob_var: float = 0.5) -> np.ndarray:
+    """Bounded simulated binary crossover (Deb & Agrawal) of parent rows ``p1``, ``p2`` (floats): the children of
+    the pairs, the first children then the second ones; the spread factors are computed only where a variable
+    crosses over."""
     n, m = p1.shape
     do = (rng.random((n, 1)) < prob) & (rng.random((n, m)) < prob_var) & (np.abs(p1 - p2) > 1e-14)
     at = np.flatnonzero(do)  # flat indices (np.nonzero of a 2-D mask costs several times more)
@@ -138,10 +178,10 @@ def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np
     c1 = np.clip(0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - lo) / delta) * delta), lo, hi)
     c2 = np.clip(0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (hi - y2) / delta) * delta), lo, hi)
     swap = rng.random(len(at)) < 0.5
-    k1, k2 = p1.copy(), p2.copy()
-    np.put(k1, at, np.where(swap, c2, c1))
-    np.put(k2, at, np.where(swap, c1, c2))
-    return k1, k2
+    kids = np.concatenate([p1, p2])
+    np.put(kids, at, np.where(swap, c2, c1))
+    np.put(kids, at + p1.size, np.where(swap, c1, c2))
+    return kids
 
 
 def _pm(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generator, eta: float = 20.0) -> np.ndarray:
@@ -196,25 +236,26 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
     return space.canonical(g)
 
 
-def _keys(X: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """One exact complex key per genome: the mixed-radix value of each half of the genes (each below 2**53 for
-    any search space, so exact in a float) as real and imaginary parts; equal keys mean equal genomes."""
-    half = (X.shape[1] + 1) // 2
-    a, b = X[:, :half].astype(float) @ base[:half], X[:, half:].astype(float) @ base[half:]
-    return a + 1j * b
+def _keys(X: np.ndarray, places: np.ndarray) -> np.ndarray:
+    """One exact complex key per genome: the mixed-radix value of each half of the genes as real and imaginary
+    parts (sums of non-negative integers below 2**53, so exact in floats in any order); equal keys mean equal
+    genomes. ``places``: :func:`_radix`'s."""
+    return np.ascontiguousarray(X @ places).view(np.complex128)[:, 0]
 
 
 @functools.lru_cache(maxsize=16)
 def _radix(space: SearchSpace) -> np.ndarray:
+    """(n_genes, 2): each gene's place value in the mixed-radix number of its half of the genome (the first half in
+    column 0, the second in column 1, zero elsewhere)."""
     size = space.upper_bounds.astype(float) + 1.0
     half = (len(size) + 1) // 2
-    place = np.ones(len(size))
-    for part in (slice(0, half), slice(half, len(size))):
-        place[part] = np.concatenate([[1.0], np.cumprod(size[part][:-1])])
+    places = np.zeros((len(size), 2))
+    for col, part in enumerate((slice(0, half), slice(half, len(size)))):
+        places[part, col] = np.concatenate([[1.0], np.cumprod(size[part][:-1])])
         if np.prod(size[part]) >= 2.0 ** 53:
             raise ValueError("genomes too wide for exact duplicate keys")
-    place.setflags(write=False)
-    return place
+    places.setflags(write=False)
+    return places
 
 
 def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generator, mutation: float | None,
@@ -229,23 +270,22 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
     ``share``: a one-item list carrying the usable share from one generation to the next (updated in place), so
     that a tight budget costs about one mating round per generation rather than several."""
     xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
-    base = _radix(space)
-    seen = _keys(X, base)
+    places = _radix(space)
+    seen = _keys(X, places)
+    Xf = X.astype(float)
     out: list[np.ndarray] = []
-    spare: list[np.ndarray] = []
     out_known: list[np.ndarray] = []
-    spare_known: list[np.ndarray] = []
+    spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offspring, known, rejected), taken if need be
     found = 0
     share = share if share is not None else [0.5]
     for _ in range(_MATING_ROUNDS):
         pairs = min(8 * n, int(np.ceil((n - found) / (2 * share[0]))))
-        p1 = X[_tournament(len(X), pairs, rng)].astype(float)
-        p2 = X[_tournament(len(X), pairs, rng)].astype(float)
-        c1, c2 = _sbx(p1, p2, xl, xu, rng)
-        kids = np.concatenate([c1, c2])
+        p1 = Xf[_tournament(len(X), pairs, rng)]
+        p2 = Xf[_tournament(len(X), pairs, rng)]
+        kids = _sbx(p1, p2, xl, xu, rng)
         kids = _repair(space, _pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation),
                        rng)
-        keys = _keys(kids, base)
+        keys = _keys(kids, places)
         # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
         _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
         new = np.sort(first[first >= len(seen)]) - len(seen)
@@ -253,8 +293,7 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         fresh = kids[new]
         if feasible is not None and len(fresh):
             ok, known = feasible(fresh)
-            spare.append(fresh[~ok])
-            spare_known.append(known[~ok])
+            spare.append((fresh, known, ~ok))
             fresh = fresh[ok]
             out_known.append(known[ok])
         out.append(fresh)
@@ -263,8 +302,8 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
             break
         share[0] = max(len(fresh) / len(kids), 1.0 / 16)
     if found < n and spare:
-        out.append(np.concatenate(spare)[:n - found])
-        out_known.append(np.concatenate(spare_known)[:n - found])
+        out.append(np.concatenate([f[rejected] for f, _, rejected in spare])[:n - found])
+        out_known.append(np.concatenate([k[rejected] for _, k, rejected in spare])[:n - found])
     kids = np.concatenate(out)[:n] if out else np.zeros((0, X.shape[1]), dtype=np.int64)
     return kids, np.concatenate(out_known)[:n] if out_known else None
 
