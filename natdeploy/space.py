@@ -318,14 +318,20 @@ class SearchSpace:
         """Genomes as int64 with skipped blocks (gene 0) pushed to the end of each stage, the others kept in order:
         genomes of the same network become equal rows."""
         g = np.array(genomes, dtype=np.int64).reshape(-1, GENOME_LENGTH)
-        stages = g[:, 2:].reshape(-1, MAX_DEPTH)  # one row per stage (a copy: the block genes are not contiguous)
-        # the order of a stage's slots depends only on which of them are kept; only stages out of order move
-        pattern = stage_patterns(stages)
-        move = np.flatnonzero(~_IN_ORDER[pattern])
-        if len(move):
-            stages[move] = stages.ravel()[_STAGE_ORDER[pattern[move]] + MAX_DEPTH * move[:, None]]
-            g[:, 2:] = stages.reshape(len(g), N_BLOCKS)
+        SearchSpace.order_stages(g, stage_patterns(g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)))
         return g
+
+    @staticmethod
+    def order_stages(genomes: np.ndarray, patterns: np.ndarray) -> None:
+        """Make C-contiguous (N, 22) int64 ``genomes`` canonical in place, given their (N, 5) :func:`stage_patterns`.
+        A stage's new order depends only on its pattern; only stages out of order move."""
+        if genomes.dtype != np.int64 or not genomes.flags.c_contiguous:
+            raise ValueError("order_stages works in place on a C-contiguous int64 array")
+        move = np.flatnonzero(~_IN_ORDER[patterns])  # row * N_STAGES + stage
+        if len(move):
+            at = (move // N_STAGES * GENOME_LENGTH + 2 + move % N_STAGES * MAX_DEPTH)[:, None]
+            flat = genomes.reshape(-1)
+            flat[at + np.arange(MAX_DEPTH)] = flat[at + _STAGE_ORDER[patterns.reshape(-1)[move]]]
 
     @staticmethod
     def depths(genomes: np.ndarray) -> np.ndarray:

@@ -219,7 +219,8 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
     np.maximum(x, space.lower_bounds, out=x)
     g = np.minimum(x, space.upper_bounds, out=x).astype(np.int64)
     blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
-    need = DEPTHS[0] - PATTERN_KEPT[stage_patterns(blocks)]
+    patterns = stage_patterns(blocks)
+    need = DEPTHS[0] - PATTERN_KEPT[patterns]
     rows = np.flatnonzero((need > 0).view(np.uint8) @ np.ones(N_STAGES, dtype=np.uint8))
     if len(rows):
         # each empty slot gets a random key; the ``need`` lowest of a stage are filled (a slot's rank among its
@@ -233,7 +234,9 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
         fill = rank < need[rows][..., None]
         sub[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
         g[rows, 2:] = sub.reshape(len(rows), -1)
-    return space.canonical(g)
+        patterns[rows] = stage_patterns(sub)
+    space.order_stages(g, patterns)
+    return g
 
 
 def _keys(X: np.ndarray, places: np.ndarray) -> np.ndarray:
