@@ -216,8 +216,9 @@ def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.n
     slots with random choices, canonicalise) drawn for the whole batch at once; NAT's loop keeps the row-by-row
     original, whose random stream its runs were made with."""
     x = np.rint(X)
-    np.maximum(x, space.lower_bounds, out=x)
-    g = np.minimum(x, space.upper_bounds, out=x).astype(np.int64)
+    xl, xu = _bounds(space)
+    np.maximum(x, xl, out=x)
+    g = np.minimum(x, xu, out=x).astype(np.int64)
     blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
     patterns = stage_patterns(blocks)
     need = DEPTHS[0] - PATTERN_KEPT[patterns]
@@ -247,6 +248,15 @@ def _keys(X: np.ndarray, places: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def _bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+    """The genes' lower and upper bounds as (read-only) floats, as the operators take them."""
+    xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
+    xl.setflags(write=False)
+    xu.setflags(write=False)
+    return xl, xu
+
+
+@functools.lru_cache(maxsize=16)
 def _radix(space: SearchSpace) -> np.ndarray:
     """(n_genes, 2): each gene's place value in the mixed-radix number of its half of the genome (the first half in
     column 0, the second in column 1, zero elsewhere)."""
@@ -272,7 +282,7 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
     to fill the batch when the rounds run out, so the costly evaluation is spent on subnets that can survive.
     ``share``: a one-item list carrying the usable share from one generation to the next (updated in place), so
     that a tight budget costs about one mating round per generation rather than several."""
-    xl, xu = space.lower_bounds.astype(float), space.upper_bounds.astype(float)
+    xl, xu = _bounds(space)
     places = _radix(space)
     seen = _keys(X, places)
     Xf = X.astype(float)
