@@ -237,6 +237,20 @@ def test_fronts_by_sweep_equal_the_domination_matrix():
         assert (expected >= 0).sum() >= needed
 
 
+def test_first_occurrences_of_keys():
+    from natdeploy.search.nsga import _first_occurrences
+
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(1, 300))
+        re = rng.integers(0, int(rng.integers(1, 40)), n).astype(float)  # many shared parts and duplicates
+        im = rng.integers(0, int(rng.integers(1, 6)), n).astype(float)
+        keys = re + 1j * im
+        if trial % 7 == 0:  # keys whose mixes clash: (0.618..., 0) against (0, 1)
+            keys[:2] = [0.6180339887498949, 1j]
+        assert np.array_equal(_first_occurrences(keys), np.sort(np.unique(keys, return_index=True)[1])), trial
+
+
 def test_each_offspring_latency_is_predicted_once(lat, monkeypatch):
     """The feasibility check's latencies are the ones evaluated: offspring never go to the predictor twice."""
     import natdeploy.search.engine as engine

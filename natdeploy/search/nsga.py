@@ -247,6 +247,25 @@ def _keys(X: np.ndarray, places: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X @ places).view(np.complex128)[:, 0]
 
 
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """The index of each distinct key's first occurrence, in increasing order (what ``np.unique(keys,
+    return_index=True)`` gives, sorted). Keys are sorted by one float that mixes both parts: equal keys mix
+    equally, and only the keys whose mix another key shares (duplicates, or a rare clash) are compared exactly."""
+    mixed = keys.real + 0.6180339887498949 * keys.imag
+    order = np.argsort(mixed)
+    mixed = mixed[order]
+    tie = mixed[1:] == mixed[:-1]
+    shared = np.zeros(len(keys), dtype=bool)  # positions, in mix order, whose mix another key shares
+    shared[1:] = tie
+    shared[:-1] |= tie
+    alone = order[~shared]
+    if len(alone) < len(keys):
+        rest = np.sort(order[shared])
+        _, first = np.unique(keys[rest], return_index=True)
+        alone = np.concatenate([alone, rest[first]])
+    return np.sort(alone)
+
+
 @functools.lru_cache(maxsize=16)
 def _bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
     """The genes' lower and upper bounds as (read-only) floats, as the operators take them."""
@@ -299,9 +318,9 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         kids = _repair(space, _pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation),
                        rng)
         keys = _keys(kids, places)
-        # np.unique gives each key's first occurrence: a kid is new when its key first occurs among the kids
-        _, first = np.unique(np.concatenate([seen, keys]), return_index=True)
-        new = np.sort(first[first >= len(seen)]) - len(seen)
+        # a kid is new when its key first occurs among the population's and the kids' keys
+        first = _first_occurrences(np.concatenate([seen, keys]))
+        new = first[first >= len(seen)] - len(seen)
         seen = np.concatenate([seen, keys[new]])
         fresh = kids[new]
         if feasible is not None and len(fresh):
