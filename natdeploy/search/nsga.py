@@ -25,7 +25,6 @@ Evaluate = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndar
 # feasible(genomes) -> (whether each passes, an (N, k) array of what the check computed, handed on to evaluate)
 Feasible = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 _MATING_ROUNDS = 20  # mating rounds per generation to find offspring that are new to the population
-_BEFORE = np.triu(np.ones((MAX_DEPTH, MAX_DEPTH), dtype=bool), 1)  # [i, j]: slot i comes before slot j
 
 
 def _domination(F: np.ndarray) -> np.ndarray:
@@ -211,29 +210,34 @@ def _reset(X: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np.random.Generat
     return out
 
 
-def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _repair(space: SearchSpace, X: np.ndarray, rng: np.random.Generator, clip: bool = True) -> np.ndarray:
     """:meth:`SearchSpace.repair`'s rule (round, clip, give every stage at least two blocks by filling random empty
     slots with random choices, canonicalise) drawn for the whole batch at once; NAT's loop keeps the row-by-row
-    original, whose random stream its runs were made with."""
+    original, whose random stream its runs were made with. ``clip=False`` skips clipping, for genes already within
+    their bounds."""
     x = np.rint(X)
-    xl, xu = _bounds(space)
-    np.maximum(x, xl, out=x)
-    g = np.minimum(x, xu, out=x).astype(np.int64)
+    if clip:
+        xl, xu = _bounds(space)
+        np.maximum(x, xl, out=x)
+        np.minimum(x, xu, out=x)
+    g = x.astype(np.int64)
     blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
     patterns = stage_patterns(blocks)
     need = DEPTHS[0] - PATTERN_KEPT[patterns]
     rows = np.flatnonzero((need > 0).view(np.uint8) @ np.ones(N_STAGES, dtype=np.uint8))
     if len(rows):
-        # each empty slot gets a random key; the ``need`` lowest of a stage are filled (a slot's rank among its
-        # stage's keys: how many are lower, or equal and before it, as a stable sort ranks them)
+        # each slot of these rows gets a random key; in each stage short of blocks, the ``need`` empty slots with
+        # the lowest keys (in a stable order) are filled, in the order of the slots
         sub = blocks[rows]
-        keys = np.where(sub == 0, rng.random(sub.shape), np.inf)
-        rank = np.zeros(sub.shape, dtype=np.int64)
-        for i in range(MAX_DEPTH):
-            key = keys[..., i:i + 1]
-            rank += (key < keys) | ((key == keys) & _BEFORE[i])
-        fill = rank < need[rows][..., None]
-        sub[fill] = rng.integers(1, N_CHOICES + 1, int(fill.sum()))
+        draws = rng.random(sub.shape).reshape(-1, MAX_DEPTH)
+        stage_need = need[rows].reshape(-1)
+        short = np.flatnonzero(stage_need > 0)  # stages of ``sub``, flat
+        slots = sub.reshape(-1, MAX_DEPTH)
+        keys = np.where(slots[short] == 0, draws[short], np.inf)
+        lowest = np.argsort(keys, axis=1, kind="stable")
+        taken = np.arange(MAX_DEPTH) < stage_need[short][:, None]
+        at = np.sort((MAX_DEPTH * short[:, None] + lowest)[taken])
+        np.put(sub, at, rng.integers(1, N_CHOICES + 1, len(at)))
         g[rows, 2:] = sub.reshape(len(rows), -1)
         patterns[rows] = stage_patterns(sub)
     space.order_stages(g, patterns)
@@ -315,8 +319,9 @@ def _offspring(X: np.ndarray, n: int, space: SearchSpace, rng: np.random.Generat
         p1 = Xf[_tournament(len(X), pairs, rng)]
         p2 = Xf[_tournament(len(X), pairs, rng)]
         kids = _sbx(p1, p2, xl, xu, rng)
+        # the operators keep every gene within its bounds, and so does rounding: no clipping needed
         kids = _repair(space, _pm(kids, xl, xu, rng) if mutation is None else _reset(kids, xl, xu, rng, mutation),
-                       rng)
+                       rng, clip=False)
         keys = _keys(kids, places)
         # a kid is new when its key first occurs among the population's and the kids' keys
         first = _first_occurrences(np.concatenate([seen, keys]))
