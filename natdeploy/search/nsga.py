@@ -167,15 +167,17 @@ def _sbx(p1: np.ndarray, p2: np.ndarray, xl: np.ndarray, xu: np.ndarray, rng: np
     lo, hi = xl[cols], xu[cols]
     delta = y2 - y1
     u = rng.random(len(at))
-    exp = 1.0 / (eta + 1.0)
-
-    def betaq(beta: np.ndarray) -> np.ndarray:
-        alpha = 2.0 - np.power(beta, -(eta + 1.0))
-        ua = u * alpha
-        return np.where(u <= 1.0 / alpha, ua, 1.0 / np.maximum(2.0 - ua, 1e-300)) ** exp
-
-    c1 = np.clip(0.5 * (y1 + y2 - betaq(1.0 + 2.0 * (y1 - lo) / delta) * delta), lo, hi)
-    c2 = np.clip(0.5 * (y1 + y2 + betaq(1.0 + 2.0 * (hi - y2) / delta) * delta), lo, hi)
+    k = len(at)
+    # both children's spread factors in one pass: the first k entries for c1 (towards lo), the next k for c2
+    u2, delta2 = np.concatenate([u, u]), np.concatenate([delta, delta])
+    beta = 1.0 + 2.0 * np.concatenate([y1 - lo, hi - y2]) / delta2
+    alpha = 2.0 - np.power(beta, -(eta + 1.0))
+    ua = u2 * alpha
+    betaq = np.where(u2 <= 1.0 / alpha, ua, 1.0 / np.maximum(2.0 - ua, 1e-300)) ** (1.0 / (eta + 1.0))
+    spread = betaq * delta2
+    mid = y1 + y2
+    c1 = np.clip(0.5 * (mid - spread[:k]), lo, hi)
+    c2 = np.clip(0.5 * (mid + spread[k:]), lo, hi)
     swap = rng.random(len(at)) < 0.5
     kids = np.concatenate([p1, p2])
     np.put(kids, at, np.where(swap, c2, c1))
