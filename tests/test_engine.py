@@ -223,7 +223,7 @@ def test_batch_repair_keeps_the_genome_rules():
 
 
 def test_fronts_by_sweep_equal_the_domination_matrix():
-    from natdeploy.search.nsga import _matrix_fronts, _sweep_fronts
+    from natdeploy.search.nsga import _matrix_fronts, _sweep_fronts, rank_and_crowding
 
     rng = np.random.default_rng(0)
     for trial in range(400):
@@ -235,6 +235,9 @@ def test_fronts_by_sweep_equal_the_domination_matrix():
         expected = _matrix_fronts(F, needed)
         assert np.array_equal(_sweep_fronts(F, needed), expected), (trial, n, m, needed)
         assert (expected >= 0).sum() >= needed
+    F = np.array([[0.1, 1.0], [np.nan, 0.5], [0.2, 2.0]])  # a NaN objective takes the matrix path, and ends
+    rank, _ = rank_and_crowding(F, np.zeros(3), 3, rng)
+    assert list(rank) == [0, 0, 1]
 
 
 def test_first_occurrences_of_keys():

@@ -57,8 +57,8 @@ def _matrix_fronts(F: np.ndarray, needed: int) -> np.ndarray:
 
 
 def _sweep_fronts(F: np.ndarray, needed: int) -> np.ndarray:
-    """:func:`_matrix_fronts` for one or two objectives, by a sweep in lexicographic order instead of the (n, n)
-    matrix. In that order, a row is dominated exactly when a row before its run of identical rows has a second
+    """:func:`_matrix_fronts` for one or two finite objectives, by a sweep in lexicographic order instead of the
+    (n, n) matrix. In that order, a row is dominated exactly when a row before its run of identical rows has a second
     objective no larger. With one objective, the fronts are its distinct values in order."""
     n = len(F)
     if F.shape[1] == 1:  # the fronts are the distinct values, in order
@@ -119,7 +119,9 @@ def rank_and_crowding(F: np.ndarray, CV: np.ndarray, needed: int,
     rank = np.full(n, n + 1, dtype=np.int64)
     feas = np.flatnonzero(CV <= 0)
     if len(feas):
-        fronts = (_sweep_fronts if F.shape[1] <= 2 else _matrix_fronts)(F[feas], min(needed, len(feas)))
+        Ff = F[feas]
+        sweep = Ff.shape[1] <= 2 and np.isfinite(Ff).all()  # the sweep orders by value: NaN has no place in it
+        fronts = (_sweep_fronts if sweep else _matrix_fronts)(Ff, min(needed, len(feas)))
         ranked = fronts >= 0
         rank[feas[ranked]] = fronts[ranked]
     infeas = np.nonzero(CV > 0)[0]
