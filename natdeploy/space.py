@@ -29,6 +29,26 @@ MAX_RESOLUTION = 512
 # A choice index's kernel and expand ratio, for vectorised decoding.
 CHOICE_KERNELS = np.array([KERNELS[c % len(KERNELS)] for c in range(N_CHOICES)])
 CHOICE_EXPANDS = np.array([EXPANDS[c // len(KERNELS)] for c in range(N_CHOICES)])
+# A stage's pattern of kept slots: bit j set when its slot j keeps a block (see stage_patterns). Per pattern: how
+# many blocks the stage keeps, the canonical order of its slots (the kept ones in their order, then the skipped
+# ones: a stable sort of "skipped"), and whether that order is the slots' own.
+PATTERN_KEPT = np.array([bin(p).count("1") for p in range(2 ** MAX_DEPTH)])
+_STAGE_ORDER = np.array([np.argsort([not (p >> j) & 1 for j in range(MAX_DEPTH)], kind="stable")
+                         for p in range(2 ** MAX_DEPTH)])
+_IN_ORDER = (_STAGE_ORDER == np.arange(MAX_DEPTH)).all(axis=1)
+
+
+if MAX_DEPTH != 4:  # stage_patterns packs a stage's slots into one 32-bit word
+    raise ImportError(f"natdeploy.space assumes 4 slots per stage; the layout has {MAX_DEPTH}")
+
+
+def stage_patterns(blocks: np.ndarray) -> np.ndarray:
+    """The kept-slot pattern of each stage of ``blocks``, block genes of shape (..., 4) (0: skipped): an array of
+    shape (...) of values below 16, bit j set when slot j keeps a block."""
+    # a stage's 4 kept flags as the bytes of one little-endian uint32 k = f0 + f1 << 8 + f2 << 16 + f3 << 24; times
+    # 1 + 2**7 + 2**14 + 2**21, flag j lands alone on bit 21 + j (8j + 7(3 - j)), with no carry into bits 21..24
+    kept = np.asarray(blocks) != 0
+    return (kept.view("<u4")[..., 0] * np.uint32(0x204081) >> 21) & 15
 
 
 def block_gene(kernel: int, expand: int) -> int:
@@ -297,11 +317,21 @@ class SearchSpace:
     def canonical(genomes: np.ndarray) -> np.ndarray:
         """Genomes as int64 with skipped blocks (gene 0) pushed to the end of each stage, the others kept in order:
         genomes of the same network become equal rows."""
-        g = np.asarray(genomes, dtype=np.int64).reshape(-1, GENOME_LENGTH).copy()
-        blocks = g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)
-        order = np.argsort(blocks == 0, axis=2, kind="stable")
-        g[:, 2:] = np.take_along_axis(blocks, order, axis=2).reshape(len(g), N_BLOCKS)
+        g = np.array(genomes, dtype=np.int64).reshape(-1, GENOME_LENGTH)
+        SearchSpace.order_stages(g, stage_patterns(g[:, 2:].reshape(len(g), N_STAGES, MAX_DEPTH)))
         return g
+
+    @staticmethod
+    def order_stages(genomes: np.ndarray, patterns: np.ndarray) -> None:
+        """Make C-contiguous (N, 22) int64 ``genomes`` canonical in place, given their (N, 5) :func:`stage_patterns`.
+        A stage's new order depends only on its pattern; only stages out of order move."""
+        if genomes.dtype != np.int64 or not genomes.flags.c_contiguous:
+            raise ValueError("order_stages works in place on a C-contiguous int64 array")
+        move = np.flatnonzero(~_IN_ORDER[patterns])  # row * N_STAGES + stage
+        if len(move):
+            at = (move // N_STAGES * GENOME_LENGTH + 2 + move % N_STAGES * MAX_DEPTH)[:, None]
+            flat = genomes.reshape(-1)
+            flat[at + np.arange(MAX_DEPTH)] = flat[at + _STAGE_ORDER[patterns.reshape(-1)[move]]]
 
     @staticmethod
     def depths(genomes: np.ndarray) -> np.ndarray:

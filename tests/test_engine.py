@@ -222,6 +222,70 @@ def test_batch_repair_keeps_the_genome_rules():
     assert (_repair(SPACE, valid.astype(float), rng) == valid).all()
 
 
+def test_fronts_by_sweep_equal_the_domination_matrix():
+    from natdeploy.search.nsga import _matrix_fronts, _sweep_fronts, rank_and_crowding
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n, m = int(rng.integers(1, 120)), 1 + trial % 2
+        F = rng.random((n, m)) if trial % 3 == 0 else rng.integers(0, 4, (n, m)).astype(float)  # ties, duplicates
+        if trial % 5 == 0:
+            F[::4] = -0.0
+        needed = int(rng.integers(0, n + 1))
+        expected = _matrix_fronts(F, needed)
+        assert np.array_equal(_sweep_fronts(F, needed), expected), (trial, n, m, needed)
+        assert (expected >= 0).sum() >= needed
+    F = np.array([[0.1, 1.0], [np.nan, 0.5], [0.2, 2.0]])  # a NaN objective takes the matrix path, and ends
+    rank, _ = rank_and_crowding(F, np.zeros(3), 3, rng)
+    assert list(rank) == [0, 0, 1]
+
+
+def test_first_occurrences_of_keys():
+    from natdeploy.search.nsga import _first_occurrences
+
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(1, 300))
+        re = rng.integers(0, int(rng.integers(1, 40)), n).astype(float)  # many shared parts and duplicates
+        im = rng.integers(0, int(rng.integers(1, 6)), n).astype(float)
+        keys = re + 1j * im
+        if trial % 7 == 0:  # keys whose mixes clash: (0.618..., 0) against (0, 1)
+            keys[:2] = [0.6180339887498949, 1j]
+        assert np.array_equal(_first_occurrences(keys), np.sort(np.unique(keys, return_index=True)[1])), trial
+
+
+def test_each_offspring_latency_is_predicted_once(lat, monkeypatch):
+    """The feasibility check's latencies are the ones evaluated: offspring never go to the predictor twice."""
+    import natdeploy.search.engine as engine
+
+    rows = {"predicted": 0}
+    original = lat.predict_genomes
+
+    def counting(space, genomes, n_classes=None):
+        rows["predicted"] += len(genomes)
+        return original(space, genomes, n_classes)
+
+    monkeypatch.setattr(lat, "predict_genomes", counting)
+    seen = {}
+    nsga2 = engine.nsga2
+
+    def watched(evaluate, space, start, *args):
+        seen["before"], seen["start"] = rows["predicted"], len(start)
+        *head, feasible = args
+
+        def check(genomes):
+            seen["checked"] = seen.get("checked", 0) + len(genomes)
+            return feasible(genomes)
+
+        return nsga2(evaluate, space, start, *head, check)
+
+    monkeypatch.setattr(engine, "nsga2", watched)
+    res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=0, population=20, generations=8)
+    assert res.n_evaluations > seen["start"] and seen["checked"] >= res.n_evaluations - seen["start"]
+    # the start population is evaluated once; each offspring only by the feasibility check
+    assert rows["predicted"] == seen["before"] + seen["start"] + seen["checked"]
+
+
 def test_polynomial_mutation_option(lat):
     res = search_front(SPACE, acc_genomes, {"cpu": lat}, {"cpu": 2.5}, seed=1, mutation=None, **SMALL)
     assert len(res) and (res.latency("cpu") <= 2.5).all()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from natdeploy.space import (GENOME_LENGTH, PRESETS, Arch, SearchSpace, layer_plan, madds, make_divisible, params,
-                             stage_widths)
+                             stage_patterns, stage_widths)
 
 
 def _arch(**kw):
@@ -57,6 +57,24 @@ def test_genome_values_and_skip_pushed_to_end():
     shuffled = g.copy()
     shuffled[2:6] = [0, g[2], 0, g[3]]  # a skipped block in the middle is pushed to the end
     assert space.decode(shuffled) == arch
+
+
+def test_canonical_pushes_skipped_blocks_back_in_a_stable_order():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 10, (3000, GENOME_LENGTH))
+    g[:, 2:][rng.random((3000, 20)) < 0.4] = 0  # every one of the 16 patterns of kept slots occurs
+    stages = g[:, 2:].reshape(-1, 5, 4)
+    assert len(np.unique(stage_patterns(stages))) == 16
+    assert np.array_equal(stage_patterns(stages), ((stages != 0) * [1, 2, 4, 8]).sum(axis=2))
+    order = np.argsort(stages == 0, axis=2, kind="stable")  # the rule written out: kept slots first, in order
+    expected = g.copy()
+    expected[:, 2:] = np.take_along_axis(stages, order, axis=2).reshape(-1, 20)
+    out = SearchSpace.canonical(g.astype(float))
+    assert out.dtype == np.int64 and np.array_equal(out, expected)
+    assert np.array_equal(SearchSpace.canonical(g[7]), expected[7:8])  # one genome
+    assert SearchSpace.canonical(np.zeros((0, GENOME_LENGTH))).shape == (0, GENOME_LENGTH)
+    with pytest.raises(ValueError, match="C-contiguous int64"):
+        SearchSpace.order_stages(g.T.copy().T, stage_patterns(stages))  # a copy in Fortran order
 
 
 def test_inactive_slots_are_canonical():

@@ -26,7 +26,7 @@ from natdeploy.errors import NatDeployError
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.search.problem import CostCache, NATProblem, evaluate_columns, objective_columns
 from natdeploy.search.nsga import nsga2, rank_and_crowding
-from natdeploy.space import GENOME_LENGTH, Arch, SearchSpace
+from natdeploy.space import GENOME_LENGTH, KERNELS, N_CHOICES, Arch, SearchSpace
 
 __all__ = ["search_front", "SearchResult", "SearchEngineError", "AccuracyModel", "accuracy_model", "load_callable",
            "genomes_to_archs", "pymoo_population", "OFAAccuracyPredictor"]
@@ -138,6 +138,13 @@ def accuracy_model(accuracy: Any, space: SearchSpace, takes: Takes | None = None
     return AccuracyModel(accuracy, space, takes, predicts)
 
 
+# Per block gene (0: skipped, else 1 + k_idx + 3 * e_idx): its kernel one-hot and its expand one-hot (zero when
+# skipped), the block's part of OFA's encodings.
+_BLOCK_ONE_HOTS = np.zeros((N_CHOICES + 1, 2, len(KERNELS)), dtype=np.float32)
+_BLOCK_ONE_HOTS[1 + np.arange(N_CHOICES), 0, np.arange(N_CHOICES) % len(KERNELS)] = 1.0
+_BLOCK_ONE_HOTS[1 + np.arange(N_CHOICES), 1, np.arange(N_CHOICES) // len(KERNELS)] = 1.0
+
+
 class OFAAccuracyPredictor:
     """OFA's accuracy MLP as an accuracy predictor on genomes: the one-hot features it was trained on, built for a
     whole batch at once, then one forward pass of ``model`` (a torch module from (N, D) float features to (N,) or
@@ -174,16 +181,13 @@ class OFAAccuracyPredictor:
         self.model, self.space, self.layout, self.device = model, space, layout, device
 
     def features(self, genomes: np.ndarray) -> np.ndarray:
-        """(N, n_features) float32 one-hot features of canonical genomes."""
-        g = np.asarray(genomes, dtype=np.int64)
-        choice, active = self.space.block_choices(g)
-        k_idx, e_idx = choice % 3, choice // 3
+        """(N, n_features) float32 one-hot features of genomes."""
+        g = self.space.canonical(genomes)
         n = len(g)
         out = np.zeros((n, self.n_features), dtype=np.float32)
         offset = 0 if self.layout == "tutorial" else self.n_features - 120
-        rows, blocks = np.nonzero(active)
-        out[rows, offset + 3 * blocks + k_idx[rows, blocks]] = 1.0
-        out[rows, offset + 60 + 3 * blocks + e_idx[rows, blocks]] = 1.0
+        # (N, 20, 2, 3) one-hots by block gene, laid out as every block's kernel one-hot, then every expand one-hot
+        out[:, offset:offset + 120] = _BLOCK_ONE_HOTS[g[:, 2:]].transpose(0, 2, 1, 3).reshape(n, 120)
         out[np.arange(n), self._r_col[g[:, 0]]] = 1.0
         return out
 
@@ -279,7 +283,7 @@ class SearchResult:
 
 # ----- the search --------------------------------------------------------------------------------------------------
 def _start_population(space: SearchSpace, initial: Any, population: int, rng: np.random.Generator,
-                      feasible: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                      feasible: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """The given genomes or Archs (a random ``population`` of them when more), then the smallest subnet, then random
     Archs, drawn first among those within the budgets (up to 20 batches), to fill the population."""
     try:
@@ -304,7 +308,7 @@ def _start_population(space: SearchSpace, initial: Any, population: int, rng: np
         if need <= 0:
             break
         batch = space.sample_genomes(rng, population)
-        ok = feasible(batch)
+        ok = feasible(batch)[0]
         fill.append(batch[ok][:need])
         spare.append(batch[~ok])
         need -= len(fill[-1])
@@ -364,16 +368,22 @@ def search_front(space: SearchSpace, accuracy: Any, predictors: Mapping[str, Lat
     costs = CostCache(space, n_classes)
     rng = np.random.default_rng(seed)
 
-    def feasible(genomes: np.ndarray) -> np.ndarray:
+    def feasible(genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each genome keeps every budget, and its latency per budgeted device (a column each)."""
+        latency = np.zeros((len(genomes), len(budgets)))
         ok = np.ones(len(genomes), dtype=bool)
-        for d, b in budgets.items():
-            ok &= timed[d].predict_genomes(space, genomes, n_classes) <= b
-        return ok
+        for i, (d, b) in enumerate(budgets.items()):
+            latency[:, i] = timed[d].predict_genomes(space, genomes, n_classes)
+            ok &= latency[:, i] <= b
+        return ok, latency
 
     start = _start_population(space, initial, population, rng, feasible)
 
-    def evaluate(genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        values = evaluate_columns(genomes, columns, model, timed, space, costs)
+    def evaluate(genomes: np.ndarray,
+                 known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Objectives, total violation and every value; ``known``: the latencies ``feasible`` gave these genomes."""
+        given = {} if known is None else {f"latency:{d}": known[:, i] for i, d in enumerate(budgets)}
+        values = evaluate_columns(genomes, columns, model, timed, space, costs, given)
         F = np.column_stack([values[c] for c in columns])
         G = (np.column_stack([values[f"latency:{d}"] - b for d, b in budgets.items()]) if budgets
              else np.zeros((len(genomes), 0)))

@@ -105,12 +105,14 @@ def objective_columns(objectives: Sequence[str], devices: Sequence[str]) -> list
 
 
 def evaluate_columns(genomes: np.ndarray, columns: Sequence[str], surrogate: Any,
-                     predictors: dict[str, LatencyPredictor], space: SearchSpace,
-                     costs: CostCache) -> dict[str, np.ndarray]:
-    """Objective values (and every device's latency, for constraints) of a batch of canonical genomes."""
-    values: dict[str, np.ndarray] = {}
+                     predictors: dict[str, LatencyPredictor], space: SearchSpace, costs: CostCache,
+                     known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Objective values (and every device's latency, for constraints) of a batch of canonical genomes. ``known``:
+    values already computed for these genomes (such as ``latency:<device>``), taken as they are."""
+    values: dict[str, np.ndarray] = dict(known or {})
     for d, p in predictors.items():
-        values[f"latency:{d}"] = p.predict_genomes(space, genomes, costs.n_classes)
+        if f"latency:{d}" not in values:
+            values[f"latency:{d}"] = p.predict_genomes(space, genomes, costs.n_classes)
     if "error" in columns:
         values["error"] = surrogate.predict(genomes.astype(float))
     if "madds" in columns or "params" in columns:
