@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     with the loss and BN running statistics in the same buffer, clipping and SGD. There is no barrier between the
     steps (training has none): one before the first timed step, and one after the last, inside the timing.
     """
-    from natdeploy.distributed import (all_reduce_gradients, barrier, gather, init_runtime, shard_range,
+    from natdeploy.distributed import (all_reduce_gradients, barrier, destroy, gather, init_runtime, shard_range,
                                        shard_sizes, train_bn_reducer)
     from natdeploy.space import SearchSpace
     from natdeploy.supernet import OFAMobileNetV3Supernet
@@ -83,6 +83,8 @@ def worker(args: argparse.Namespace) -> None:
                           "images_per_s": args.batch * args.steps / wall,
                           "images_per_cpu_s": args.batch / rt.world_size * args.steps / (sum(cpus) / len(cpus)),
                           "load_average": os.getloadavg()}), flush=True)
+    barrier(rt)  # then leave the group together: a rank that exits with the group alive can abort the other
+    destroy()
 
 
 def _free_port() -> int:
@@ -91,23 +93,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(world: int, args: argparse.Namespace) -> dict:
-    """Start ``world`` ranks of this script the way torchrun does; rank 0's JSON result."""
-    port = _free_port()
-    cmd = [sys.executable, __file__, "--worker", "--batch", str(args.batch), "--resolution", str(args.resolution),
+def run(world: int, args: argparse.Namespace, independent: bool = False) -> list[dict]:
+    """Start ``world`` ranks of this script the way torchrun does; rank 0's JSON result (in a list).
+
+    ``independent``: instead, ``world`` one-process runs at the same time, each on a shard-sized batch: the same
+    computation per process as the ranks', with no communication at all; their JSON results."""
+    batch = args.batch // world if independent else args.batch
+    cmd = [sys.executable, __file__, "--worker", "--batch", str(batch), "--resolution", str(args.resolution),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--subnets", str(args.subnets), "--batch-norm", args.batch_norm]
-    procs = []
+    port, procs = _free_port(), []
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(args.threads),
+        group = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": str(_free_port())} if independent \
+            else {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_PORT": str(port)}
+        env = {**os.environ, **group, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=args.timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
         if p.returncode != 0:
             raise SystemExit(f"a rank of the {world}-process run failed:\n{err[-2000:]}")
-    return json.loads(outs[0][0].strip().splitlines()[-1])
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in (outs if independent else outs[:1])]
 
 
 def _cpu_line(res: dict, args: argparse.Namespace) -> str:
@@ -135,12 +141,18 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    one = run(1, args)
+    one = run(1, args)[0]
     print(f"1 process : {one['images_per_s']:8.1f} images/s  ({_cpu_line(one, args)})", flush=True)
-    many = run(args.processes, args)
+    many = run(args.processes, args)[0]
     ratio = many["images_per_s"] / one["images_per_s"]
     print(f"{args.processes} processes: {many['images_per_s']:8.1f} images/s  ({_cpu_line(many, args)})")
     print(f"ratio {ratio:.2f} (target >= 1.5 with 2 processes on 2 cores)")
+    # what the machine allows without communication: the ranks' computation in independent processes at once
+    alone = run(args.processes, args, independent=True)
+    bound = min(r["images_per_s"] for r in alone) * args.processes / one["images_per_s"]
+    print(f"{args.processes} independent processes at once, each on a batch of {args.batch // args.processes}, no "
+          f"communication: ratio {bound:.2f} (the slowest one's images/s x {args.processes}; what this machine's "
+          "cores allow before any communication)")
     cpu_ratio = many["images_per_cpu_s"] / one["images_per_cpu_s"]
     print(f"images per CPU second of one rank: {one['images_per_cpu_s']:.1f} vs {many['images_per_cpu_s']:.1f} "
           f"(x{cpu_ratio:.2f}; x1.0 is perfect scaling: a wall-clock ratio far below {args.processes} x this means "
@@ -160,7 +172,7 @@ Sandwich step (largest + {args.subnets} sampled + smallest, global batch {args.b
 | 1 | {one['images_per_s']:.1f} |
 | {args.processes} | {many['images_per_s']:.1f} |
 
-**Ratio: {ratio:.2f}** (target >= 1.5 with 2 processes on 2 cores).
+**Ratio: {ratio:.2f}** (target >= 1.5 with 2 processes on 2 cores). The same computation in {args.processes} independent processes at once (each on a batch of {args.batch // args.processes}, no communication): **{bound:.2f}**, the most the cores allow before any communication.
 """)
 
 
