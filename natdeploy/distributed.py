@@ -381,7 +381,8 @@ def train_bn_reducer(runtime: Runtime | None, batch: int,
     batch ("ghost batches"), which differs from the global-batch gradient by BN's per-shard normalisation only.
     ``sync``: every BN layer all-reduces its sums in forward and backward (about 400 small collectives per
     sandwich step), so a step equals the one-process step over the global batch exactly; on 2 CPU processes this
-    ran at 0.75x one process against about 1.5x for ``local`` (benchmarks/ddp_scaling.py). A step whose smallest
+    ran at 0.75x one process, ``local`` at 1.05-1.49x (batch 64; several runs over three sessions,
+    benchmarks/ddp_scaling.py and RESULTS.md). A step whose smallest
     shard has fewer than 2 images (a dataset's last, short batch) is synchronised in either mode, since BN cannot
     take statistics of one image at 1x1 spatial size.
     """
