@@ -1,7 +1,7 @@
 """A wheel installed into a fresh venv, outside the checkout, finds its device specs and latency tables.
 
 The wheel is built once (no build isolation, no network) from a copy of the tracked files; the venv sees the
-system's packages (torch and the rest) but gets natdeploy only from the wheel.
+packages of the environment running the suite (torch and the rest) but gets natdeploy only from the wheel.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def venv_python(tmp_path_factory) -> Path:
     # without a pip of its own (ensurepip costs seconds): the system's pip, which the venv sees, installs into it
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], base)
     python = venv / "bin" / "python"
+    if sys.prefix != sys.base_prefix:
+        # the suite itself runs in a venv, whose packages a venv made from it does not see (it sees the base
+        # interpreter's): list them in a .pth file, which adds them after the new venv's own site-packages (so
+        # natdeploy still comes from the wheel) and, as a plain path, runs none of their .pth files (so not the
+        # checkout's editable install either)
+        purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base)
+        outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        Path(purelib.strip(), "outer-environment.pth").write_text("\n".join(sorted(outer)) + "\n")
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], base)
     return python
 
