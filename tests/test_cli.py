@@ -79,3 +79,15 @@ def test_help_and_version_import_no_torch():
         assert proc.returncode == 0
         imported = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time")]
         assert not [m for m in imported if m.split(".")[0] in ("torch", "tensorflow", "numpy")], flag
+
+
+def test_a_closed_output_pipe_stops_quietly():
+    """`natdeploy devices | head -1`: the reader goes away before the listing is written; no traceback, no bug note,
+    and the exit status a shell gives a command stopped by SIGPIPE."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "natdeploy", "devices"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has imported anything, so every write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

@@ -18,8 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from natdeploy.devices import known_devices, load_device
     from natdeploy.latency.store import has_table
 
-    for name in known_devices():
+    names = known_devices()
+    width = max(map(len, names), default=0)
+    for name in names:
         spec = load_device(name)
         has = "table" if has_table(name) else "no table"
-        print(f"{name:12s} {spec.transport:6s} {spec.runtime:12s} {has:9s} {spec.description}")
+        print(f"{name:{width}s} {spec.transport:6s} {spec.runtime:12s} {has:9s} {spec.description}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -14,6 +15,7 @@ from natdeploy.errors import ConfigError, NatDeployError
 USER_ERROR = 2  # the exit code of a NatDeployError (argparse uses 2 for bad flags too)
 BUG = 1
 INTERRUPTED = 130
+CLOSED_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (128 + 13)
 BUG_NOTE = ("natdeploy {version}: this is a bug in natdeploy, not in your input. Please report it to the "
             "natdeploy maintainers with the command line and the traceback above.")
 
@@ -68,6 +70,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
                                                               "interrupted; nothing more was done")
         print(hint, file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`natdeploy devices | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return CLOSED_PIPE
     except Exception:
         traceback.print_exc()
         print(BUG_NOTE.format(version=__version__), file=sys.stderr)
