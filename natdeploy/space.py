@@ -36,19 +36,13 @@ PATTERN_KEPT = np.array([bin(p).count("1") for p in range(2 ** MAX_DEPTH)])
 _STAGE_ORDER = np.array([np.argsort([not (p >> j) & 1 for j in range(MAX_DEPTH)], kind="stable")
                          for p in range(2 ** MAX_DEPTH)])
 _IN_ORDER = (_STAGE_ORDER == np.arange(MAX_DEPTH)).all(axis=1)
-
-
-if MAX_DEPTH != 4:  # stage_patterns packs a stage's slots into one 32-bit word
-    raise ImportError(f"natdeploy.space assumes 4 slots per stage; the layout has {MAX_DEPTH}")
+_SLOT_BITS = 1 << np.arange(MAX_DEPTH)
 
 
 def stage_patterns(blocks: np.ndarray) -> np.ndarray:
-    """The kept-slot pattern of each stage of ``blocks``, block genes of shape (..., 4) (0: skipped): an array of
-    shape (...) of values below 16, bit j set when slot j keeps a block."""
-    # a stage's 4 kept flags as the bytes of one little-endian uint32 k = f0 + f1 << 8 + f2 << 16 + f3 << 24; times
-    # 1 + 2**7 + 2**14 + 2**21, flag j lands alone on bit 21 + j (8j + 7(3 - j)), with no carry into bits 21..24
-    kept = np.asarray(blocks) != 0
-    return (kept.view("<u4")[..., 0] * np.uint32(0x204081) >> 21) & 15
+    """The kept-slot pattern of each stage of ``blocks``, block genes of shape (..., MAX_DEPTH) (0: skipped): an
+    array of shape (...) of values below 2 ** MAX_DEPTH, bit j set when slot j keeps a block."""
+    return (np.asarray(blocks) != 0) @ _SLOT_BITS
 
 
 def block_gene(kernel: int, expand: int) -> int:
