@@ -14,10 +14,9 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Self, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Self, Sequence
 
 import numpy as np
-from torch import nn
 
 from natdeploy import __version__
 from natdeploy.devices import DeviceSpec, mask_cpus
@@ -26,6 +25,9 @@ from natdeploy.latency.measure import Measurement, time_callable, time_interleav
 from natdeploy.latency.ops import OpSig
 from natdeploy.latency.speed import ANCHOR_ARCH, ANCHOR_SESSIONS
 from natdeploy.space import Arch
+
+if TYPE_CHECKING:  # torch is imported where a model is built, not by commands that only read tables
+    from torch import nn
 
 
 class BackendError(NatDeployError):
