@@ -45,13 +45,13 @@ for _name in ("write_checkpoint", "write_outputs", "write_phase", "append_metric
 _phase_args = NATSearch._phase_args
 
 
-def _observed_phase_args(self, tag, emit):
-    args = _phase_args(self, tag, emit)
+def _observed_phase_args(self, tag, emit, **kwargs):
+    args = _phase_args(self, tag, emit, **kwargs)
     on_step = args["on_step"]
 
     def step(info):
         on_step(info)
-        seen["digests"].append(_digest(self.supernet))
+        seen["digests"].append("".join(_digest(self.supernets[w]) for w in sorted(self.supernets)))
 
     return {**args, "on_step": step}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from natdeploy.space import Arch
 from tiny_fixtures import image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +73,16 @@ def test_a_two_process_run_resumes_with_one_process(two_process_run):
     assert {e["iteration"] for e in resumed["archive"]} == {0, 1, 2}
     state = json.loads((tmp / "runs" / "ddp" / "state.json").read_text())
     assert state["completed_iteration"] == 2
+
+
+def test_two_widths_train_and_search_together_over_two_processes(tmp_path):
+    """NAT's width gene under torchrun: both supernets train identically on both ranks, rank 0 alone writes
+    each width's supernet, and both ranks end with one archive over both widths."""
+    image_folder(tmp_path / "img", n=40)
+    r0, r1 = torchrun(tmp_path, 2, ["--iterations", "1", "--width", "1.0", "1.2"])
+    assert r0["digests"] and r0["digests"] == r1["digests"]  # every supernet, after every step of either width
+    assert r0["archive"] == r1["archive"]
+    assert {Arch.parse(e["arch"]).w for e in r0["archive"]} == {1.0, 1.2}
+    assert r1["writes"] == []
+    run = tmp_path / "runs" / "ddp"
+    assert (run / "supernet-w1.0.pt").is_file() and (run / "supernet-w1.2.pt").is_file()
