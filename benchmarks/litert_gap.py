@@ -25,6 +25,7 @@ import numpy as np
 
 from natdeploy.devices import load_device
 from natdeploy.latency.backends import get_backend
+from natdeploy.latency.measure import _timed  # one run of a callable, in ms: the timer every table uses
 from natdeploy.latency.ops import arch_ops
 from natdeploy.space import SearchSpace
 
@@ -34,12 +35,6 @@ except ImportError:
     from benchmarks._common import machine_line, record
 
 ROUNDS, IN_A_ROW, N_CLASSES = 20, 5, 10
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def measure(backend, arch) -> dict:
@@ -61,8 +56,8 @@ def measure(backend, arch) -> dict:
             for i, fn in enumerate(parts):
                 in_order[i].append(_timed(fn))
     return {"arch": arch.to_string(), "r": arch.r, "ops": len(ops), "tfl_net": tfl_net, "tfl_parts": tfl_parts,
-            "whole": 1e3 * float(np.median(whole)), "warm": 1e3 * sum(float(np.median(w)) for w in warm),
-            "in_order": 1e3 * sum(float(np.median(c)) for c in in_order)}
+            "whole": float(np.median(whole)), "warm": sum(float(np.median(w)) for w in warm),
+            "in_order": sum(float(np.median(c)) for c in in_order)}
 
 
 def main() -> None:
@@ -89,7 +84,7 @@ def main() -> None:
         tiny = backend.runner(*backend._built_op(arch_ops(archs[0], N_CLASSES)[-1]))
         for _ in range(50):
             tiny()
-        invoke_us = 1e6 * float(np.median([_timed(tiny) for _ in range(2000)]))
+        invoke_us = 1e3 * float(np.median([_timed(tiny) for _ in range(2000)]))
     lines = ["| op sum | whole / sum, median | spread across subnets (max / min) |", "|---|---|---|"]
     for kind, what in (("warm", "ops alone, warm (as tables time them)"),
                        ("in_order", "ops in network order, once per pass")):
