@@ -149,7 +149,7 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     shown = Path(table_path).resolve()
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
-    threads_flag = f" --threads {args.threads} --table {shown}" if args.threads else ""
+    threads_flag = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "")
     body = f"""
 Machine: {machine_line(spec.threads)}.
 Command: `python benchmarks/latency_predictor.py --device {args.device}{threads_flag} --n {args.n} --repeat {args.repeat} --space {args.space}`

@@ -73,10 +73,11 @@ def test_debug_reraises_known_errors(monkeypatch):
 
 @pytest.mark.parametrize("argv, heavy", [(["--help"], ("torch", "tensorflow", "numpy")),
                                          (["--version"], ("torch", "tensorflow", "numpy")),
-                                         (["devices"], ("torch", "tensorflow", "xgboost"))])
+                                         (["devices"], ("torch", "tensorflow", "xgboost")),
+                                         (["supernets"], ("torch", "tensorflow", "xgboost"))])
 def test_light_commands_import_no_torch(argv, heavy):
-    """--help, --version and `natdeploy devices` (which reads every table's header) start in well under a second:
-    torch alone takes ~2 s to import here."""
+    """--help, --version, `natdeploy devices` (which reads every table's header) and `natdeploy supernets` (the
+    catalogue and the cache) start in well under a second: torch alone takes ~2 s to import here."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "natdeploy", *argv], env=env,
                           capture_output=True, text=True, timeout=120)

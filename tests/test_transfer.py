@@ -100,3 +100,22 @@ def test_the_cli_measures_n_subnets_and_saves_a_transferred_table(tmp_path, caps
     assert raw["provenance"]["transferred_from"]["path"] == str(src)
     assert out.with_suffix(".xgb.json").is_file()
     assert LatencyPredictor.load(out).predict(T.few_shot_archs(SPACE, 2, 0)).min() > 0
+
+
+def test_an_auto_speed_elasticity_comes_from_a_source_of_the_same_runtime(source):
+    """N subnets are too few to fit an elasticity: `auto` takes the source table's where it ran the same runtime
+    (measured: the Xeon cpu table's -0.5 lifted the host-cpu transfer at N=10 from 67.7% to 87.0% within +-10%),
+    a number in the spec is used as it is, and another runtime's is never borrowed."""
+    from natdeploy.devices import load_device
+
+    archs = T.few_shot_archs(SPACE, 6, 8)
+    measured = _measured(0.8 * source.predict(archs))
+    cpu = load_device("cpu")
+    assert cpu.speed_elasticity == "auto" and source.table.speed_elasticity != 0
+    cases = [(cpu, source.table.speed_elasticity, "source table"),
+             (cpu.with_overrides(speed_elasticity=-0.2), -0.2, "spec"),
+             (load_device("cpu-litert").with_overrides(speed_elasticity="auto"), 0.0, "none")]
+    for spec, value, origin in cases:
+        pred = T.transfer_measured(source, "cpu.json", spec, {}, archs, measured, "scale")
+        assert pred.table.speed_elasticity == pytest.approx(value)
+        assert pred.table.provenance["transfer"]["speed_elasticity_from"].startswith(origin)

@@ -22,6 +22,7 @@ The result is a normal table: the source's ops at its nominal speed (anchorless 
 them gets a warning, :meth:`LatencyTable.beyond_fit`). Its models file holds the source's op regressors and residual
 trees, the correction folded into the linear part, and the group factors, so ``predictor_for`` serves it as any
 table. (``natdeploy tables refit`` on it fits a plain predictor on the ``N`` subnets instead: the transfer is lost.)
+Its speed elasticity is the spec's number, or for ``auto`` the source table's (:func:`transfer_elasticity`).
 """
 
 from __future__ import annotations
@@ -315,10 +316,23 @@ def transfer_measured(source: LatencyPredictor, source_path: str | os.PathLike, 
     """The transferred predictor (with its table, unsaved) of ``source`` to ``spec``, from ``archs`` measured there
     as ``measured`` under ``provenance`` (the backend's description)."""
     src = source.table
-    elasticity = spec.speed_elasticity if isinstance(spec.speed_elasticity, (int, float)) else 0.0
+    elasticity, elasticity_from = transfer_elasticity(spec, src)
     target = SpeedModel.of(measured, elasticity, src.statistic)
     model = fit_transfer(source, archs, [target.normalise(m) for m in measured], method, seed=seed)
     e2e = {a.to_string(): m for a, m in zip(archs, measured)}
     table = transferred_table(source, model, spec.name, e2e, {**provenance, "statistic": src.statistic},
                               source_path, elasticity)
+    table.provenance["transfer"]["speed_elasticity_from"] = elasticity_from
     return transferred_predictor(source, model, table)
+
+
+def transfer_elasticity(spec: DeviceSpec, source: LatencyTable) -> tuple[float, str]:
+    """The speed elasticity of a transferred table, and where it came from. A number in the spec is used as it is.
+    ``auto`` cannot be fitted on a few subnets (:data:`~natdeploy.latency.speed.MIN_E2E_FOR_ELASTICITY`), so it
+    takes the source table's fitted value where the source ran the same runtime (how anchor ratios move with the
+    machine's speed is the runtime's: the Xeon and EPYC onnxruntime tables fitted -0.5 and -0.3), else 0."""
+    if isinstance(spec.speed_elasticity, (int, float)):
+        return float(spec.speed_elasticity), "spec"
+    if source.provenance.get("runtime") == spec.runtime:
+        return float(source.speed_elasticity), "source table"
+    return 0.0, f"none: the source ran {source.provenance.get('runtime')}, not {spec.runtime}"
