@@ -283,7 +283,7 @@ def main() -> None:
             "judged at the machine speed of its own table (anchor-normalised).\n\n" + "\n\n".join(sections))
     print(body)
     if not (args.quick or args.no_record):
-        record("few_shot", body)
+        record("few_shot" + (" --pool-from-held" if args.pool_from_held else ""), body)
 
 
 if __name__ == "__main__":
