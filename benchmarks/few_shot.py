@@ -48,7 +48,7 @@ from natdeploy.latency.backends import E2E_BATCH, get_backend, host_cpu
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.latency.profiler import profile_device
-from natdeploy.latency.speed import SpeedModel
+from natdeploy.latency.speed import SpeedModel, nominal_anchor_ms
 from natdeploy.latency.transfer import METHODS, few_shot_archs, measure_subnets, transfer_measured
 from natdeploy.space import Arch, SearchSpace
 
@@ -151,11 +151,6 @@ def scores(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return 100 * float((rel <= 0.05).mean()), 100 * float((rel <= 0.10).mean())
 
 
-def anchor_speed(ms: list[Measurement]) -> float:
-    """The median anchor latency of a set of measurements (ms): the machine speed they were taken at."""
-    return float(np.median([m.anchor_ms for m in ms if m.anchor_ms] or [np.nan]))
-
-
 def judge(predictor: LatencyPredictor, held: list[Arch], first: list[Measurement],
           second: list[Measurement]) -> dict:
     """Within +-5/10% of the first measurement of every held-out subnet and of the second one of the repeated,
@@ -227,14 +222,14 @@ def run_pair(bench: Bench, name: str, ns: list[int], n_held: int, repeat: int, f
     lines.append(f"| 2nd measurement (noise floor) | | | | | {noise[0]:.1f}% / {noise[1]:.1f}% | |")
     # Where the sets were measured at different machine speeds (or with other anchor sessions), a predictor fitted
     # on one set carries that set's offset: the median column shows it.
-    speeds = [("held-out", anchor_speed(first)), ("pool", anchor_speed(pool_ms))]
+    speeds = [("held-out", nominal_anchor_ms(first)), ("pool", nominal_anchor_ms(pool_ms))]
     if full:
-        speeds.append(("full table", anchor_speed([*full_pred.table.ops.values(), *full_pred.table.e2e.values()])))
+        speeds.append(("full table", full_pred.table.speed.nominal_anchor_ms))
     return (f"### {name}: {label}\n\nSource `{Path(source_path).name}` ({source.table.provenance.get('host')}, "
             f"{source.table.precision}); target `{spec.name}` ({spec.threads} thread(s), {spec.precision}); "
             f"{len(held)} held-out subnets (first {repeat} measured twice), pool of {len(pool)}. Median anchor "
             "latency (the machine speed each set was measured at): "
-            + ", ".join(f"{what} {v:.3f} ms" for what, v in speeds) + ".\n\n" + "\n".join(lines))
+            + ", ".join(f"{what} {v:.3f} ms" if v else f"{what} none" for what, v in speeds) + ".\n\n" + "\n".join(lines))
 
 
 def get_backend_description(spec: DeviceSpec) -> dict:

@@ -149,10 +149,10 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     shown = Path(table_path).resolve()
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
-    threads_flag = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "")
+    flags = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "")
     body = f"""
 Machine: {machine_line(spec.threads)}.
-Command: `python benchmarks/latency_predictor.py --device {args.device}{threads_flag} --n {args.n} --repeat {args.repeat} --space {args.space}`
+Command: `python benchmarks/latency_predictor.py --device {args.device}{flags} --n {args.n} --repeat {args.repeat} --space {args.space}`
 Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
 ({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
 per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.

@@ -55,23 +55,11 @@ def within10(pred: np.ndarray, true: np.ndarray) -> float:
     return 100 * float((np.abs(pred / true - 1) <= 0.10).mean())
 
 
-def fold_errors(source: LatencyPredictor, parts: T.Parts, y: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """Held-out log errors of ``method`` over the folds :func:`natdeploy.latency.transfer.cross_validate` uses."""
-    from sklearn.model_selection import KFold
-
-    err = np.empty(len(y))
-    for train, held in KFold(n_splits=min(len(y), 10), shuffle=True, random_state=seed).split(np.arange(len(y))):
-        model = T.fit_method(source, T.Parts(parts.groups[train], parts.feats[train]), y[train], method)
-        err[held] = np.log(T.predict(source, model, T.Parts(parts.groups[held], parts.feats[held]))) - y[held]
-    return err
-
-
 def choose(errors: dict[str, list[np.ndarray]], seeds: int, criterion: str) -> str:
     """A rule for ``auto``: the lowest mean squared log error with ``auto``'s parsimony (what it does, with
     ``seeds`` = 1), or the highest fold hit rate within +-10% (the simplest method on a tie)."""
     if criterion == "msle":
-        score = {m: float(np.mean([(e ** 2).mean() for e in errors[m][:seeds]])) for m in T.METHODS}
-        return next(m for m in T.METHODS if score[m] <= min(score.values()) * T.PARSIMONY + 1e-12)
+        return T.simplest_best({m: float(np.mean([(e ** 2).mean() for e in errors[m][:seeds]])) for m in T.METHODS})
     score = {m: float(np.mean([(np.abs(np.exp(-e) - 1) <= 0.10).mean() for e in errors[m][:seeds]]))
              for m in T.METHODS}
     return next(m for m in T.METHODS if score[m] >= max(score.values()) - 1e-12)
@@ -105,7 +93,7 @@ def run_pair(source_path: Path, target_path: Path, ns: list[int], draws: int) ->
             p_held = T.Parts(parts.groups[held], parts.feats[held])
             score = {m: within10(T.predict(source, T.fit_method(source, p_fit, y, m), p_held), true)
                      for m in T.METHODS}
-            errors = {m: [fold_errors(source, p_fit, y, m, seed) for seed in range(5)] for m in T.METHODS}
+            errors = {m: [T.fold_errors(source, p_fit, y, m, seed) for seed in range(5)] for m in T.METHODS}
             for rule, (seeds, criterion) in RULES.items():
                 got[rule].append(score[choose(errors, seeds, criterion)])
             for m in T.METHODS:

@@ -160,8 +160,8 @@ def fit_method(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: st
     return replace(model, residual_range=(float(lo - RANGE_MARGIN), float(hi + RANGE_MARGIN)))
 
 
-def cross_validate(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: str, seed: int = 0) -> float:
-    """Mean squared log error of ``method`` on held-out folds of the N subnets (leave-one-out up to 10)."""
+def fold_errors(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """Log error of ``method`` on each of the N subnets, predicted from the other folds (leave-one-out up to 10)."""
     from sklearn.model_selection import KFold
 
     n = len(y)
@@ -171,7 +171,18 @@ def cross_validate(source: LatencyPredictor, parts: Parts, y: np.ndarray, method
         sub = Parts(parts.groups[train], parts.feats[train])
         model = fit_method(source, sub, y[train], method)
         err[held] = np.log(predict(source, model, Parts(parts.groups[held], parts.feats[held]))) - y[held]
-    return float((err ** 2).mean())
+    return err
+
+
+def cross_validate(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: str, seed: int = 0) -> float:
+    """Mean squared log error of ``method`` on held-out folds of the N subnets (leave-one-out up to 10)."""
+    return float((fold_errors(source, parts, y, method, seed) ** 2).mean())
+
+
+def simplest_best(scores: dict[str, float]) -> str:
+    """The simplest method (METHODS is ordered so) whose error is within PARSIMONY of the lowest: N subnets tell
+    little."""
+    return next(m for m in METHODS if scores[m] <= min(scores.values()) * PARSIMONY + 1e-12)
 
 
 def fit_transfer(source: LatencyPredictor, archs: Sequence[Arch], target_ms: Sequence[float],
@@ -185,14 +196,12 @@ def fit_transfer(source: LatencyPredictor, archs: Sequence[Arch], target_ms: Seq
     if method != "auto":
         return fit_method(source, parts, y, method)
     scores = {m: cross_validate(source, parts, y, m, seed) for m in METHODS}
-    # the simplest method (METHODS is ordered so) within PARSIMONY of the lowest error: N subnets tell little
-    best = next(m for m in METHODS if scores[m] <= min(scores.values()) * PARSIMONY + 1e-12)
-    return replace(fit_method(source, parts, y, best), scores=scores)
+    return replace(fit_method(source, parts, y, simplest_best(scores)), scores=scores)
 
 
 def transferred_table(source: LatencyPredictor, model: TransferModel, device: str, e2e: dict[str, Measurement],
                       provenance: dict[str, Any], source_path: str | os.PathLike,
-                      speed_elasticity: float = 0.0) -> LatencyTable:
+                      speed_elasticity: float = 0.0, speed_elasticity_from: str = "spec") -> LatencyTable:
     """The table of a transfer: the source's ops at its nominal speed (anchorless), the target's measured subnets,
     and provenance naming the source, N and the fit."""
     r = dict(zip(GROUPS, model.r))
@@ -212,6 +221,7 @@ def transferred_table(source: LatencyPredictor, model: TransferModel, device: st
                          "group_factors": {g: round(v, 6) for g, v in r.items()},
                          "correction": {"coef": list(model.delta_coef), "intercept": model.delta_intercept},
                          "cv_msle": {k: round(v, 8) for k, v in model.scores.items()},
+                         "speed_elasticity_from": speed_elasticity_from,
                          "fitted_resolutions": sorted({a.r for a in archs}),
                          "fitted_widths": sorted({a.w for a in archs})},
             "space": src.provenance.get("space"), "widths": src.provenance.get("widths"),
@@ -321,8 +331,7 @@ def transfer_measured(source: LatencyPredictor, source_path: str | os.PathLike, 
     model = fit_transfer(source, archs, [target.normalise(m) for m in measured], method, seed=seed)
     e2e = {a.to_string(): m for a, m in zip(archs, measured)}
     table = transferred_table(source, model, spec.name, e2e, {**provenance, "statistic": src.statistic},
-                              source_path, elasticity)
-    table.provenance["transfer"]["speed_elasticity_from"] = elasticity_from
+                              source_path, elasticity, elasticity_from)
     return transferred_predictor(source, model, table)
 
 
