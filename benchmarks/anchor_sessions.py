@@ -51,11 +51,9 @@ def main() -> None:
         runners = [backend.runner(*backend.built_arch(a, N_CLASSES)) for a in archs]
         for rep in range(args.reps):
             new = rep % 2 == 1
-            if new:
-                backend._anchor = []  # the next anchor_runners() call builds new sessions
             with backend.timing_context():
                 ms = time_interleaved(runners, spec.e2e_warmup, spec.e2e_runs, spec.rounds, spec.min_span_s,
-                                      backend.anchor_runners())
+                                      backend.anchor_runners(fresh=new))
             ratios.append(np.array([m.anchor_ratio for m in ms]))
             raws.append(np.array([m.p10_ms for m in ms]))
             fresh.append(new)

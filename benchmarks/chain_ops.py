@@ -103,7 +103,7 @@ def chain_ops(backend, table: LatencyTable, archs: list[Arch]) -> dict[str, Meas
         ops = arch_ops(arch, N_CLASSES)
         for op in ops:
             if op.key not in built:
-                built[op.key] = backend.runner(*backend._built_op(op))
+                built[op.key] = backend.runner(*backend.built_op(op))
         runners = [built[op.key] for op in ops]
         for op, m in zip(ops, time_chain(runners, anchor, spec.rounds, spec.min_span_s, spec.warmup)):
             parts.setdefault(op.key, []).append(m)

@@ -41,7 +41,7 @@ def measure(backend, arch) -> dict:
     """Whole subnet, warm op sum and in-order op sum of ``arch`` (ms), and its TFLite op counts."""
     net = backend.runner(*backend.built_arch(arch, N_CLASSES))
     ops = arch_ops(arch, N_CLASSES)
-    parts = [backend.runner(*backend._built_op(op)) for op in ops]
+    parts = [backend.runner(*backend.built_op(op)) for op in ops]
     tfl_net = len(net.__self__._get_ops_details())  # runner is the interpreter's bound invoke
     tfl_parts = sum(len(p.__self__._get_ops_details()) for p in parts)
     for fn in (net, *parts):
@@ -81,7 +81,7 @@ def main() -> None:
                   f"(whole/sum {r['whole'] / r['warm']:.3f}), in-order sum {r['in_order']:.3f} "
                   f"({r['whole'] / r['in_order']:.3f}); TFLite ops {r['tfl_net']} in the net, {r['tfl_parts']} in "
                   f"its ops' models", flush=True)
-        tiny = backend.runner(*backend._built_op(arch_ops(archs[0], N_CLASSES)[-1]))
+        tiny = backend.runner(*backend.built_op(arch_ops(archs[0], N_CLASSES)[-1]))
         for _ in range(50):
             tiny()
         invoke_us = 1e3 * float(np.median([_timed(tiny) for _ in range(2000)]))

@@ -479,3 +479,12 @@ def test_repeated_subnet_batches_keep_the_median_of_fresh_sessions():
     assert len(opened) == 2 * 3 + ANCHOR_SESSIONS  # a fresh session per subnet and batch (+ the anchor's, once)
     with pytest.raises(ConfigError, match="e2e_repeats must be a positive integer"):
         spec.with_overrides(e2e_repeats=0)
+
+
+def test_anchor_sessions_are_kept_until_fresh_ones_are_asked_for():
+    backend = get_backend(fast("cpu").with_overrides(rounds=3, runs=6, anchor=True))
+    kept = backend.anchor_runners()
+    assert backend.anchor_runners() is kept and len(kept) > 1
+    fresh = backend.anchor_runners(fresh=True)
+    assert not set(map(id, fresh)) & set(map(id, kept))  # every session new
+    assert backend.anchor_runners() is fresh  # and kept from then on

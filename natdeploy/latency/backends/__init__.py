@@ -151,7 +151,7 @@ class Backend(ABC):
     def _shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.spec.batch_size, *shape[1:])
 
-    def _built_op(self, op: OpSig, seed: int = 0) -> tuple[Any, tuple[int, ...]]:
+    def built_op(self, op: OpSig, seed: int = 0) -> tuple[Any, tuple[int, ...]]:
         """(artifact, input shape) of one op."""
         from natdeploy.convert.ops import build_op_module, op_input_shape
 
@@ -171,15 +171,15 @@ class Backend(ABC):
         return time_callable(self.runner(artifact, input_shape), warmup, runs, self.spec.rounds, self.spec.min_span_s)
 
     def measure_op(self, op: OpSig, seed: int = 0) -> Measurement:
-        return self.measure(*self._built_op(op, seed), self.spec.warmup, self.spec.runs)
+        return self.measure(*self.built_op(op, seed), self.spec.warmup, self.spec.runs)
 
     def measure_arch(self, arch: Arch, n_classes: int) -> Measurement:
         return self.measure(*self.built_arch(arch, n_classes), self.spec.e2e_warmup, self.spec.e2e_runs)
 
-    def anchor_runners(self) -> list[Callable[[], Any]]:
+    def anchor_runners(self, fresh: bool = False) -> list[Callable[[], Any]]:
         """Runners of the anchor subnet's ``ANCHOR_SESSIONS`` sessions (natdeploy.latency.speed), built once per
-        backend."""
-        if not self._anchor:
+        backend; ``fresh`` builds new sessions (and keeps them for later calls)."""
+        if fresh or not self._anchor:
             built = self.built_arch(Arch.parse(ANCHOR_ARCH), 10)
             self._anchor = [self.runner(*built) for _ in range(ANCHOR_SESSIONS)]
         return self._anchor
@@ -204,7 +204,7 @@ class Backend(ABC):
         """Measure a batch of ops: round-robin in this process where the spec interleaves, else one by one."""
         if not self.interleaves:
             return [(op, self.measure_op(op)) for op in ops]
-        built = [self._built_op(op) for op in ops]
+        built = [self.built_op(op) for op in ops]
         return list(zip(ops, self._interleaved(built, self.spec.warmup, self.spec.runs)))
 
     def measure_archs(self, archs: Sequence[Arch], n_classes: int) -> list[Measurement]:
