@@ -7,9 +7,10 @@ only on the table's own subnets (no held-out set of another benchmark is looked 
 
 1. profile a ``cpu-litert``-style table here as the profiler does: every op warm, and ``--subnets`` random whole
    subnets (10 classes);
-2. time every op of the table again in chains: for each resolution, ``--sets`` sets of 9 full-depth networks in
-   which every block position takes each (kernel, expand) choice once, so that each op key is timed inside several
-   networks. Each chain is timed round-robin as tables time batches (20 rounds over >= 2 s), each op once per
+2. time every op of the table again in chains of two kinds: ``full``, for each resolution ``--sets`` sets of 9
+   full-depth networks in which every block position takes each (kernel, expand) choice once; and ``sampled``,
+   subnets drawn as the search draws them (random depths), picked greedily from 3000 draws until every op key is in
+   at least ``--sets`` of them. Each chain is timed round-robin as tables time batches (20 rounds over >= 2 s), each op once per
    pass, with the anchor subnet timed at the start and end of every round; an op's value is the median over the
    networks it was timed in of its per-round ratio to the anchor;
 3. fit the table's predictor (LUT + XGBoost residual) with each op set, on the same whole subnets, and compare
@@ -17,12 +18,15 @@ only on the table's own subnets (no held-out set of another benchmark is looked 
    the spread of measured / op sum across the subnets (p90 / p10; the residual model carries a constant, not a
    spread).
 
+The timed ops of each kind are cached in ``--out``, so a rerun with the same arguments times nothing again.
+
     python benchmarks/chain_ops.py [--subnets 60] [--sets 3] [--device cpu-litert] [--out DIR] [--no-record]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import replace
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from natdeploy.devices import load_device
+from natdeploy.fileio import atomic_write_text
 from natdeploy.latency.backends import get_backend
 from natdeploy.latency.measure import Measurement, _timed
 from natdeploy.latency.ops import arch_ops
@@ -48,7 +53,7 @@ N_CLASSES, PASSES = 10, 5
 COMBOS = [(k, e) for k in KERNELS for e in EXPANDS]
 
 
-def chains(resolutions, width: float, sets: int, rng: np.random.Generator) -> list[Arch]:
+def full_chains(resolutions, width: float, sets: int, rng: np.random.Generator) -> list[Arch]:
     """Full-depth networks in which, per set and resolution, every block position takes every choice once."""
     out = []
     for r in resolutions:
@@ -59,6 +64,20 @@ def chains(resolutions, width: float, sets: int, rng: np.random.Generator) -> li
                 out.append(Arch(ks=tuple(k for k, _ in choice), e=tuple(e for _, e in choice),
                                 d=(MAX_DEPTH,) * N_STAGES, r=r, w=width))
     return out
+
+
+def sampled_chains(space: SearchSpace, resolutions, sets: int, rng: np.random.Generator) -> list[Arch]:
+    """Subnets drawn as the search draws them, picked greedily until every op key is in at least ``sets`` of them."""
+    pool = SearchSpace(resolutions=tuple(resolutions), widths=space.widths).sample(rng, 3000)
+    keys = [{op.key for op in arch_ops(a, N_CLASSES)} for a in pool]
+    count = dict.fromkeys(set().union(*keys), 0)
+    chosen: list[Arch] = []
+    while any(v < sets for v in count.values()):
+        best = max(range(len(pool)), key=lambda i: sum(count[k] < sets for k in keys[i]))
+        chosen.append(pool[best])
+        for k in keys[best]:
+            count[k] += 1
+    return chosen
 
 
 def time_chain(runners, anchor, rounds: int, min_span_s: float, warmup: int) -> list[Measurement]:
@@ -160,20 +179,29 @@ def main() -> None:
         t_profile = time.perf_counter() - t0
         warm = LatencyTable.load(warm_path)
         print(f"warm table: {len(warm.ops)} ops, {len(warm.e2e)} subnets ({t_profile:.0f} s)", flush=True)
-        archs = chains(resolutions, space.widths[0], args.sets, np.random.default_rng(args.seed))
-        t1 = time.perf_counter()
-        chained = replace(warm, ops=chain_ops(backend, warm, archs))
-        t_chain = time.perf_counter() - t1
-    rows = {"ops alone, warm (as tables time them)": cross_validate(warm),
-            f"ops in {len(archs)} network chains, once per pass": cross_validate(chained)}
+        rows = {"ops alone, warm (as tables time them)": cross_validate(warm)}
+        t_chain = {}
+        for kind, make in (("full", lambda rng: full_chains(resolutions, space.widths[0], args.sets, rng)),
+                           ("sampled", lambda rng: sampled_chains(space, resolutions, args.sets, rng))):
+            archs = make(np.random.default_rng(args.seed))
+            cache = args.out / f"{args.device}-chains-{kind}-{args.sets}-s{args.seed}.json"
+            t1 = time.perf_counter()
+            if cache.exists():
+                ops = {k: Measurement.from_dict(v) for k, v in json.loads(cache.read_text()).items()}
+            else:
+                ops = chain_ops(backend, warm, archs)
+                atomic_write_text(cache, json.dumps({k: m.to_dict() for k, m in ops.items()}))
+            t_chain[kind] = time.perf_counter() - t1
+            rows[f"ops in {len(archs)} {kind} network chains, once per pass"] = cross_validate(replace(warm, ops=ops))
     lines = ["| op values | within +-5% | within +-10% | measured / op sum, median | spread (p90 / p10) |",
              "|---|---|---|---|---|"]
     for what, r in rows.items():
         lines.append(f"| {what} | {100 * r['w5']:.1f}% | {100 * r['w10']:.1f}% | {r['ratio']:.3f} | "
                      f"{r['spread']:.3f} |")
+    times = ", ".join(f"{k} chains {v:.0f} s" for k, v in t_chain.items())
     body = (f"Machine: {machine_line(spec.threads)}.\nCommand: `python benchmarks/chain_ops.py --subnets "
             f"{args.subnets} --sets {args.sets} --device {args.device} --seed {args.seed}` (warm profile "
-            f"{t_profile:.0f} s, chain timing {t_chain:.0f} s). {len(warm.ops)} ops of the `{spec.space}` space, "
+            f"{t_profile:.0f} s, {times}; about 0 s where cached in `--out` by an earlier run). {len(warm.ops)} ops of the `{spec.space}` space, "
             f"{len(warm.e2e)} whole subnets of its own, {N_CLASSES} classes; 5-fold cross-validation, 3 seeds, on "
             "those subnets only.\n\n" + "\n".join(lines))
     print(body)
