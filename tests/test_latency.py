@@ -104,12 +104,18 @@ def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
                        backend=backend)
     saved = LatencyTable.load(out)
     assert len(saved.ops) == 19  # the first call measured the reference op; every finished op was kept
+    assert saved.provenance["first_date"] == saved.provenance["date"]
+    began = "2026-01-02T03:04:05+00:00"  # as a table from before first_date was recorded: its date is its start
+    saved.provenance["date"] = began
+    del saved.provenance["first_date"]
+    saved.save(out)
     res = profile_device(spec, SMALL, resolutions=[32], e2e_samples=6, n_classes=10, out=out, quiet=True)
     n_ops = len(space_ops(SMALL, 10, [32]))
     assert res.n_ops == n_ops and res.n_ops_measured_now == n_ops - 19 and res.n_e2e == 6
     table = LatencyTable.load(out)
     prov = table.provenance
     assert prov["runtime"] == "onnxruntime" and prov["threads"] == 1 and prov["host"] and prov["date"]
+    assert prov["first_date"] == began != prov["date"]  # a resume keeps when the table began, dates its own run
     assert all(m.count == 3 and m.median_ms > 0 for m in table.ops.values())
     predictor = LatencyPredictor.load(out)
     assert predictor.residual is not None

@@ -64,7 +64,10 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     statistic = backend.statistic
     table = open_table(out, spec, provenance, statistic, n_classes, force)
     resolutions = list(resolutions or spec.resolutions or space.resolutions)
-    table.provenance = {**provenance, "statistic": statistic, "space": space.name, "widths": list(space.widths),
+    # ``date`` is this run's; ``first_date`` the run's that began the table (a resume keeps it)
+    first_date = table.provenance.get("first_date") or table.provenance.get("date") or provenance.get("date")
+    table.provenance = {**provenance, "first_date": first_date, "statistic": statistic, "space": space.name,
+                        "widths": list(space.widths),
                         "resolutions": sorted(set(resolutions) | set(table.provenance.get("resolutions", [])))}
     ops = space_ops(space, n_classes, resolutions)
     todo = [op for op in ops if op.key not in table.ops]
