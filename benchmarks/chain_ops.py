@@ -10,9 +10,9 @@ only on the table's own subnets (no held-out set of another benchmark is looked 
 2. time every op of the table again in chains of two kinds: ``full``, for each resolution ``--sets`` sets of 9
    full-depth networks in which every block position takes each (kernel, expand) choice once; and ``sampled``,
    subnets drawn as the search draws them (random depths), picked greedily from 3000 draws until every op key is in
-   at least ``--sets`` of them. Each chain is timed round-robin as tables time batches (20 rounds over >= 2 s), each op once per
-   pass, with the anchor subnet timed at the start and end of every round; an op's value is the median over the
-   networks it was timed in of its per-round ratio to the anchor;
+   at least ``--sets`` of them. Each chain is timed round-robin as tables time batches (20 rounds over >= 2 s),
+   each op once per pass, with the anchor subnet timed at the start and end of every round; an op's value is the
+   median over the networks it was timed in of its per-round ratio to the anchor;
 3. fit the table's predictor (LUT + XGBoost residual) with each op set, on the same whole subnets, and compare
    them by 5-fold cross-validation (3 seeds): how often a held-out subnet is predicted within +-5% and +-10%, and
    the spread of measured / op sum across the subnets (p90 / p10; the residual model carries a constant, not a
@@ -201,7 +201,8 @@ def main() -> None:
     times = ", ".join(f"{k} chains {v:.0f} s" for k, v in t_chain.items())
     body = (f"Machine: {machine_line(spec.threads)}.\nCommand: `python benchmarks/chain_ops.py --subnets "
             f"{args.subnets} --sets {args.sets} --device {args.device} --seed {args.seed}` (warm profile "
-            f"{t_profile:.0f} s, {times}; about 0 s where cached in `--out` by an earlier run). {len(warm.ops)} ops of the `{spec.space}` space, "
+            f"{t_profile:.0f} s, {times}; about 0 s where cached in `--out` by an earlier run). {len(warm.ops)} ops "
+            f"of the `{spec.space}` space, "
             f"{len(warm.e2e)} whole subnets of its own, {N_CLASSES} classes; 5-fold cross-validation, 3 seeds, on "
             "those subnets only.\n\n" + "\n".join(lines))
     print(body)
