@@ -278,7 +278,7 @@ def main() -> None:
             "judged at the machine speed of its own table (anchor-normalised).\n\n" + "\n\n".join(sections))
     print(body)
     if not (args.quick or args.no_record):
-        record("few_shot" + (" --pool-from-held" if args.pool_from_held else ""), body)
+        record("few_shot" + flags, body)  # a section per command: runs of other pairs (other hosts) are kept
 
 
 if __name__ == "__main__":
