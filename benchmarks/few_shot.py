@@ -22,7 +22,7 @@ values can differ by ~10% between sessions on a shared VM (the "median predicted
 few-shot predictor carries its pool's offset, the full table its profile's.
 
     python benchmarks/few_shot.py --quick                       # shipped cpu table (other host) -> cpu here
-    python benchmarks/few_shot.py [--pairs host runtime int8 threads host-cpu] [--pool-from-held] [--max-minutes 14]
+    python benchmarks/few_shot.py [--pairs host runtime int8 threads host-cpu host-int8] [--pool-from-held] [--max-minutes 14]
 
 Cost of the full run on an idle 2-core machine, estimated from benchmarks/RESULTS.md (LiteRT ~7 s per whole subnet
 in interleaved batches, onnxruntime at 2 threads ~3.5 s, a full LiteRT profile ~20 min): 450 subnets on each of
@@ -67,6 +67,8 @@ PAIRS = {
     "int8": ("cpu-litert fp32 (profiled here) -> cpu-litert-int8 here", "full:cpu-litert", "cpu-litert-int8"),
     "threads": ("cpu 1 thread (profiled here) -> cpu 2 threads here", "full:cpu", "cpu-2t"),
     "host-cpu": ("shipped cpu table (other host) -> cpu here", "cpu.json", "cpu"),
+    "host-int8": ("shipped cpu-litert-int8 table (other host) -> cpu-litert-int8 here", "cpu-litert-int8.json",
+                  "cpu-litert-int8"),
 }
 # Every subnet and every table of this benchmark has a 10-class head, as the shipped tables do: a table profiled
 # with another head would be judged on subnets it does not predict (the 1280 x 1000 logits alone are ~0.3 ms).

@@ -14,7 +14,7 @@ from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
 from natdeploy.latency.predictor import calibrate_speed_elasticity, op_features
 from natdeploy.latency.profiler import profile_device
-from natdeploy.space import SearchSpace
+from natdeploy.space import Arch, SearchSpace
 
 SMALL = SearchSpace.preset("small")
 
@@ -494,3 +494,57 @@ def test_anchor_sessions_are_kept_until_fresh_ones_are_asked_for():
     fresh = backend.anchor_runners(fresh=True)
     assert not set(map(id, fresh)) & set(map(id, kept))  # every session new
     assert backend.anchor_runners() is fresh  # and kept from then on
+
+
+def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_models(tmp_path):
+    from natdeploy.latency.predictor import MIN_E2E_FOR_FEATURE_CHOICE, OP_GROUPS, op_group
+
+    space = SearchSpace(resolutions=(32, 40), widths=(1.0,))
+
+    def table_where_k7_runs_slow_in_networks(n_e2e: int) -> LatencyTable:
+        """Each op's latency grows with its MAdds; a whole subnet takes its ops' sum, but its 7x7 ops at 2x (under
+        XNNPACK how much a network exceeds its op sum depends on its kernel mix), with 1% noise."""
+        table = LatencyTable(device="synthetic", n_classes=10, provenance={"threads": 1})
+        for op in space_ops(space, 10):
+            ms = 0.002 + 2e-7 * op.madds
+            table.add_op(op, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
+        rng = np.random.default_rng(11)
+        for arch in space.sample(rng, n_e2e):
+            ms = sum(table.ops[op.key].p10_ms * (2.0 if op_group(op) == "k7" else 1.0) for op in arch_ops(arch, 10))
+            ms *= np.exp(rng.normal(0, 0.01))
+            table.add_e2e(arch, Measurement(ms, ms, 0.0, 10, 1, p10_ms=ms, min_ms=ms))
+        return table
+
+    table = table_where_k7_runs_slow_in_networks(120)
+    auto = LatencyPredictor.fit(table)
+    assert auto.residual_features == "groups"
+    # the group shares the compiled path computes are those of the ops, group by group
+    archs = space.sample(np.random.default_rng(12), 40)
+    _, feats = auto._evaluate_archs(archs, 10)
+    for arch, row in zip(archs, feats):
+        ops = arch_ops(arch, 10)
+        ms = auto.op_latency(ops, arch.r)
+        want = [ms[[op_group(o) == g for o in ops]].sum() / ms.sum() for g in OP_GROUPS]
+        np.testing.assert_allclose(row[-len(OP_GROUPS):], want, rtol=1e-9)
+    # better than the base set on subnets it never saw
+    truth = table_where_k7_runs_slow_in_networks(160)
+    held = [a for a in map(Arch.from_string, truth.e2e) if a.to_string() not in table.e2e][:40]
+    true_ms = np.array([truth.e2e[a.to_string()].p10_ms for a in held])
+    base = LatencyPredictor.fit(table, residual_features="base")
+    assert np.abs(auto.predict(held) / true_ms - 1).mean() < np.abs(base.predict(held) / true_ms - 1).mean()
+    # the choice is saved with the models and loaded back; a file without it is the base set (older files)
+    table.save(tmp_path / "t.json")
+    auto.save(tmp_path / "t.xgb.json")
+    again = LatencyPredictor.load(tmp_path / "t.json")
+    assert again.residual_features == "groups"
+    np.testing.assert_allclose(again.predict(held), auto.predict(held), rtol=1e-6)
+    obj = json.loads((tmp_path / "t.xgb.json").read_text())
+    obj["residual_features"] = "everything"
+    (tmp_path / "t.xgb.json").write_text(json.dumps(obj))
+    with pytest.raises(TableError, match="corrupt.*residual_features"):
+        LatencyPredictor.load(tmp_path / "t.json")
+    # too few subnets to tell the sets apart: the base set, no cross-validation
+    few = table_where_k7_runs_slow_in_networks(MIN_E2E_FOR_FEATURE_CHOICE - 1)
+    assert LatencyPredictor.fit(few).residual_features == "base"
+    with pytest.raises(TableError, match="unknown residual feature set"):
+        LatencyPredictor.fit(few, residual_features="everything")

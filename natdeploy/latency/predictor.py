@@ -26,6 +26,13 @@ from natdeploy.space import (KERNELS, MAX_DEPTH, N_BLOCKS, N_CHOICES, N_STAGES, 
 log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "natdeploy.latency_predictor"
 MIN_E2E_FOR_RESIDUAL = 5
+# The residual model's feature sets. "base": the subnet's op sum, MAdds, params, resolution, width, depth and kernel /
+# expand statistics. "groups" adds each op group's share of the op sum (OP_GROUPS): under XNNPACK how much whole
+# subnets exceed their op sum depends on their mix of kernels. Which set predicts a table's own subnets better
+# differs between tables (more features need more subnets), so with "auto" a fit cross-validates both on the
+# table's subnets and keeps the better (benchmarks/RESULTS.md, residual_features).
+RESIDUAL_FEATURES = ("base", "groups")
+MIN_E2E_FOR_FEATURE_CHOICE = 50  # fewer subnets than this keep "base": too few to tell the sets apart
 
 
 def models_path(table_path: str | os.PathLike) -> Path:
@@ -102,6 +109,12 @@ class _Linear:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "_Linear":
         return cls(*(np.asarray(obj[k], dtype=float) for k in ("mean", "scale", "coef")), float(obj["intercept"]))
+
+
+def _fit_residual(feats: np.ndarray, y: np.ndarray, seed: int) -> tuple[_Linear, Any, tuple[float, float]]:
+    """The residual model of log(measured / op sum) ``y``: ridge, trees on what it leaves, and the clip range."""
+    linear = _Linear.fit(feats, y)
+    return linear, _fit(feats, y - linear.predict(feats), seed, smooth=True), (float(y.min()), float(y.max()))
 
 
 class _TreeArrays:
@@ -185,11 +198,14 @@ class _Compiled:
 
     def __init__(self, predictor: "LatencyPredictor", space: SearchSpace, n_classes: int) -> None:
         self.space = space
+        self.group_shares = predictor.residual_features == "groups"
         n_r, n_w = len(space.resolutions), len(space.widths)
         self.blat = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.bmac = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.bpar = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.flat, self.fmac, self.fpar = (np.zeros((n_r, n_w)) for _ in range(3))
+        self.bgroup = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES), dtype=int)  # each block op's index in OP_GROUPS
+        self.fgroups = np.zeros((n_r, n_w, len(OP_GROUPS)))  # the fixed ops' unscaled sum per group
         cells: list[tuple[tuple, OpSig, int, int]] = []
         lat_parts = []
         for ri, r in enumerate(space.resolutions):
@@ -214,10 +230,13 @@ class _Compiled:
         self.bsum, self.fsum = (np.zeros_like(self.blat), np.zeros_like(self.flat)) if factors else (self.blat,
                                                                                                       self.flat)
         for (idx, op, mac, par), ms in zip(cells, lat):
+            group = OP_GROUPS.index(op_group(op))
             if len(idx) == 4:
                 self.blat[idx], self.bmac[idx], self.bpar[idx] = ms, mac, par
+                self.bgroup[idx] = group
             else:
                 self.flat[idx] += ms
+                self.fgroups[idx + (group,)] += ms
                 self.fmac[idx] += mac
                 self.fpar[idx] += par
             if factors:
@@ -239,11 +258,16 @@ class _Compiled:
         n_active = active.sum(1)
         total = lut if self.bsum is self.blat else (
             self.fsum[ri, wi] + (self.bsum[rows, cols, blocks, c] * active).sum(1))
-        feats = np.column_stack([
-            np.log(lut), np.log(mac), np.log(par), np.asarray(space.resolutions)[ri],
-            np.asarray(space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
-            (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)])
-        return total, feats
+        feats = [np.log(lut), np.log(mac), np.log(par), np.asarray(space.resolutions)[ri],
+                 np.asarray(space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
+                 (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)]
+        if self.group_shares:
+            block_ms = self.blat[rows, cols, blocks, c] * active
+            block_group = self.bgroup[rows, cols, blocks, c]
+            groups = self.fgroups[ri, wi] + np.stack([(block_ms * (block_group == g)).sum(1)
+                                                      for g in range(len(OP_GROUPS))], axis=1)
+            feats += list((groups / lut[:, None]).T)
+        return total, np.column_stack(feats)
 
 
 class LatencyPredictor:
@@ -251,8 +275,13 @@ class LatencyPredictor:
 
     def __init__(self, table: LatencyTable, op_models: dict[str, Any] | None = None, residual: Any = None,
                  residual_range: tuple[float, float] | None = None, linear: _Linear | None = None,
-                 speed: SpeedModel | None = None, group_factors: dict[str, float] | None = None) -> None:
+                 speed: SpeedModel | None = None, group_factors: dict[str, float] | None = None,
+                 residual_features: str = "base") -> None:
+        if residual_features not in RESIDUAL_FEATURES:
+            raise TableError(f"unknown residual feature set {residual_features!r}; known: "
+                             f"{', '.join(RESIDUAL_FEATURES)}")
         self.table = table
+        self.residual_features = residual_features  # RESIDUAL_FEATURES: what the residual model reads
         # A transferred predictor's factors on its op groups' sums (OP_GROUPS; None: the sum as it is)
         self.group_factors = dict(group_factors) if group_factors else None
         # What brings the table's measurements to one machine speed: the table's own model unless a caller fits
@@ -271,9 +300,11 @@ class LatencyPredictor:
 
     # ----- fitting ------------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, table: LatencyTable, seed: int = 0, speed: SpeedModel | None = None) -> "LatencyPredictor":
+    def fit(cls, table: LatencyTable, seed: int = 0, speed: SpeedModel | None = None,
+            residual_features: str = "auto") -> "LatencyPredictor":
         """Fit per-kind op regressors on the table, then the residual model on its end-to-end measurements, all at
-        the machine speed of ``speed`` (default: the table's own speed model)."""
+        the machine speed of ``speed`` (default: the table's own speed model). ``residual_features``: a set of
+        :data:`RESIDUAL_FEATURES`, or "auto" (the one that cross-validates better on the table's subnets)."""
         if not table.ops:
             raise TableError(f"latency table for {table.device!r} has no op measurements; profile it first")
         speed = table.speed if speed is None else speed
@@ -286,17 +317,21 @@ class LatencyPredictor:
             x = np.array([op_features(op) for op, _ in rows])
             y = np.array([np.log(ms / _op_work(op)) for op, ms in rows])
             op_models[kind] = _fit(x, y, seed)
-        pred = cls(table, op_models, speed=speed)
-        if len(table.e2e) >= MIN_E2E_FOR_RESIDUAL:
-            archs = [Arch.from_string(a) for a in table.e2e]
-            lut, feats = pred._evaluate_archs(archs, table.n_classes)
-            y = np.log(np.array([speed.normalise(m) for m in table.e2e.values()]) / lut)
-            pred.linear = _Linear.fit(feats, y)
-            pred.residual = _fit(feats, y - pred.linear.predict(feats), seed, smooth=True)
-            pred.residual_range = (float(y.min()), float(y.max()))
-        else:
+        if len(table.e2e) < MIN_E2E_FOR_RESIDUAL:
+            pred = cls(table, op_models, speed=speed)
             log.warning("table %s has %d end-to-end measurements (< %d): no residual model; predictions are the "
                         "plain sum of ops", table.device, len(table.e2e), MIN_E2E_FOR_RESIDUAL)
+            return pred
+        archs = [Arch.from_string(a) for a in table.e2e]
+        measured = np.array([speed.normalise(m) for m in table.e2e.values()])
+        if residual_features == "auto":
+            residual_features, scores = choose_residual_features(table, op_models, speed, seed)
+            if scores:
+                log.info("residual features %r (cross-validated within +-5%% / +-10%%: %s)", residual_features,
+                         ", ".join(f"{k} {100 * a:.1f}% / {100 * b:.1f}%" for k, (a, b) in scores.items()))
+        pred = cls(table, op_models, speed=speed, residual_features=residual_features)
+        lut, feats = pred._evaluate_archs(archs, table.n_classes)
+        pred.linear, pred.residual, pred.residual_range = _fit_residual(feats, np.log(measured / lut), seed)
         return pred
 
     # ----- prediction ---------------------------------------------------------------------------------------
@@ -397,7 +432,7 @@ class LatencyPredictor:
                "op_models": {k: _booster_to_json(b) for k, b in self.op_models.items()},
                "residual": None if self.residual is None else _booster_to_json(self.residual),
                "residual_linear": None if self.linear is None else self.linear.to_json(),
-               "residual_range": self.residual_range,
+               "residual_range": self.residual_range, "residual_features": self.residual_features,
                **({"group_factors": self.group_factors} if self.group_factors else {})}
         atomic_write_text(path, json.dumps(obj) + "\n")
         return path
@@ -420,6 +455,9 @@ class LatencyPredictor:
             residual = None if obj.get("residual") is None else _booster_from_json(obj["residual"])
             rng_ = obj.get("residual_range")
             linear = None if obj.get("residual_linear") is None else _Linear.from_json(obj["residual_linear"])
+            features = obj.get("residual_features", "base")  # files written before the choice existed: "base"
+            if features not in RESIDUAL_FEATURES:
+                raise ValueError(f"residual_features is {features!r}")
         except Exception as exc:
             raise TableError(f"latency models {model_path} are corrupt ({type(exc).__name__}: {exc}); delete the "
                              f"file and natdeploy refits them from {table_path}") from None
@@ -433,7 +471,34 @@ class LatencyPredictor:
                 log.warning("could not save the refitted models to %s: %s", model_path, exc)
             return pred
         return cls(table, op_models, residual, None if rng_ is None else (float(rng_[0]), float(rng_[1])), linear,
-                   group_factors=obj.get("group_factors"))
+                   group_factors=obj.get("group_factors"), residual_features=features)
+
+
+def choose_residual_features(table: LatencyTable, op_models: dict[str, Any], speed: SpeedModel, seed: int = 0,
+                             folds: int = 5) -> tuple[str, dict[str, tuple[float, float]]]:
+    """The feature set of :data:`RESIDUAL_FEATURES` whose residual model predicts the table's own subnets best in
+    ``folds``-fold cross-validation (the share within +-5% plus the share within +-10%; ties keep "base"), and each
+    set's (within +-5%, within +-10%). Below :data:`MIN_E2E_FOR_FEATURE_CHOICE` subnets: "base", no scores."""
+    from sklearn.model_selection import KFold
+
+    if len(table.e2e) < MIN_E2E_FOR_FEATURE_CHOICE:
+        return "base", {}
+    archs = [Arch.from_string(a) for a in table.e2e]
+    measured = np.array([speed.normalise(m) for m in table.e2e.values()])
+    splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(archs))
+    scores = {}
+    for name in RESIDUAL_FEATURES:
+        lut, feats = LatencyPredictor(table, op_models, speed=speed,
+                                      residual_features=name)._evaluate_archs(archs, table.n_classes)
+        y = np.log(measured / lut)
+        pred = np.empty_like(y)
+        for train, held in splits:
+            linear, trees, (lo, hi) = _fit_residual(feats[train], y[train], seed)
+            pred[held] = np.clip(linear.predict(feats[held]) + trees.inplace_predict(feats[held]), lo, hi)
+        err = np.abs(np.exp(pred - y) - 1)
+        scores[name] = (float((err <= 0.05).mean()), float((err <= 0.10).mean()))
+    best = max(RESIDUAL_FEATURES, key=lambda k: (sum(scores[k]), k == "base"))
+    return best, scores
 
 
 def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 0,
@@ -447,7 +512,8 @@ def calibrate_speed_elasticity(table: LatencyTable, folds: int = 5, seed: int = 
     def predict_held_out(model: SpeedModel, train: np.ndarray, held: np.ndarray) -> np.ndarray:
         part = LatencyTable(table.device, table.provenance, table.ops, {keys[i]: table.e2e[keys[i]] for i in train},
                             table.n_classes, statistic=table.statistic, speed_elasticity=model.elasticity)
-        return LatencyPredictor.fit(part, seed, speed=model).predict([archs[i] for i in held])
+        return LatencyPredictor.fit(part, seed, speed=model, residual_features="base").predict(
+            [archs[i] for i in held])
 
     result = fit_speed(table.speed, list(table.e2e.values()), predict_held_out, folds, seed, grid)
     return result.model.elasticity, result.scores

@@ -243,7 +243,7 @@ def transferred_predictor(source: LatencyPredictor, model: TransferModel, table:
         lin = _Linear(np.zeros(n_feat), np.ones(n_feat), np.zeros(n_feat), 0.0)
     combined = _Linear(lin.mean, lin.scale, lin.coef + coef, lin.intercept + model.delta_intercept)
     return LatencyPredictor(table, dict(source.op_models), source.residual, model.residual_range, combined,
-                            group_factors=dict(zip(GROUPS, model.r)))
+                            group_factors=dict(zip(GROUPS, model.r)), residual_features=source.residual_features)
 
 
 @dataclass
