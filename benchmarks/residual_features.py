@@ -8,7 +8,7 @@ cross-validation, ``--seeds`` shuffles, training on ``--sizes`` subnets of each 
 whole part); ``auto`` makes its choice inside the outer training part only (nested), so its score is honest. It
 reports within +-5% / +-10% of the held-out fold's measurements, at the table's machine speed.
 
-With ``--held-out CACHE`` it also judges the first table on subnets measured apart from it: a
+With ``--held-out CACHE`` it judges instead the first table on subnets measured apart from it: a
 ``benchmarks/few_shot.py`` cache of whole-subnet measurements on the same device and host
 (``benchmarks/.cache/few_shot/<target>-<host>-c10-first.json``, beside the table that benchmark profiled,
 ``...-full.json``). ``--fit N`` of the cache's subnets, drawn at random, join the table's own to fit on (so that
@@ -86,6 +86,49 @@ def cache_measurements(path: Path) -> dict[str, Measurement]:
     return {k: Measurement.from_dict(v["m"]) for k, v in json.loads(path.read_text()).items()}
 
 
+def cross_validated(paths: list[Path], sizes: list[int | None], seeds: int) -> str:
+    t0 = time.perf_counter()
+    lines = ["| table | host | subnets | trained on | " + " | ".join(f"{c} +-5% / +-10%" for c in CHOICES)
+             + " | auto picked |", "|---" * (5 + len(CHOICES)) + "|"]
+    for path in paths:
+        table = LatencyTable.load(path)
+        for size in sizes:
+            if size is not None and size >= 0.8 * len(table.e2e):
+                continue
+            scores, picked = nested_cv(table, size, seeds)
+            lines.append(f"| `{path.name}` | {table.provenance.get('host')} | {len(table.e2e)} | "
+                         f"{'4/5' if size is None else size} | "
+                         + " | ".join(f"{a:.1f}% / {b:.1f}%" for a, b in scores.values()) + " | "
+                         + ", ".join(f"{k} {v}" for k, v in picked.items()) + " |")
+            print(lines[-1], flush=True)
+    return (f"{time.perf_counter() - t0:.0f} s. Nested cross-validation on each table's own whole subnets: outer 5 "
+            f"folds x {seeds} shuffles, each choice fitted on the outer training part (or a random subset of it of "
+            "the size shown), `auto` choosing inside it; scored on the outer held-out folds at the table's machine "
+            "speed.\n\n" + "\n".join(lines))
+
+
+def held_out_check(path: Path, cache_path: Path, n_fit: int) -> str:
+    table = LatencyTable.load(path)
+    cache = cache_measurements(cache_path)
+    if set(cache) & set(table.e2e):
+        raise SystemExit(f"{len(set(cache) & set(table.e2e))} subnets of {cache_path} are in the table's own")
+    keys = sorted(cache)
+    fit = set(np.random.default_rng(0).choice(keys, min(n_fit, len(keys) - 1), replace=False).tolist())
+    table = with_e2e(table, {**table.e2e, **{k: cache[k] for k in fit}})
+    held = {k: cache[k] for k in keys if k not in fit}
+    archs = [Arch.from_string(k) for k in held]
+    true = np.array([table.speed.normalise(m) for m in held.values()])
+    rows = ["| choice | picked | within +-5% | within +-10% | median predicted / measured |", "|---|---|---|---|---|"]
+    for choice in CHOICES:
+        pred = LatencyPredictor.fit(table, residual_features=choice)
+        p = pred.predict(archs)
+        a, b = within(p, true)
+        rows.append(f"| {choice} | {pred.residual_features} | {a:.1f}% | {b:.1f}% | {np.median(p / true):.3f} |")
+    return (f"Held out: {len(held)} subnets of `{cache_path.name}`, predicted by `{path.name}` ({len(table.ops)} "
+            f"ops, fitted on its {len(table.e2e) - len(fit)} subnets and {len(fit)} more of the cache, drawn at "
+            "random), at its machine speed.\n\n" + "\n".join(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", nargs="+", type=Path, default=SHIPPED)
@@ -99,50 +142,14 @@ def main() -> None:
         sizes = [None if s == "all" else int(s) for s in args.sizes]
     except ValueError:
         ap.error(f"--sizes takes numbers or 'all', got {' '.join(args.sizes)}")
-    t0 = time.perf_counter()
-    lines = ["| table | host | subnets | trained on | " + " | ".join(f"{c} +-5% / +-10%" for c in CHOICES)
-             + " | auto picked |", "|---" * (5 + len(CHOICES)) + "|"]
-    for path in args.tables:
-        table = LatencyTable.load(path)
-        for size in sizes:
-            if size is not None and size >= 0.8 * len(table.e2e):
-                continue
-            scores, picked = nested_cv(table, size, args.seeds)
-            lines.append(f"| `{path.name}` | {table.provenance.get('host')} | {len(table.e2e)} | "
-                         f"{'4/5' if size is None else size} | "
-                         + " | ".join(f"{a:.1f}% / {b:.1f}%" for a, b in scores.values()) + " | "
-                         + ", ".join(f"{k} {v}" for k, v in picked.items()) + " |")
-            print(lines[-1], flush=True)
-    body = (f"Machine: {machine_line(1)}.\nCommand: `python benchmarks/residual_features.py"
-            f"{''.join(' ' + a for a in sys.argv[1:])}` ({time.perf_counter() - t0:.0f} s; nothing "
-            "measured). Nested cross-validation on each table's own whole subnets: outer 5 folds x "
-            f"{args.seeds} shuffles, each choice fitted on the outer training part (or a random subset of it of the "
-            "size shown), `auto` choosing inside it; scored on the outer held-out folds at the table's machine "
-            "speed.\n\n" + "\n".join(lines))
-    if args.held_out:
-        table = LatencyTable.load(args.tables[0])
-        cache = cache_measurements(args.held_out)
-        if set(cache) & set(table.e2e):
-            raise SystemExit(f"{len(set(cache) & set(table.e2e))} subnets of {args.held_out} are in the table's own")
-        keys = sorted(cache)
-        fit = set(np.random.default_rng(0).choice(keys, min(args.fit, len(keys) - 1), replace=False).tolist())
-        table = with_e2e(table, {**table.e2e, **{k: cache[k] for k in fit}})
-        held = {k: cache[k] for k in keys if k not in fit}
-        archs = [Arch.from_string(k) for k in held]
-        true = np.array([table.speed.normalise(m) for m in held.values()])
-        rows = ["| choice | picked | within +-5% | within +-10% | median predicted / measured |", "|---|---|---|---|---|"]
-        for choice in CHOICES:
-            pred = LatencyPredictor.fit(table, residual_features=choice)
-            p = pred.predict(archs)
-            a, b = within(p, true)
-            rows.append(f"| {choice} | {pred.residual_features} | {a:.1f}% | {b:.1f}% | {np.median(p / true):.3f} |")
-        body += (f"\n\nHeld out: {len(held)} subnets of `{args.held_out.name}`, predicted by `{args.tables[0].name}` "
-                 f"({len(table.ops)} ops, fitted on its {len(table.e2e) - len(fit)} subnets and {len(fit)} more of "
-                 "the cache, drawn at random), at its machine speed."
-                 "\n\n" + "\n".join(rows))
+    command = "python benchmarks/residual_features.py" + "".join(" " + a for a in sys.argv[1:])
+    body = f"Machine: {machine_line(1)}.\nCommand: `{command}` (nothing measured). "
+    body += held_out_check(args.tables[0], args.held_out, args.fit) if args.held_out else cross_validated(
+        args.tables, sizes, args.seeds)
     print(body)
     if not args.no_record:
-        record("residual_features", body)
+        # a held-out check gets a section of its own per cache: the cross-validation of the shipped tables stays
+        record("residual_features" + (f" --held-out {args.held_out.stem}" if args.held_out else ""), body)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from natdeploy.cli.parsing import add_command, examples, seed_int
@@ -76,5 +77,7 @@ def run_refit(args: argparse.Namespace) -> int:
         elasticity = (load_device(table.device).speed_elasticity if table.device in known_devices()
                       else "auto")
     models = fit_table(table, path, args.seed, elasticity)
-    print(f"{path}: speed elasticity {table.speed_elasticity:+.2f}; models refitted in {models}")
+    features = json.loads(models.read_text())["residual_features"]
+    print(f"{path}: speed elasticity {table.speed_elasticity:+.2f}; models refitted in {models} (residual features "
+          f"{features!r})")
     return 0
