@@ -17,7 +17,7 @@ With ``--held-out CACHE`` it judges instead the first table on subnets measured 
 Nothing is measured: a few minutes.
 
     python benchmarks/residual_features.py [--tables latency_tables/cpu-litert.json ...] [--sizes 30 60 all]
-    python benchmarks/residual_features.py --tables FULL.json --held-out FIRST.json --fit 100 --sizes all
+    python benchmarks/residual_features.py --tables FULL.json --held-out FIRST.json --fit 100
 """
 
 from __future__ import annotations
@@ -37,17 +37,14 @@ from natdeploy.space import Arch
 
 try:
     from _common import machine_line, record
+    from few_shot import scores as within
 except ImportError:
     from benchmarks._common import machine_line, record
+    from benchmarks.few_shot import scores as within
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "latency_tables" / f"{name}.json" for name in ("cpu", "cpu-litert", "cpu-litert-int8")]
 CHOICES = (*RESIDUAL_FEATURES, "auto")
-
-
-def within(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    err = np.abs(pred / true - 1)
-    return 100 * float((err <= 0.05).mean()), 100 * float((err <= 0.10).mean())
 
 
 def with_e2e(table: LatencyTable, e2e: dict[str, Measurement]) -> LatencyTable:

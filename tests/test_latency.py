@@ -532,7 +532,7 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
     true_ms = np.array([truth.e2e[a.to_string()].p10_ms for a in held])
     base = LatencyPredictor.fit(table, residual_features="base")
     assert np.abs(auto.predict(held) / true_ms - 1).mean() < np.abs(base.predict(held) / true_ms - 1).mean()
-    # the choice is saved with the models and loaded back; a file without it is the base set (older files)
+    # the choice is saved with the models and loaded back; an unknown set is a corrupt file
     table.save(tmp_path / "t.json")
     auto.save(tmp_path / "t.xgb.json")
     again = LatencyPredictor.load(tmp_path / "t.json")
