@@ -168,7 +168,9 @@ Batched prediction: {per_s:,.0f} Archs/s (100,000 genomes); single Arch: {single
 """
     print(body)
     if not args.no_record:
-        record(f"latency_predictor --device {args.device}{f' --threads {args.threads}' if args.threads else ''}", body)
+        # a table of one's own gets a section of its own: the shipped table's stays
+        record(f"latency_predictor --device {args.device}{f' --threads {args.threads}' if args.threads else ''}"
+               f"{f' --table {Path(args.table).name}' if args.table else ''}", body)
 
 
 if __name__ == "__main__":
