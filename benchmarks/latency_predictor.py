@@ -15,6 +15,8 @@ the current table and predictor without measuring again (the output says so, wit
         (T from `natdeploy profile --device cpu --threads 2 --out T`)
     python benchmarks/latency_predictor.py --device cpu --measurements FILE --elasticity 0 --no-record
         (the saved held-out set re-scored without the table's speed elasticity)
+    python benchmarks/latency_predictor.py --device cpu --n-classes 1000 --n 60 --repeat 10
+        (a task with more classes than the table was profiled for: its classifier is extrapolated)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from natdeploy.devices import load_device
 from natdeploy.latency import store
 from natdeploy.latency.backends import E2E_BATCH, get_backend
 from natdeploy.latency.measure import Measurement
-from natdeploy.latency.predictor import LatencyPredictor
+from natdeploy.latency.predictor import RESIDUAL_FEATURES, LatencyPredictor
 from natdeploy.space import Arch, SearchSpace, madds
 
 try:
@@ -69,6 +71,10 @@ def main() -> None:
     ap.add_argument("--save", help="where to save the measurements (default /tmp/natdeploy-bench/"
                                    "latency_predictor-<device>.json)")
     ap.add_argument("--measurements", help="re-score a saved measurement file instead of measuring")
+    ap.add_argument("--n-classes", type=int, help="measure and predict the held-out subnets with a classifier of this "
+                    "many classes (default: the table's; another count leaves the classifier to extrapolation)")
+    ap.add_argument("--residual-features", choices=[*RESIDUAL_FEATURES, "auto"],
+                    help="score with the models refitted in memory with this residual feature set")
     ap.add_argument("--elasticity", type=float, help="score with this speed elasticity instead of the table's "
                     "(models refitted in memory; a same-run baseline with --measurements and --no-record)")
     ap.add_argument("--no-record", action="store_true")
@@ -78,7 +84,8 @@ def main() -> None:
     table = predictor.table
     if args.elasticity is not None:
         table.speed_elasticity = args.elasticity
-        predictor = LatencyPredictor.fit(table)
+    if args.elasticity is not None or args.residual_features:
+        predictor = LatencyPredictor.fit(table, residual_features=args.residual_features or "auto")
     spec = load_device(args.device).with_overrides(threads=args.threads)
     if table.provenance.get("threads") not in (None, spec.threads):
         raise SystemExit(f"{table_path} was profiled with {table.provenance['threads']} thread(s), not {spec.threads}")
@@ -87,10 +94,13 @@ def main() -> None:
     profiled = sorted(set(table.provenance.get("resolutions", [])) & set(space.resolutions))
     rng = np.random.default_rng(args.seed)
     archs = [a for a in space.sample(rng, args.n * 2) if a.to_string() not in table.e2e][:args.n]
-    n_classes = table.n_classes
+    n_classes = args.n_classes or table.n_classes
     t0 = time.perf_counter()
     if args.measurements:
         saved = json.loads(Path(args.measurements).read_text())
+        if saved.get("n_classes", table.n_classes) != n_classes:
+            raise SystemExit(f"{args.measurements} was measured with {saved.get('n_classes', table.n_classes)} "
+                             f"classes, not {n_classes}; give --n-classes {saved.get('n_classes', table.n_classes)}")
         archs = [Arch.from_string(a) for a in saved["archs"]]
         first = [Measurement.from_dict(d) for d in saved["first"]]
         second = [Measurement.from_dict(d) for d in saved["second"]]
@@ -101,7 +111,7 @@ def main() -> None:
         threads = f"-{args.threads}t" if args.threads else ""
         save = Path(args.save or f"/tmp/natdeploy-bench/latency_predictor-{args.device}{threads}.json")
         save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps({"device": args.device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        save.write_text(json.dumps({"device": args.device, "n_classes": n_classes, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                     "archs": [str(a) for a in archs], "first": [m.to_dict() for m in first],
                                     "second": [m.to_dict() for m in second]}))
         source = f"measured in this run in {time.perf_counter() - t0:.0f} s (saved to `{save}`)"
@@ -109,8 +119,8 @@ def main() -> None:
     train = [Arch.from_string(a) for a in table.e2e]
     coef = np.polyfit([madds(a, n_classes) for a in train], [table.speed.normalise(m) for m in table.e2e.values()], 1)
     preds = {"(a) linear on MAdds": np.polyval(coef, np.array([madds(a, n_classes) for a in archs])),
-             "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs),
-             "(c) LUT + XGBoost": predictor.predict(archs)}
+             "(b) LUT sum": LatencyPredictor(table, predictor.op_models, None).predict(archs, n_classes),
+             "(c) LUT + XGBoost": predictor.predict(archs, n_classes)}
     views = {"as measured": lambda m: m.value(table.statistic)}
     if table.speed.nominal_anchor_ms and all(m.anchor_ms for m in first + second):
         views["anchor-normalised"] = table.speed.normalise
@@ -149,14 +159,16 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     shown = Path(table_path).resolve()
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
-    flags = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "")
+    asked = (f" --n-classes {args.n_classes}" if args.n_classes else "") + (
+        f" --residual-features {args.residual_features}" if args.residual_features else "")
+    flags = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "") + asked
     body = f"""
 Machine: {machine_line(spec.threads)}.
 Command: `python benchmarks/latency_predictor.py --device {args.device}{flags} --n {args.n} --repeat {args.repeat} --space {args.space}`
-Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, statistic `{table.statistic}`
+Table `{shown}`: {len(table.ops)} ops, {len(table.e2e)} end-to-end training subnets, {table.n_classes} classes, statistic `{table.statistic}`, residual features `{predictor.residual_features}`
 ({table.provenance.get('runtime_version')}, {spec.threads} thread(s), {spec.rounds} round-robin rounds over >= {spec.min_span_s} s
 per batch of {E2E_BATCH if backend.interleaves else 1}); profiled resolutions {profiled}.
-{len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}),
+{len(archs)} held-out random subnets of the `{args.space}` space (w1.0, resolutions {list(space.resolutions)}, {n_classes} classes),
 measured end to end with the same backend and statistic, {source}. "Anchor-normalised" is each subnet's
 per-round ratio to the anchor subnet timed around it (median over the rounds), times the table's median anchor
 latency ({nominal:.4f} ms), with the table's speed elasticity ({table.speed_elasticity:+.2f}; see
@@ -170,7 +182,7 @@ Batched prediction: {per_s:,.0f} Archs/s (100,000 genomes); single Arch: {single
     if not args.no_record:
         # a table of one's own gets a section of its own: the shipped table's stays
         record(f"latency_predictor --device {args.device}{f' --threads {args.threads}' if args.threads else ''}"
-               f"{f' --table {Path(args.table).name}' if args.table else ''}", body)
+               f"{f' --table {Path(args.table).name}' if args.table else ''}{asked}", body)
 
 
 if __name__ == "__main__":

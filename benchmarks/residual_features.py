@@ -1,7 +1,7 @@
 """Which residual features predict whole subnets better, and does ``auto`` choose well? (issue 17 item 4)
 
-The predictor's residual model (log of measured over the op sum) reads either the ``base`` features or ``groups``
-(base plus each op group's share of the op sum); ``LatencyPredictor.fit`` with ``auto`` cross-validates both on the
+The predictor's residual model (log of measured over the op sum) reads either the ``base`` features or ``body-groups``
+(base of the network without its classifier, plus each op group's share of that op sum); ``LatencyPredictor.fit`` with ``auto`` cross-validates both on the
 table's own subnets and keeps the better (``natdeploy.latency.predictor.choose_residual_features``). This benchmark
 judges that on the tables' own whole subnets, as issue 17 asks (choose without the held-out set): outer 5-fold
 cross-validation, ``--seeds`` shuffles, training on ``--sizes`` subnets of each outer training part (``all``: the

@@ -310,6 +310,15 @@ def test_extrapolation_is_said_with_its_share(workdir, capsys):
     assert _call(["predict", "--device", "cpu", "--arch", "w1.0-r512-3333-3333-3333-3333-3333"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"WARNING: \d+% of the predicted op latency .* extrapolated", err), err
+    assert "these resolutions or widths" in err and "--n-classes" not in err, err
+
+
+def test_a_classifier_the_table_never_measured_is_said_with_the_flag_that_measures_it(workdir, capsys):
+    # the shipped cpu table measured a 10-class classifier; one of 1000 classes is left to the regressors
+    assert _call(["predict", "--device", "cpu", "--arch", ARCH, "--n-classes", "1000"]) == 0
+    err = capsys.readouterr().err
+    assert "profile with --n-classes 1000 (the table measured a classifier of 10 classes)" in err, err
+    assert "resolutions or widths for" not in err, err
 
 
 def test_a_new_budget_on_resume_is_reselected_and_said(finished_run, workdir, tables_copy, capsys, tmp_path):

@@ -517,15 +517,21 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
 
     table = table_where_k7_runs_slow_in_networks(120)
     auto = LatencyPredictor.fit(table)
-    assert auto.residual_features == "groups"
-    # the group shares the compiled path computes are those of the ops, group by group
+    assert auto.residual_features == "body-groups"
+    # the features the compiled path computes are those of the network's body, the classifier left out: its op
+    # sum first, and each group's share of it last
     archs = space.sample(np.random.default_rng(12), 40)
     _, feats = auto._evaluate_archs(archs, 10)
     for arch, row in zip(archs, feats):
-        ops = arch_ops(arch, 10)
+        ops = [op for op in arch_ops(arch, 10) if op.kind != "Logits"]
         ms = auto.op_latency(ops, arch.r)
         want = [ms[[op_group(o) == g for o in ops]].sum() / ms.sum() for g in OP_GROUPS]
         np.testing.assert_allclose(row[-len(OP_GROUPS):], want, rtol=1e-9)
+        np.testing.assert_allclose(row[0], np.log(ms.sum()), rtol=1e-9)
+    # so a task with other classes than the table's moves no feature (only the sum the factor scales)
+    lut_1000, feats_1000 = auto._evaluate_archs(archs, 1000)
+    np.testing.assert_array_equal(feats_1000, feats)
+    assert (lut_1000 > auto._evaluate_archs(archs, 10)[0]).all()
     # better than the base set on subnets it never saw
     truth = table_where_k7_runs_slow_in_networks(160)
     held = [a for a in map(Arch.from_string, truth.e2e) if a.to_string() not in table.e2e][:40]
@@ -536,9 +542,15 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
     table.save(tmp_path / "t.json")
     auto.save(tmp_path / "t.xgb.json")
     again = LatencyPredictor.load(tmp_path / "t.json")
-    assert again.residual_features == "groups"
+    assert again.residual_features == "body-groups"
     np.testing.assert_allclose(again.predict(held), auto.predict(held), rtol=1e-6)
     obj = json.loads((tmp_path / "t.xgb.json").read_text())
+    # models saved with a set this natdeploy computes no more are refitted and saved again, not misread
+    (tmp_path / "t.xgb.json").write_text(json.dumps({**obj, "residual_features": "groups"}))
+    refitted = LatencyPredictor.load(tmp_path / "t.json")
+    assert refitted.residual_features == "body-groups"
+    assert json.loads((tmp_path / "t.xgb.json").read_text())["residual_features"] == "body-groups"
+    np.testing.assert_allclose(refitted.predict(held), auto.predict(held), rtol=1e-6)
     obj["residual_features"] = "everything"
     (tmp_path / "t.xgb.json").write_text(json.dumps(obj))
     with pytest.raises(TableError, match="corrupt.*residual_features"):

@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 PREDICTOR_FORMAT = "natdeploy.latency_predictor"
 MIN_E2E_FOR_RESIDUAL = 5
 # The residual model's feature sets. "base": the subnet's op sum, MAdds, params, resolution, width, depth and kernel /
-# expand statistics. "groups" adds each op group's share of the op sum (OP_GROUPS): under XNNPACK how much whole
-# subnets exceed their op sum depends on their mix of kernels. Which set predicts a table's own subnets better
-# differs between tables (more features need more subnets), so with "auto" a fit cross-validates both on the
-# table's subnets and keeps the better (benchmarks/RESULTS.md, residual_features).
-RESIDUAL_FEATURES = ("base", "groups")
+# expand statistics. "body-groups": the same of the network's body (all but the classifier, so that a task's class
+# count moves none of them), and each op group's share of the body's op sum (OP_GROUPS): under XNNPACK how much
+# whole subnets exceed their op sum depends on their mix of kernels. Which set predicts a table's own subnets
+# better differs between tables (more features need more subnets), so with "auto" a fit cross-validates both on
+# the table's subnets and keeps the better (benchmarks/RESULTS.md, residual_features).
+RESIDUAL_FEATURES = ("base", "body-groups")
+# sets that older natdeploy saved and this one computes no more: their models are refitted, like stale ones
+# ("groups": shares of the whole op sum, which a classifier of other classes than the table's threw far off)
+RETIRED_RESIDUAL_FEATURES = ("groups",)
 MIN_E2E_FOR_FEATURE_CHOICE = 50  # fewer subnets than this keep "base": too few to tell the sets apart
 
 
@@ -198,7 +202,7 @@ class _Compiled:
 
     def __init__(self, predictor: "LatencyPredictor", space: SearchSpace, n_classes: int) -> None:
         self.space = space
-        self.group_shares = predictor.residual_features == "groups"
+        self.group_shares = predictor.residual_features == "body-groups"
         n_r, n_w = len(space.resolutions), len(space.widths)
         self.blat = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.bmac = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
@@ -206,6 +210,7 @@ class _Compiled:
         self.flat, self.fmac, self.fpar = (np.zeros((n_r, n_w)) for _ in range(3))
         self.bgroup = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES), dtype=int)  # each block op's index in OP_GROUPS
         self.fgroups = np.zeros((n_r, n_w, len(OP_GROUPS)))  # the fixed ops' unscaled sum per group
+        self.head = np.zeros((n_r, n_w, 2))  # the classifier's MAdds and params: the part the task's classes set
         cells: list[tuple[tuple, OpSig, int, int]] = []
         lat_parts = []
         for ri, r in enumerate(space.resolutions):
@@ -236,7 +241,10 @@ class _Compiled:
                 self.bgroup[idx] = group
             else:
                 self.flat[idx] += ms
-                self.fgroups[idx + (group,)] += ms
+                if op.kind == "Logits":
+                    self.head[idx] += (mac, par)
+                else:
+                    self.fgroups[idx + (group,)] += ms
                 self.fmac[idx] += mac
                 self.fpar[idx] += par
             if factors:
@@ -258,16 +266,19 @@ class _Compiled:
         n_active = active.sum(1)
         total = lut if self.bsum is self.blat else (
             self.fsum[ri, wi] + (self.bsum[rows, cols, blocks, c] * active).sum(1))
-        feats = [np.log(lut), np.log(mac), np.log(par), np.asarray(space.resolutions)[ri],
-                 np.asarray(space.widths)[wi], depth, n_active, (k * active).sum(1) / n_active,
-                 (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)]
-        if self.group_shares:
-            block_ms = self.blat[rows, cols, blocks, c] * active
-            block_group = self.bgroup[rows, cols, blocks, c]
-            groups = self.fgroups[ri, wi] + np.stack([(block_ms * (block_group == g)).sum(1)
-                                                      for g in range(len(OP_GROUPS))], axis=1)
-            feats += list((groups / lut[:, None]).T)
-        return total, np.column_stack(feats)
+        shape = [np.asarray(space.resolutions)[ri], np.asarray(space.widths)[wi], depth, n_active,
+                 (k * active).sum(1) / n_active, (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)]
+        if not self.group_shares:
+            return total, np.column_stack([np.log(lut), np.log(mac), np.log(par), *shape])
+        # "body-groups" (RESIDUAL_FEATURES): the features of the network's body; its factor then scales the whole
+        # sum, the classifier's op included
+        block_ms = self.blat[rows, cols, blocks, c] * active
+        block_group = self.bgroup[rows, cols, blocks, c]
+        groups = self.fgroups[ri, wi] + np.stack([(block_ms * (block_group == g)).sum(1)
+                                                  for g in range(len(OP_GROUPS))], axis=1)
+        body_ms, head = groups.sum(1), self.head[ri, wi]
+        body = [np.log(body_ms), np.log(mac - head[:, 0]), np.log(par - head[:, 1])]
+        return total, np.column_stack([*body, *shape, *(groups / body_ms[:, None]).T])
 
 
 class LatencyPredictor:
@@ -419,10 +430,24 @@ class LatencyPredictor:
         prov = self.table.provenance
         n_missing, n_ops = sum(p.n_missing for p in parts), sum(p.n_ops for p in parts)
         what = f"{len(parts)} subnets" if len(parts) > 1 else str(archs[0])
+        n_classes = self.table.n_classes if n_classes is None else n_classes
+        # a classifier of other classes than the table's is an op it never measured, at any resolution
+        advice = ["these resolutions or widths"] if self._outside_space(archs) else []
+        if n_classes != self.table.n_classes:
+            advice.append(f"with --n-classes {n_classes} (the table measured a classifier of {self.table.n_classes} "
+                          "classes)")
         return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
                 f"of {n_ops} ops outside table {self.table.device!r}, which measured resolutions "
-                f"{prov.get('resolutions')} and widths {prov.get('widths')}); profile these resolutions or widths "
+                f"{prov.get('resolutions')} and widths {prov.get('widths')}); profile {' '.join(advice) or 'them'} "
                 "for a measured prediction") + (f"; {beyond}" if beyond else "")
+
+    def _outside_space(self, archs: Sequence[Arch]) -> bool:
+        """Whether any of ``archs`` has a resolution or width the table did not profile (or says nothing of)."""
+        prov = self.table.provenance
+        resolutions, widths = prov.get("resolutions"), prov.get("widths")
+        if resolutions is None or widths is None:
+            return True
+        return any(a.r not in resolutions or a.w not in widths for a in archs)
 
     # ----- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -456,11 +481,12 @@ class LatencyPredictor:
             rng_ = obj.get("residual_range")
             linear = None if obj.get("residual_linear") is None else _Linear.from_json(obj["residual_linear"])
             features = obj.get("residual_features", "base")  # files written before the choice existed: "base"
-            if features not in RESIDUAL_FEATURES:
+            if features not in RESIDUAL_FEATURES + RETIRED_RESIDUAL_FEATURES:
                 raise ValueError(f"residual_features is {features!r}")
         except Exception as exc:
             raise TableError(f"latency models {model_path} are corrupt ({type(exc).__name__}: {exc}); delete the "
                              f"file and natdeploy refits them from {table_path}") from None
+        stale = stale or features in RETIRED_RESIDUAL_FEATURES
         if stale:  # fitted to another version of the table (re-profiled), or by an older natdeploy: refit
             log.warning("latency models %s do not match %s (re-profiled table or older models); refitting",
                         model_path, table_path)
