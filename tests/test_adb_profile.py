@@ -27,6 +27,7 @@ from fake_phone import write_fake_benchmark_model  # noqa: E402
 
 from natdeploy.cli import main  # noqa: E402
 from natdeploy.latency import LatencyTable, space_ops  # noqa: E402
+from natdeploy.latency.ops import profile_ops  # noqa: E402
 from natdeploy.latency.backends.adb_backend import measurement_from_result  # noqa: E402
 from natdeploy.latency.benchmark_model import BenchmarkParseError, parse_benchmark_output  # noqa: E402
 from natdeploy.space import SearchSpace  # noqa: E402
@@ -115,7 +116,7 @@ def test_profile_phone_end_to_end_with_faults_and_resume(phone: AdbDaemon, adb_h
     spec.write_text(TEST_PHONE_YAML)
     binary = write_fake_benchmark_model(tmp_path / "benchmark_model")
     out = tmp_path / "tables" / "testphone.json"
-    all_ops = len(space_ops(SMALL, 10, [32]))
+    all_ops = len(profile_ops(SMALL, 10, [32]))
 
     # 1. The phone reboots mid-profile and does not come back in time: a clear error, the table keeps its ops.
     watcher = when(lambda: n_ops(out) >= 12, lambda: phone.reboot(down_s=3.0))
@@ -140,7 +141,7 @@ def test_profile_phone_end_to_end_with_faults_and_resume(phone: AdbDaemon, adb_h
     runs_before = len(graph_runs(phone))
     assert profile(phone, spec, binary, out) == 2
     err = capsys.readouterr().err
-    reference = space_ops(SMALL, 10, [32])[all_ops // 2].key  # the profiler measures its reference op first
+    reference = space_ops(SMALL, 10, [32])[len(space_ops(SMALL, 10, [32])) // 2].key  # the profiler measures its reference op first
     assert f"measuring {reference} failed 3 times" in err and "SIGSEGV" in err
     assert len(graph_runs(phone)) - runs_before == 3
     assert LatencyTable.load(out).ops == before.ops

@@ -27,7 +27,8 @@ from fake_phone import write_fake_benchmark_model  # noqa: E402
 from test_adb_profile import TEST_PHONE_YAML, adb_home, n_ops, when  # noqa: E402,F401  (adb_home: a fixture)
 
 from natdeploy.cli import main  # noqa: E402
-from natdeploy.latency import LatencyTable, space_ops  # noqa: E402
+from natdeploy.latency import LatencyTable  # noqa: E402
+from natdeploy.latency.ops import profile_ops  # noqa: E402
 from natdeploy.latency.farm import TOLERANCE_FLOOR, phone_speeds, speed_tolerance  # noqa: E402
 from natdeploy.space import SearchSpace  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_farm_end_to_end_kill_dropouts_and_resume(farm: dict[str, AdbDaemon], ad
     out = tmp_path / "tables" / "testphone.json"
     a, b, c, d = (farm[k] for k in "abcd")
     args = farm_args([a, b, c, d], spec, binary, out)
-    all_ops = len(space_ops(SearchSpace.preset("small"), 10, [64]))
+    all_ops = len(profile_ops(SearchSpace.preset("small"), 10, [64]))
 
     # 1. In a subprocess, killed (SIGKILL) mid-run: d (another model) and b (30% slow) are refused by name.
     log = tmp_path / "run1.log"

@@ -67,7 +67,8 @@ def int8_profile(tmp_path_factory):
 
     backend.build_op, backend.built_arch = keep_op, keep_arch
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(profiler, "space_ops", lambda space, n_classes, resolutions: list(ops))
+        for name in ("space_ops", "profile_ops"):  # these two ops alone, and no classifier ladder
+            mp.setattr(profiler, name, lambda space, n_classes, resolutions: list(ops))
         res = profiler.profile_device(spec, SMALL, resolutions=[32], e2e_samples=2, n_classes=N_CLASSES,
                                       out=tables / "cpu-litert-int8.json", quiet=True, backend=backend)
     return {"tables": tables, "result": res, "built": built, "ops": ops, "spec": spec}

@@ -12,6 +12,7 @@ from natdeploy.latency import LatencyPredictor, LatencyTable, Measurement, OpSig
 from natdeploy.latency.backends import ANCHOR_SESSIONS, get_backend
 from natdeploy.latency.measure import time_interleaved
 from natdeploy.latency.ofa_import import import_ofa_tables
+from natdeploy.latency.ops import CLASSIFIER_LADDER, profile_ops
 from natdeploy.latency.predictor import calibrate_speed_elasticity, op_features
 from natdeploy.latency.profiler import profile_device
 from natdeploy.space import Arch, SearchSpace
@@ -110,9 +111,12 @@ def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
     del saved.provenance["first_date"]
     saved.save(out)
     res = profile_device(spec, SMALL, resolutions=[32], e2e_samples=6, n_classes=10, out=out, quiet=True)
-    n_ops = len(space_ops(SMALL, 10, [32]))
+    # the space's ops, and the classifier at the ladder's other class counts
+    n_ops = len(profile_ops(SMALL, 10, [32]))
     assert res.n_ops == n_ops and res.n_ops_measured_now == n_ops - 19 and res.n_e2e == 6
     table = LatencyTable.load(out)
+    assert {k for k in table.ops if k.startswith("Logits")} == {
+        f"Logits-input:1x1x1280-output:{n}" for n in CLASSIFIER_LADDER}
     prov = table.provenance
     assert prov["runtime"] == "onnxruntime" and prov["threads"] == 1 and prov["host"] and prov["date"]
     assert prov["first_date"] == began != prov["date"]  # a resume keeps when the table began, dates its own run
@@ -121,6 +125,9 @@ def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
     assert predictor.residual is not None
     archs = SearchSpace(resolutions=(32, 40)).sample(np.random.default_rng(0), 5)
     assert (predictor.predict(archs) > 0).all()
+    # a task of a ladder's class count predicts its classifier from the measurement, not the regressor
+    at_32 = [a for a in SearchSpace(resolutions=(32,)).sample(np.random.default_rng(1), 3)]
+    assert all(p.n_missing == 0 for p in predictor.predict_parts(at_32, 1000))
     with pytest.raises(TableError, match="threads: table has 1, now 2"):
         profile_device(spec.with_overrides(threads=2), SMALL, resolutions=[32], e2e_samples=6, n_classes=10,
                        out=out, quiet=True)
@@ -202,7 +209,7 @@ def test_profile_with_interleaved_batches(tmp_path):
     res = profile_device(spec, SMALL, resolutions=[32], e2e_samples=5, n_classes=10, out=tmp_path / "t.json",
                          quiet=True)
     table = LatencyTable.load(res.table_path)
-    assert len(table.ops) == len(space_ops(SMALL, 10, [32])) and len(table.e2e) == 5
+    assert len(table.ops) == len(profile_ops(SMALL, 10, [32])) and len(table.e2e) == 5
     assert all(m.count == 6 and m.anchor_ms > 0 for m in table.ops.values()) and table.provenance["rounds"] == 3
     assert LatencyTable.load(res.table_path).speed.nominal_anchor_ms == pytest.approx(table.speed.nominal_anchor_ms)
     assert len(table.reference_anchor) == len(table.reference) >= 2  # drift is judged relative to the anchor

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from natdeploy.devices import DeviceSpec
 from natdeploy.errors import NatDeployError
 from natdeploy.latency.backends import Backend, BackendError, get_backend
-from natdeploy.latency.ops import OpSig, space_ops
+from natdeploy.latency.ops import OpSig, profile_ops, space_ops
 from natdeploy.latency.predictor import fit_table
 from natdeploy.latency.profiler import _measured_archs, _measured_ops, open_table
 from natdeploy.latency.store import new_table_path
@@ -155,13 +155,13 @@ def profile_farm(spec: DeviceSpec, serials: Sequence[str], space: SearchSpace,
         table.provenance["farm"] = farm
         for p in phones:
             farm["phones"].setdefault(p.serial, {}).update(p.provenance.get("adb", {}))
-        ops = space_ops(space, n_classes, resolutions)
+        ops = profile_ops(space, n_classes, resolutions)
         todo = [op for op in ops if op.key not in table.ops]
         archs = SearchSpace(resolutions=tuple(resolutions), widths=space.widths).sample(np.random.default_rng(seed),
                                                                                          e2e_samples)
         e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
         lock = threading.Lock()
-        tol = _check_speed(phones, reference_ops(ops), table, out, lock, tolerance, refused) if (
+        tol = _check_speed(phones, reference_ops(space_ops(space, n_classes, resolutions)), table, out, lock, tolerance, refused) if (
             todo or e2e_todo) else (tolerance or TOLERANCE_FLOOR)
         if not phones:
             raise FarmError("no phone of the farm is left after the speed check: " +

@@ -108,3 +108,29 @@ def space_ops(space: SearchSpace, n_classes: int = 1000, resolutions: Iterable[i
                     for op in arch_ops(arch, n_classes):
                         found.setdefault(op.key, op)
     return sorted(found.values(), key=lambda o: (o.in_hw, o.kind, o.key), reverse=True)
+
+
+# Class counts whose classifier every profile measures besides its own: a table's op regressor then interpolates a
+# task's classifier between measured counts. Measured at one count only, it scaled the classifier with its MAdds,
+# and the shipped 10-class cpu table predicted 1000-class subnets 60% slow (benchmarks/RESULTS.md, issue 17 item 4).
+CLASSIFIER_LADDER = (10, 100, 1000)
+
+
+def classifier_ladder_ops(space: SearchSpace, n_classes: int) -> list[OpSig]:
+    """The classifier op of each width of ``space`` at every :data:`CLASSIFIER_LADDER` count but ``n_classes``."""
+    found: dict[str, OpSig] = {}
+    for w in space.widths:
+        arch = Arch(ks=[KERNELS[0]] * N_BLOCKS, e=[EXPANDS[0]] * N_BLOCKS, d=[MAX_DEPTH] * N_STAGES,
+                    r=space.resolutions[0], w=w)
+        for count in CLASSIFIER_LADDER:
+            if count != n_classes:
+                for op in arch_ops(arch, count):
+                    if op.kind == "Logits":
+                        found.setdefault(op.key, op)
+    return list(found.values())
+
+
+def profile_ops(space: SearchSpace, n_classes: int, resolutions: Iterable[int] | None = None) -> list[OpSig]:
+    """What a profile measures: every op of the space (:func:`space_ops`, in its order), then the classifier at
+    the ladder's other class counts (:func:`classifier_ladder_ops`)."""
+    return space_ops(space, n_classes, resolutions) + classifier_ladder_ops(space, n_classes)

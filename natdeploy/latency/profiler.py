@@ -13,7 +13,7 @@ import numpy as np
 from natdeploy.devices import DeviceSpec
 from natdeploy.latency.backends import E2E_BATCH, Backend, BackendError, get_backend
 from natdeploy.latency.measure import Measurement
-from natdeploy.latency.ops import OpSig, space_ops
+from natdeploy.latency.ops import OpSig, profile_ops, space_ops
 from natdeploy.latency.predictor import fit_table
 from natdeploy.latency.speed import implied_anchor_ms
 from natdeploy.latency.store import new_table_path, predictor_for
@@ -69,9 +69,10 @@ def _profile(spec: DeviceSpec, backend: Backend, space: SearchSpace, resolutions
     table.provenance = {**provenance, "first_date": first_date, "statistic": statistic, "space": space.name,
                         "widths": list(space.widths),
                         "resolutions": sorted(set(resolutions) | set(table.provenance.get("resolutions", [])))}
-    ops = space_ops(space, n_classes, resolutions)
+    ops = profile_ops(space, n_classes, resolutions)
     todo = [op for op in ops if op.key not in table.ops]
-    reference = ops[len(ops) // 2]
+    in_space = space_ops(space, n_classes, resolutions)
+    reference = in_space[len(in_space) // 2]
     rng = np.random.default_rng(seed)
     sub_space = SearchSpace(resolutions=tuple(resolutions), widths=space.widths)
     archs = [a for a in sub_space.sample(rng, e2e_samples)]
