@@ -111,7 +111,8 @@ def main() -> None:
         threads = f"-{args.threads}t" if args.threads else ""
         save = Path(args.save or f"/tmp/natdeploy-bench/latency_predictor-{args.device}{threads}.json")
         save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps({"device": args.device, "n_classes": n_classes, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        save.write_text(json.dumps({"device": args.device, "n_classes": n_classes,
+                                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                     "archs": [str(a) for a in archs], "first": [m.to_dict() for m in first],
                                     "second": [m.to_dict() for m in second]}))
         source = f"measured in this run in {time.perf_counter() - t0:.0f} s (saved to `{save}`)"
@@ -161,7 +162,8 @@ def main() -> None:
     shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
     asked = (f" --n-classes {args.n_classes}" if args.n_classes else "") + (
         f" --residual-features {args.residual_features}" if args.residual_features else "")
-    flags = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "") + asked
+    flags = (f" --threads {args.threads}" if args.threads else "") + (f" --table {shown}" if args.table else "")
+    flags += asked
     body = f"""
 Machine: {machine_line(spec.threads)}.
 Command: `python benchmarks/latency_predictor.py --device {args.device}{flags} --n {args.n} --repeat {args.repeat} --space {args.space}`

@@ -161,7 +161,8 @@ def profile_farm(spec: DeviceSpec, serials: Sequence[str], space: SearchSpace,
                                                                                          e2e_samples)
         e2e_todo = [a for a in archs if a.to_string() not in table.e2e]
         lock = threading.Lock()
-        tol = _check_speed(phones, reference_ops(space_ops(space, n_classes, resolutions)), table, out, lock, tolerance, refused) if (
+        references = reference_ops(space_ops(space, n_classes, resolutions))  # the space's: no classifier ladder
+        tol = _check_speed(phones, references, table, out, lock, tolerance, refused) if (
             todo or e2e_todo) else (tolerance or TOLERANCE_FLOOR)
         if not phones:
             raise FarmError("no phone of the farm is left after the speed check: " +

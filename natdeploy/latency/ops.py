@@ -112,7 +112,8 @@ def space_ops(space: SearchSpace, n_classes: int = 1000, resolutions: Iterable[i
 
 # Class counts whose classifier every profile measures besides its own: a table's op regressor then interpolates a
 # task's classifier between measured counts. Measured at one count only, it scaled the classifier with its MAdds,
-# and the shipped 10-class cpu table predicted 1000-class subnets 60% slow (benchmarks/RESULTS.md, issue 17 item 4).
+# and the shipped 10-class cpu table predicted 1000-class subnets 60% above their measurement (benchmarks/RESULTS.md,
+# issue 17 item 4).
 CLASSIFIER_LADDER = (10, 100, 1000)
 
 

@@ -431,9 +431,9 @@ class LatencyPredictor:
         n_missing, n_ops = sum(p.n_missing for p in parts), sum(p.n_ops for p in parts)
         what = f"{len(parts)} subnets" if len(parts) > 1 else str(archs[0])
         n_classes = self.table.n_classes if n_classes is None else n_classes
-        # a classifier of other classes than the table's is an op it never measured, at any resolution
         advice = ["these resolutions or widths"] if self._outside_space(archs) else []
-        if n_classes != self.table.n_classes:
+        # a classifier of a class count the table never measured (at any resolution): the flag that measures it
+        if not any(k.startswith("Logits-") and k.endswith(f"-output:{n_classes}") for k in self.table.ops):
             advice.append(f"with --n-classes {n_classes} (the table measured a classifier of {self.table.n_classes} "
                           "classes)")
         return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
