@@ -141,7 +141,8 @@ def test_profile_phone_end_to_end_with_faults_and_resume(phone: AdbDaemon, adb_h
     runs_before = len(graph_runs(phone))
     assert profile(phone, spec, binary, out) == 2
     err = capsys.readouterr().err
-    reference = space_ops(SMALL, 10, [32])[len(space_ops(SMALL, 10, [32])) // 2].key  # the profiler measures its reference op first
+    in_space = space_ops(SMALL, 10, [32])
+    reference = in_space[len(in_space) // 2].key  # the profiler measures its reference op first
     assert f"measuring {reference} failed 3 times" in err and "SIGSEGV" in err
     assert len(graph_runs(phone)) - runs_before == 3
     assert LatencyTable.load(out).ops == before.ops

@@ -126,7 +126,7 @@ def test_profile_onnxruntime_resumes_and_refuses_mixing(tmp_path):
     archs = SearchSpace(resolutions=(32, 40)).sample(np.random.default_rng(0), 5)
     assert (predictor.predict(archs) > 0).all()
     # a task of a ladder's class count predicts its classifier from the measurement, not the regressor
-    at_32 = [a for a in SearchSpace(resolutions=(32,)).sample(np.random.default_rng(1), 3)]
+    at_32 = SearchSpace(resolutions=(32,)).sample(np.random.default_rng(1), 3)
     assert all(p.n_missing == 0 for p in predictor.predict_parts(at_32, 1000))
     with pytest.raises(TableError, match="threads: table has 1, now 2"):
         profile_device(spec.with_overrides(threads=2), SMALL, resolutions=[32], e2e_samples=6, n_classes=10,

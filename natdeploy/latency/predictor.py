@@ -433,7 +433,7 @@ class LatencyPredictor:
         n_classes = self.table.n_classes if n_classes is None else n_classes
         advice = ["these resolutions or widths"] if self._outside_space(archs) else []
         # a classifier of a class count the table never measured (at any resolution): the flag that measures it
-        if not any(k.startswith("Logits-") and k.endswith(f"-output:{n_classes}") for k in self.table.ops):
+        if any(op.key not in self.table.ops for a in archs for op in arch_ops(a, n_classes) if op.kind == "Logits"):
             advice.append(f"with --n-classes {n_classes} (the table measured a classifier of {self.table.n_classes} "
                           "classes)")
         return (f"{100 * share:.0f}% of the predicted op latency of {what} is extrapolated by XGBoost ({n_missing} "
