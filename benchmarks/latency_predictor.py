@@ -16,7 +16,8 @@ the current table and predictor without measuring again (the output says so, wit
     python benchmarks/latency_predictor.py --device cpu --measurements FILE --elasticity 0 --no-record
         (the saved held-out set re-scored without the table's speed elasticity)
     python benchmarks/latency_predictor.py --device cpu --n-classes 1000 --n 60 --repeat 10
-        (a task with more classes than the table was profiled for: its classifier is extrapolated)
+        (a task with more classes than the table was profiled for: its classifier is measured on the table's
+        classifier ladder, 10 / 100 / 1000 classes, or estimated by the op regressor off it or in older tables)
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def main() -> None:
                                    "latency_predictor-<device>.json)")
     ap.add_argument("--measurements", help="re-score a saved measurement file instead of measuring")
     ap.add_argument("--n-classes", type=int, help="measure and predict the held-out subnets with a classifier of this "
-                    "many classes (default: the table's; another count leaves the classifier to extrapolation)")
+                    "many classes (default: the table's; a count the table did not measure leaves the classifier to the op "
+                    "regressor)")
     ap.add_argument("--residual-features", choices=[*RESIDUAL_FEATURES, "auto"],
                     help="score with the models refitted in memory with this residual feature set")
     ap.add_argument("--elasticity", type=float, help="score with this speed elasticity instead of the table's "

@@ -89,8 +89,8 @@ def run_pair(source_path: Path, target_path: Path, ns: list[int], draws: int) ->
             speed = SpeedModel.of([ms[i] for i in fit], elasticity, target.statistic)
             y = np.log([speed.normalise(ms[i]) for i in fit])
             true = np.array([speed.normalise(ms[i]) for i in held])
-            p_fit = T.Parts(parts.groups[fit], parts.feats[fit])
-            p_held = T.Parts(parts.groups[held], parts.feats[held])
+            p_fit = parts.take(fit)
+            p_held = parts.take(held)
             score = {m: within10(T.predict(source, T.fit_method(source, p_fit, y, m), p_held), true)
                      for m in T.METHODS}
             errors = {m: [T.fold_errors(source, p_fit, y, m, seed) for seed in range(5)] for m in T.METHODS}

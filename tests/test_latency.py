@@ -528,7 +528,7 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
     # the features the compiled path computes are those of the network's body, the classifier left out: its op
     # sum first, and each group's share of it last
     archs = space.sample(np.random.default_rng(12), 40)
-    _, feats = auto._evaluate_archs(archs, 10)
+    _, feats, _ = auto._evaluate_archs(archs, 10)
     for arch, row in zip(archs, feats):
         ops = [op for op in arch_ops(arch, 10) if op.kind != "Logits"]
         ms = auto.op_latency(ops, arch.r)
@@ -536,9 +536,17 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
         np.testing.assert_allclose(row[-len(OP_GROUPS):], want, rtol=1e-9)
         np.testing.assert_allclose(row[0], np.log(ms.sum()), rtol=1e-9)
     # so a task with other classes than the table's moves no feature (only the sum the factor scales)
-    lut_1000, feats_1000 = auto._evaluate_archs(archs, 1000)
+    lut_1000, feats_1000, _ = auto._evaluate_archs(archs, 1000)
     np.testing.assert_array_equal(feats_1000, feats)
     assert (lut_1000 > auto._evaluate_archs(archs, 10)[0]).all()
+    # and its factor scales the body alone: another class count moves a prediction by exactly the change in the
+    # classifier's op, unscaled
+    def head_ms(n_classes: int) -> np.ndarray:
+        return np.array([auto.op_latency([op for op in arch_ops(a, n_classes) if op.kind == "Logits"], a.r).sum()
+                         for a in archs])
+
+    np.testing.assert_allclose(auto.predict(archs, 1000) - auto.predict(archs, 10), head_ms(1000) - head_ms(10),
+                               rtol=1e-6, atol=1e-9)
     # better than the base set on subnets it never saw
     truth = table_where_k7_runs_slow_in_networks(160)
     held = [a for a in map(Arch.from_string, truth.e2e) if a.to_string() not in table.e2e][:40]

@@ -12,6 +12,7 @@ import pytest
 
 from natdeploy.latency import transfer as T
 from natdeploy.latency.measure import Measurement
+from natdeploy.latency.ops import arch_ops
 from natdeploy.latency.predictor import LatencyPredictor
 from natdeploy.latency.store import predictor_for
 from natdeploy.space import SearchSpace
@@ -67,6 +68,27 @@ def test_the_table_round_trips_with_its_provenance_and_predicts_as_fitted(source
     np.testing.assert_allclose(loaded.predict(archs), T.predict(source, model, T.parts_of(source, archs)),
                                rtol=1e-5)
     np.testing.assert_allclose(loaded.predict(archs), target, rtol=1e-5)
+
+
+def test_a_body_groups_source_transfers_with_its_classifier_kept_apart(source, tmp_path):
+    body = LatencyPredictor.fit(source.table, residual_features="body-groups")
+    archs = T.few_shot_archs(SPACE, 20, 8)
+    true = T.TransferModel("group", (1.5, 1.0, 1.0, 2.0), (), float(np.log(0.8)), (-9.0, 9.0), 1)
+    parts = T.parts_of(body, archs)
+    assert (parts.kept > 0).all() and (T.parts_of(source, archs).kept == 0).all()
+    target = T.predict(body, true, parts)
+    model = T.fit_transfer(body, archs, target, method="group")
+    np.testing.assert_allclose(T.predict(body, model, parts), target, rtol=0.03)
+    table = T.transferred_table(body, model, "cpu", dict(zip([a.to_string() for a in archs], _measured(target))),
+                                {}, "src.json")
+    pred = T.transferred_predictor(body, model, table)
+    # the saved predictor computes what the transfer fitted, the classifier scaled by its group's factor only
+    np.testing.assert_allclose(pred.predict(archs), T.predict(body, model, parts), rtol=1e-5)
+    fixed = model.r[T.GROUPS.index("fixed")]
+    head = [np.array([body.op_latency([op for op in arch_ops(a, n) if op.kind == "Logits"], a.r).sum()
+                      for a in archs]) for n in (10, 1000)]
+    np.testing.assert_allclose(pred.predict(archs, 1000) - pred.predict(archs, 10), fixed * (head[1] - head[0]),
+                               rtol=1e-5, atol=1e-9)
 
 
 def test_beyond_the_fitted_subnets_a_warning_says_so(source, tmp_path):

@@ -29,7 +29,8 @@ MIN_E2E_FOR_RESIDUAL = 5
 # The residual model's feature sets. "base": the subnet's op sum, MAdds, params, resolution, width, depth and kernel /
 # expand statistics. "body-groups": the same of the network's body (all but the classifier, so that a task's class
 # count moves none of them), and each op group's share of the body's op sum (OP_GROUPS): under XNNPACK how much
-# whole subnets exceed their op sum depends on their mix of kernels. Which set predicts a table's own subnets
+# whole subnets exceed their op sum depends on their mix of kernels. Its factor scales the body's sum alone; the
+# classifier's op is added as the table has it. Which set predicts a table's own subnets
 # better differs between tables (more features need more subnets), so with "auto" a fit cross-validates both on
 # the table's subnets and keeps the better (benchmarks/RESULTS.md, residual_features).
 RESIDUAL_FEATURES = ("base", "body-groups")
@@ -169,7 +170,11 @@ class _TreeArrays:
 
 
 # Version 2: the residual has a linear part, and the file names the table it was fitted to.
-MODEL_VERSION = 2
+# Version 3: "body-groups" leaves the classifier's latency out of what its residual factor scales.
+MODEL_VERSION = 3
+# the saved versions each feature set's models are read from as they are ("base" is unchanged since 2); older
+# ones are refitted
+READABLE_VERSIONS = {"base": (2, 3), "body-groups": (3,)}
 SMALL_BATCH = 32  # up to this many rows, the residual model is walked with NumPy (_TreeArrays), not XGBoost
 
 
@@ -196,13 +201,25 @@ class Prediction:
     residual_factor: float
 
 
+def apply_factor(total: np.ndarray, kept: np.ndarray, log_factor: np.ndarray) -> np.ndarray:
+    """A prediction: the table sum ``total`` with its part but ``kept`` scaled by the residual factor."""
+    return kept + (total - kept) * np.exp(log_factor)
+
+
+def log_factor_of(measured: np.ndarray, total: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The residual model's target, :func:`apply_factor` inverted: log of the measured over the table sum, both
+    less the ``kept`` part (a measurement below the kept part counts as a tenth of the scaled part)."""
+    scaled = total - kept
+    return np.log(np.maximum(measured - kept, 0.1 * scaled) / scaled)
+
+
 class _Compiled:
     """Per-(resolution, width, block, choice) arrays of op latency, MAdds and params for one search space, so
     that a batch of genomes is predicted with array indexing instead of per-Arch Python loops."""
 
     def __init__(self, predictor: "LatencyPredictor", space: SearchSpace, n_classes: int) -> None:
         self.space = space
-        self.group_shares = predictor.residual_features == "body-groups"
+        self.body_only = predictor.keeps_head  # "body-groups": body features, and the classifier kept apart
         n_r, n_w = len(space.resolutions), len(space.widths)
         self.blat = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
         self.bmac = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES))
@@ -211,6 +228,7 @@ class _Compiled:
         self.bgroup = np.zeros((n_r, n_w, N_BLOCKS, N_CHOICES), dtype=int)  # each block op's index in OP_GROUPS
         self.fgroups = np.zeros((n_r, n_w, len(OP_GROUPS)))  # the fixed ops' unscaled sum per group
         self.head = np.zeros((n_r, n_w, 2))  # the classifier's MAdds and params: the part the task's classes set
+        self.hsum = np.zeros((n_r, n_w))  # the classifier's latency (with a transfer's factor)
         cells: list[tuple[tuple, OpSig, int, int]] = []
         lat_parts = []
         for ri, r in enumerate(space.resolutions):
@@ -243,6 +261,7 @@ class _Compiled:
                 self.flat[idx] += ms
                 if op.kind == "Logits":
                     self.head[idx] += (mac, par)
+                    self.hsum[idx] += ms * (factors.get(op_group(op), 1.0) if factors else 1.0)
                 else:
                     self.fgroups[idx + (group,)] += ms
                 self.fmac[idx] += mac
@@ -250,8 +269,9 @@ class _Compiled:
             if factors:
                 (self.bsum if len(idx) == 4 else self.fsum)[idx] += ms * factors.get(op_group(op), 1.0)
 
-    def evaluate(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(table sum in ms, with a transfer's group factors; residual-model features) for a batch of genomes."""
+    def evaluate(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(table sum in ms, with a transfer's group factors; residual-model features; the part of the sum the
+        residual factor leaves unscaled) for a batch of genomes."""
         space = self.space
         g = space.check_genomes(genomes)
         ri, wi = g[:, 0], g[:, 1]
@@ -268,17 +288,18 @@ class _Compiled:
             self.fsum[ri, wi] + (self.bsum[rows, cols, blocks, c] * active).sum(1))
         shape = [np.asarray(space.resolutions)[ri], np.asarray(space.widths)[wi], depth, n_active,
                  (k * active).sum(1) / n_active, (e * active).sum(1) / n_active, ((k == max(KERNELS)) & active).sum(1)]
-        if not self.group_shares:
-            return total, np.column_stack([np.log(lut), np.log(mac), np.log(par), *shape])
-        # "body-groups" (RESIDUAL_FEATURES): the features of the network's body; its factor then scales the whole
-        # sum, the classifier's op included
+        if not self.body_only:
+            return total, np.column_stack([np.log(lut), np.log(mac), np.log(par), *shape]), np.zeros(len(total))
+        # "body-groups" (RESIDUAL_FEATURES): the features of the network's body, whose factor scales all of the
+        # sum but the classifier's op (LatencyPredictor.keeps_head)
         block_ms = self.blat[rows, cols, blocks, c] * active
         block_group = self.bgroup[rows, cols, blocks, c]
         groups = self.fgroups[ri, wi] + np.stack([(block_ms * (block_group == g)).sum(1)
                                                   for g in range(len(OP_GROUPS))], axis=1)
         body_ms, head = groups.sum(1), self.head[ri, wi]
         body = [np.log(body_ms), np.log(mac - head[:, 0]), np.log(par - head[:, 1])]
-        return total, np.column_stack([*body, *shape, *(groups / body_ms[:, None]).T])
+        kept = self.hsum[ri, wi]
+        return total, np.column_stack([*body, *shape, *(groups / body_ms[:, None]).T]), kept
 
 
 class LatencyPredictor:
@@ -293,6 +314,9 @@ class LatencyPredictor:
                              f"{', '.join(RESIDUAL_FEATURES)}")
         self.table = table
         self.residual_features = residual_features  # RESIDUAL_FEATURES: what the residual model reads
+        # "body-groups" reads the body alone, so its factor scales the body alone: the classifier's op is added as
+        # the table has it (with a transfer's factor), which keeps a task's class count out of the factor
+        self.keeps_head = residual_features == "body-groups"
         # A transferred predictor's factors on its op groups' sums (OP_GROUPS; None: the sum as it is)
         self.group_factors = dict(group_factors) if group_factors else None
         # What brings the table's measurements to one machine speed: the table's own model unless a caller fits
@@ -341,8 +365,9 @@ class LatencyPredictor:
                 log.info("residual features %r (cross-validated within +-5%% / +-10%%: %s)", residual_features,
                          ", ".join(f"{k} {100 * a:.1f}% / {100 * b:.1f}%" for k, (a, b) in scores.items()))
         pred = cls(table, op_models, speed=speed, residual_features=residual_features)
-        lut, feats = pred._evaluate_archs(archs, table.n_classes)
-        pred.linear, pred.residual, pred.residual_range = _fit_residual(feats, np.log(measured / lut), seed)
+        lut, feats, kept = pred._evaluate_archs(archs, table.n_classes)
+        pred.linear, pred.residual, pred.residual_range = _fit_residual(feats, log_factor_of(measured, lut, kept),
+                                                                        seed)
         return pred
 
     # ----- prediction ---------------------------------------------------------------------------------------
@@ -375,7 +400,7 @@ class LatencyPredictor:
 
     def predict_genomes(self, space: SearchSpace, genomes: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         """Predicted latency in ms for an (N, 22) array of NAT genomes of ``space`` (the search's fast path)."""
-        lut, feats = self.compiled(space, n_classes).evaluate(genomes)
+        lut, feats, kept = self.compiled(space, n_classes).evaluate(genomes)
         if self.residual is None or not len(lut):
             return lut
         if len(feats) <= SMALL_BATCH:
@@ -388,9 +413,10 @@ class LatencyPredictor:
             log_factor = log_factor + self.linear.predict(feats)
         if self.residual_range is not None:
             log_factor = np.clip(log_factor, *self.residual_range)
-        return lut * np.exp(log_factor)
+        return apply_factor(lut, kept, log_factor)
 
-    def _evaluate_archs(self, archs: Sequence[Arch], n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _evaluate_archs(self, archs: Sequence[Arch], n_classes: int | None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         space = SearchSpace(resolutions=tuple({a.r for a in archs}), widths=tuple({a.w for a in archs}))
         return self.compiled(space, n_classes).evaluate(np.stack([space.encode(a) for a in archs]))
 
@@ -475,7 +501,7 @@ class LatencyPredictor:
             obj = json.loads(model_path.read_text())
             if obj.get("format") != PREDICTOR_FORMAT:
                 raise ValueError(f"format is {obj.get('format')!r}")
-            stale = obj.get("version") != MODEL_VERSION or obj.get("table_fingerprint") != table.fingerprint()
+            fingerprint = obj.get("table_fingerprint")
             op_models = {k: _booster_from_json(v) for k, v in obj["op_models"].items()}
             residual = None if obj.get("residual") is None else _booster_from_json(obj["residual"])
             rng_ = obj.get("residual_range")
@@ -486,7 +512,7 @@ class LatencyPredictor:
         except Exception as exc:
             raise TableError(f"latency models {model_path} are corrupt ({type(exc).__name__}: {exc}); delete the "
                              f"file and natdeploy refits them from {table_path}") from None
-        stale = stale or features in RETIRED_RESIDUAL_FEATURES
+        stale = obj.get("version") not in READABLE_VERSIONS.get(features, ()) or fingerprint != table.fingerprint()
         if stale:  # fitted to another version of the table (re-profiled), or by an older natdeploy: refit
             log.warning("latency models %s do not match %s (re-profiled table or older models); refitting",
                         model_path, table_path)
@@ -514,14 +540,14 @@ def choose_residual_features(table: LatencyTable, op_models: dict[str, Any], spe
     splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(archs))
     scores = {}
     for name in RESIDUAL_FEATURES:
-        lut, feats = LatencyPredictor(table, op_models, speed=speed,
-                                      residual_features=name)._evaluate_archs(archs, table.n_classes)
-        y = np.log(measured / lut)
+        lut, feats, kept = LatencyPredictor(table, op_models, speed=speed,
+                                            residual_features=name)._evaluate_archs(archs, table.n_classes)
+        y = log_factor_of(measured, lut, kept)
         pred = np.empty_like(y)
         for train, held in splits:
             linear, trees, (lo, hi) = _fit_residual(feats[train], y[train], seed)
             pred[held] = np.clip(linear.predict(feats[held]) + trees.inplace_predict(feats[held]), lo, hi)
-        err = np.abs(np.exp(pred - y) - 1)
+        err = np.abs(apply_factor(lut, kept, pred) / measured - 1)
         scores[name] = (float((err <= 0.05).mean()), float((err <= 0.10).mean()))
     best = max(RESIDUAL_FEATURES, key=lambda k: (sum(scores[k]), k == "base"))
     return best, scores

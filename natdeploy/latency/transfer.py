@@ -41,7 +41,7 @@ from natdeploy.latency.backends import E2E_BATCH, Backend, get_backend
 from natdeploy.latency.measure import Measurement
 from natdeploy.latency.ops import arch_ops
 from natdeploy.latency.predictor import OP_GROUPS as GROUPS
-from natdeploy.latency.predictor import LatencyPredictor, _Linear, models_path, op_group
+from natdeploy.latency.predictor import LatencyPredictor, _Linear, apply_factor, log_factor_of, models_path, op_group
 from natdeploy.latency.speed import SpeedModel
 from natdeploy.latency.table import LatencyTable, TableError
 from natdeploy.space import Arch, SearchSpace
@@ -61,18 +61,28 @@ class Parts:
 
     groups: np.ndarray  # (n, len(GROUPS))
     feats: np.ndarray  # (n, n_features), feats[:, 0] = log of the unscaled sum
+    kept: np.ndarray  # (n,) the part of the "fixed" group the residual factor leaves unscaled (keeps_head)
+
+    def take(self, idx: np.ndarray) -> "Parts":
+        return Parts(self.groups[idx], self.feats[idx], self.kept[idx])
+
+    def kept_at(self, r: np.ndarray) -> np.ndarray:
+        """The unscaled part with group factors ``r``."""
+        return self.kept * r[GROUPS.index("fixed")]
 
 
 def parts_of(source: LatencyPredictor, archs: Sequence[Arch], n_classes: int | None = None) -> Parts:
     """The source predictor's per-group op sums and residual features for ``archs``."""
     n_classes = source.table.n_classes if n_classes is None else n_classes
-    groups = np.zeros((len(archs), len(GROUPS)))
+    groups, kept = np.zeros((len(archs), len(GROUPS))), np.zeros(len(archs))
     for i, arch in enumerate(archs):
         ops = arch_ops(arch, n_classes)
         for op, ms in zip(ops, source.op_latency(ops, arch.r)):
             groups[i, GROUPS.index(op_group(op))] += ms
-    _, feats = source._evaluate_archs(list(archs), n_classes)
-    return Parts(groups, np.asarray(feats, dtype=float))
+            if source.keeps_head and op.kind == "Logits":
+                kept[i] += ms
+    _, feats, _ = source._evaluate_archs(list(archs), n_classes)
+    return Parts(groups, np.asarray(feats, dtype=float), kept)
 
 
 @dataclass(frozen=True)
@@ -105,16 +115,17 @@ def _source_residual(source: LatencyPredictor, feats: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scaled(parts: Parts, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The op sum with group factors ``r``, and the residual features (which keep the unscaled sum)."""
-    return parts.groups @ r, parts.feats
+def _scaled(parts: Parts, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The op sum with group factors ``r``, the residual features (which keep the unscaled sum), and the part of
+    the sum the residual factor leaves unscaled."""
+    return parts.groups @ r, parts.feats, parts.kept_at(r)
 
 
 def predict(source: LatencyPredictor, model: TransferModel, parts: Parts) -> np.ndarray:
     """The transferred prediction in ms: what the saved transferred predictor computes."""
-    lut, feats = _scaled(parts, np.asarray(model.r))
+    lut, feats, kept = _scaled(parts, np.asarray(model.r))
     log_factor = np.clip(_source_residual(source, feats) + model.delta(source, feats), *model.residual_range)
-    return lut * np.exp(log_factor)
+    return apply_factor(lut, kept, log_factor)
 
 
 def _fit_groups(source: LatencyPredictor, parts: Parts, y: np.ndarray) -> np.ndarray:
@@ -122,13 +133,13 @@ def _fit_groups(source: LatencyPredictor, parts: Parts, y: np.ndarray) -> np.nda
     normalised to keep the median subnet's sum."""
     from scipy.optimize import least_squares
 
-    base = y - _source_residual(source, parts.feats)
+    source_log = _source_residual(source, parts.feats)
     present = parts.groups.sum(0) > 0
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         scales = np.ones(len(GROUPS))
         scales[present] = np.exp(theta[1:])
-        fit = theta[0] + np.log(parts.groups @ scales) - base
+        fit = np.log(apply_factor(parts.groups @ scales, parts.kept_at(scales), theta[0] + source_log)) - y
         return np.concatenate([fit, np.sqrt(GROUP_PRIOR) * theta[1:]])
 
     theta = least_squares(residuals, np.zeros(int(present.sum()) + 1)).x
@@ -144,8 +155,9 @@ def fit_method(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: st
     if method not in METHODS:
         raise ConfigError(f"unknown transfer method {method!r}; choose from {', '.join(METHODS)} or auto")
     r = _fit_groups(source, parts, y) if method.startswith("group") else np.ones(len(GROUPS))
-    lut, feats = _scaled(parts, r)
-    left = y - np.log(lut) - _source_residual(source, feats)
+    lut, feats, kept = _scaled(parts, r)
+    seen = log_factor_of(np.exp(y), lut, kept)  # the log factors these subnets showed
+    left = seen - _source_residual(source, feats)
     coef, intercept = np.zeros(0), float(left.mean())
     if method.endswith("+refit") and source.linear is not None and len(y) >= 3:
         z = (feats - source.linear.mean) / source.linear.scale
@@ -154,7 +166,6 @@ def fit_method(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: st
     model = TransferModel(method, tuple(float(v) for v in r), tuple(float(c) for c in coef), intercept, (0.0, 0.0),
                           feats.shape[1])
     d = model.delta(source, feats)
-    seen = y - np.log(lut)  # the log factors these subnets showed
     lo, hi = source.residual_range or (float(seen.min() - d.min()), float(seen.max() - d.max()))
     lo, hi = min(lo + d.min(), seen.min()), max(hi + d.max(), seen.max())
     return replace(model, residual_range=(float(lo - RANGE_MARGIN), float(hi + RANGE_MARGIN)))
@@ -168,9 +179,8 @@ def fold_errors(source: LatencyPredictor, parts: Parts, y: np.ndarray, method: s
     folds = KFold(n_splits=min(n, 10), shuffle=True, random_state=seed).split(np.arange(n))
     err = np.empty(n)
     for train, held in folds:
-        sub = Parts(parts.groups[train], parts.feats[train])
-        model = fit_method(source, sub, y[train], method)
-        err[held] = np.log(predict(source, model, Parts(parts.groups[held], parts.feats[held]))) - y[held]
+        model = fit_method(source, parts.take(train), y[train], method)
+        err[held] = np.log(predict(source, model, parts.take(held))) - y[held]
     return err
 
 
