@@ -2,8 +2,9 @@
 the new device (``natdeploy profile --device NEW --few-shot N --from SOURCE_TABLE``).
 
 The model. A source predictor says ``log P = log L + R(f)``: ``L`` the sum of the table's op latencies, ``R`` its
-residual model (ridge plus trees) on the subnet's features ``f`` (``f[0]`` is ``log L``). The transfer keeps ``R``
-and changes two things, fitted on the ``N`` new measurements ``T``:
+residual model (ridge plus trees) on the subnet's features ``f`` (``f[0]`` is ``log L``; a "body-groups" source
+scales the sum but its classifier's op ``K``, ``P = K + (L - K) e^R``, and so does its transfer). The transfer keeps
+``R`` and changes two things, fitted on the ``N`` new measurements ``T``:
 
 - **Op groups** (:data:`~natdeploy.latency.predictor.OP_GROUPS`: stem and head, then the MBConv blocks by kernel
   size) are rescaled relative to each other by ``r_g``: the sum becomes ``L' = sum_g r_g L_g``, while ``R`` still
@@ -72,7 +73,7 @@ class Parts:
 
 
 def parts_of(source: LatencyPredictor, archs: Sequence[Arch], n_classes: int | None = None) -> Parts:
-    """The source predictor's per-group op sums and residual features for ``archs``."""
+    """The source predictor's per-group op sums, residual features and unscaled classifier part for ``archs``."""
     n_classes = source.table.n_classes if n_classes is None else n_classes
     groups, kept = np.zeros((len(archs), len(GROUPS))), np.zeros(len(archs))
     for i, arch in enumerate(archs):
