@@ -73,8 +73,8 @@ def main() -> None:
                                    "latency_predictor-<device>.json)")
     ap.add_argument("--measurements", help="re-score a saved measurement file instead of measuring")
     ap.add_argument("--n-classes", type=int, help="measure and predict the held-out subnets with a classifier of this "
-                    "many classes (default: the table's; a count the table did not measure leaves the classifier to the op "
-                    "regressor)")
+                    "many classes (default: the table's; a count the table did not measure leaves the classifier "
+                    "to the op regressor)")
     ap.add_argument("--residual-features", choices=[*RESIDUAL_FEATURES, "auto"],
                     help="score with the models refitted in memory with this residual feature set")
     ap.add_argument("--elasticity", type=float, help="score with this speed elasticity instead of the table's "

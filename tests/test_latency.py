@@ -539,6 +539,7 @@ def test_residual_features_are_chosen_by_cross_validation_and_kept_with_the_mode
     lut_1000, feats_1000, _ = auto._evaluate_archs(archs, 1000)
     np.testing.assert_array_equal(feats_1000, feats)
     assert (lut_1000 > auto._evaluate_archs(archs, 10)[0]).all()
+
     # and its factor scales the body alone: another class count moves a prediction by exactly the change in the
     # classifier's op, unscaled
     def head_ms(n_classes: int) -> np.ndarray:
