@@ -9,17 +9,24 @@ from wheels that ``gpu_check.sh`` carries. Run it from the source tree:
     bash benchmarks/gpu_check.sh [--out gpu_check.json] [--budget-s 540]   # there
     PYTHONPATH=$PWD python benchmarks/gpu_check.py --dry-run     # tiny, on whatever device is there (CPU here)
 
-Sections (each skipped when the time budget is spent):
+Sections, in this order (each skipped when the time budget is spent; cheap and unmeasured-before first):
 1. the device, and checks: a checkpoint written on the GPU loads on the CPU and back; bf16 support;
-2. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
-3. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
-   training step's consumption;
-4. a ``cuda`` latency table for the ``small`` preset (``profile_device`` on ``devices/cuda.yaml``), written to
+2. a ``cuda`` latency table for the ``small`` preset (``profile_device`` on ``devices/cuda.yaml``), written to
    ``$OUT/cuda.json`` with its predictor; XGBoost comes from the wheels ``benchmarks/gpu_check.sh`` carries;
-5. one NAT iteration at paper settings (NAT's pre-trained adaptation recipe, r 192-256, 5 epochs, ~250 subnet
+3. where a training step's time goes: one fwd+bwd of the largest subnet through the dynamic supernet against
+   its extracted static copy, channels_last against NCHW, fp32 against bf16, and the top CUDA kernels of the
+   dynamic bf16 step (torch.profiler). The first H200 run (2026-12-04) trained at 112 images/s fp32 and 56 bf16,
+   far below what the chip does for a network this size: this section says where the time goes;
+4. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
+5. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
+   training step's consumption;
+6. one NAT iteration at paper settings (NAT's pre-trained adaptation recipe, r 192-256, 5 epochs, ~250 subnet
    evaluations), timed on a CIFAR-10-sized synthetic subset and projected to the full 50k-image iteration;
-6. ``train_epochs`` (bf16 on a GPU) and ``evaluate_archs`` end to end on synthetic data: data, device, precision,
+7. ``train_epochs`` (bf16 on a GPU) and ``evaluate_archs`` end to end on synthetic data: data, device, precision,
    mid-phase checkpoints.
+
+cuDNN autotuning (``cudnn.benchmark``) is off: each sandwich step samples new subnets, so new convolution shapes
+keep arriving and every one is tuned afresh; on the H200 it made the fp32 step 1.11 s against 0.68 s without.
 """
 
 from __future__ import annotations
@@ -44,13 +51,14 @@ from natdeploy.space import SearchSpace  # noqa: E402
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet  # noqa: E402
 from natdeploy.train import evaluate_archs, make_optimizer, sandwich_backward, train_epochs  # noqa: E402
 
-FULL = {"resolution": 224, "batch": 128, "warmup": 3, "steps": 10, "n_images": 2048, "storage": 256,
+FULL = {"resolution": 224, "batch": 128, "warmup": 2, "steps": 5, "n_images": 2048, "storage": 256,
         "data_batch": 256, "e2e_images": 1024, "e2e_archs": 4, "classes": 100,
         "table_device": "cuda", "table_resolutions": None, "table_e2e": 50, "table_overrides": {},
-        "paper_resolutions": (192, 208, 224, 240, 256), "paper_train": 3072, "paper_val": 1024, "paper_archs": 8}
+        "breakdown_precisions": ("fp32", "bf16"),
+        "paper_resolutions": (192, 208, 224, 240, 256), "paper_train": 1024, "paper_val": 512, "paper_archs": 4}
 DRY = {"resolution": 32, "batch": 4, "warmup": 0, "steps": 1, "n_images": 64, "storage": 40,
        "data_batch": 16, "e2e_images": 8, "e2e_archs": 2, "classes": 4,
-       "table_device": "cpu-torch", "table_resolutions": (32,), "table_e2e": 4,
+       "table_device": "cpu-torch", "table_resolutions": (32,), "table_e2e": 4, "breakdown_precisions": ("fp32",),
        "table_overrides": {"warmup": 1, "runs": 3, "e2e_warmup": 1, "e2e_runs": 3, "rounds": 1, "min_span_s": 0},
        "paper_resolutions": (32, 40), "paper_train": 16, "paper_val": 8, "paper_archs": 2}
 # What one NAT iteration at paper settings covers on CIFAR-10: 5 adaptation epochs over the 50k training images,
@@ -129,6 +137,59 @@ def step_rate(precision: str, cfg: dict, space: SearchSpace) -> dict:
            "step_ms_median": 1e3 * float(np.median(times))}
     if rt.device.type == "cuda":
         out["max_memory_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
+    return out
+
+
+def _fwd_bwd_ms(fn, x: torch.Tensor, rt: Runtime, repeats: int) -> float:
+    """Median ms of ``fn(x).sum().backward()`` under ``rt``'s precision, after one untimed call."""
+    from natdeploy.distributed import precision_context
+
+    times = []
+    for i in range(repeats + 1):
+        sync(rt)
+        t0 = time.perf_counter()
+        with precision_context(rt):
+            loss = fn(x).float().sum()
+        loss.backward()
+        sync(rt)
+        if i:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def step_breakdown(cfg: dict, space: SearchSpace) -> dict:
+    """One fwd+bwd of the largest subnet: dynamic supernet against its static copy, channels_last against NCHW,
+    fp32 against bf16; then the top kernels of the dynamic call at the last of those precisions (bf16 on the GPU)."""
+    out: dict = {}
+    torch.manual_seed(0)
+    largest = space.largest()
+    for precision in cfg["breakdown_precisions"]:
+        rt = init_runtime("auto", precision)
+        for fmt_name, fmt in (("channels_last", torch.channels_last), ("nchw", torch.contiguous_format)):
+            net = OFAMobileNetV3Supernet(n_classes=cfg["classes"]).to(rt.device, memory_format=fmt).train()
+            static = net.extract_subnet(largest).to(memory_format=fmt)
+            x = torch.randn(cfg["batch"], 3, cfg["resolution"], cfg["resolution"], device=rt.device)
+            x = x.contiguous(memory_format=fmt)
+            out[f"dynamic_{precision}_{fmt_name}_ms"] = _fwd_bwd_ms(lambda t: net(t, largest), x, rt, cfg["steps"])
+            out[f"static_{precision}_{fmt_name}_ms"] = _fwd_bwd_ms(static, x, rt, cfg["steps"])
+    from torch.profiler import ProfilerActivity, profile
+
+    rt = init_runtime("auto", cfg["breakdown_precisions"][-1])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device.type == "cuda" else [])
+    net = OFAMobileNetV3Supernet(n_classes=cfg["classes"]).to(rt.device, memory_format=torch.channels_last)
+    x = torch.randn(cfg["batch"], 3, cfg["resolution"], cfg["resolution"], device=rt.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    _fwd_bwd_ms(lambda t: net(t, largest), x, rt, 1)
+    with profile(activities=activities) as prof:
+        _fwd_bwd_ms(lambda t: net(t, largest), x, rt, 1)
+    events = prof.key_averages()
+    # by device time on a GPU; on a CPU (the dry run) device time is 0 and CPU time orders the list
+    rows = sorted(events, key=lambda e: (e.self_device_time_total, e.self_cpu_time_total), reverse=True)[:12]
+    out[f"top_kernels_{rt.precision}"] = [{"name": e.key[:90], "calls": e.count,
+                                "device_ms": round(e.self_device_time_total / 1e3, 2),
+                                "cpu_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in rows]
+    out[f"cpu_ms_total_{rt.precision}"] = round(sum(e.self_cpu_time_total for e in events) / 1e3, 1)
+    out[f"device_ms_total_{rt.precision}"] = round(sum(e.self_device_time_total for e in events) / 1e3, 1)
     return out
 
 
@@ -232,7 +293,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = DRY if args.dry_run else FULL
     out_path = args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = False  # see the module's docstring
     clock = Clock(args.budget_s)
     space = SearchSpace(resolutions=(cfg["resolution"],), widths=(1.0,))
     rt = init_runtime("auto", "fp32")
@@ -257,13 +318,13 @@ def main() -> None:
         save()
 
     section("device", lambda: device_section(rt), 0)
-    precisions = ["fp32", "bf16"] + (["fp16"] if rt.device.type == "cuda" else [])
-    for p in precisions:
-        section(f"train_{p}", lambda p=p: step_rate(p, cfg, space), 60)
-    section("data_pipeline", lambda: data_rate(cfg), 45)
     section("cuda_table", lambda: cuda_table(cfg, out_path.parent if out_path else None), 150)
-    section("paper_iteration", lambda: paper_iteration(cfg), 120)
-    section("end_to_end", lambda: end_to_end(cfg, space), 90)
+    section("step_breakdown", lambda: step_breakdown(cfg, space), 90)
+    for p in ("fp32", "bf16"):
+        section(f"train_{p}", lambda p=p: step_rate(p, cfg, space), 75)
+    section("data_pipeline", lambda: data_rate(cfg), 45)
+    section("paper_iteration", lambda: paper_iteration(cfg), 180)
+    section("end_to_end", lambda: end_to_end(cfg, space), 120)
     fp32, bf16 = results.get("train_fp32", {}), results.get("train_bf16", {})
     if "images_per_s" in fp32 and "images_per_s" in bf16:
         results["bf16_over_fp32"] = bf16["images_per_s"] / fp32["images_per_s"]

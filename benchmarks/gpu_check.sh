@@ -10,17 +10,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/.gpu_wheels
 PY=${PYTHON:-python}
+# pymoo and what it imports: the NAT loop (the paper-iteration section) imports it; pinned as tests/constraints.txt
+SEARCH_STACK="pymoo|moocore|cffi|pycparser|platformdirs|autograd|cma|alive-progress|about-time|graphemeu|Deprecated"
 if [[ "${1:-}" == "--prepare" ]]; then
     mkdir -p "$WHEELS"
     "$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --no-deps -d "$WHEELS" \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-        "xgboost-cpu==3.2.0" "scikit-learn>=1.3" joblib threadpoolctl "scipy>=1.10" pyyaml tqdm
+        "xgboost-cpu==3.2.0" "scikit-learn>=1.3" joblib threadpoolctl "scipy>=1.10" pyyaml tqdm \
+        $(grep -iE "^($SEARCH_STACK)==" tests/constraints.txt)
     du -sh "$WHEELS"
     exit 0
 fi
 SITE=$(mktemp -d)
 declare -A WHEEL_OF=([xgboost]=xgboost-cpu [sklearn]=scikit-learn [joblib]=joblib [threadpoolctl]=threadpoolctl
-                     [scipy]=scipy [yaml]=pyyaml [tqdm]=tqdm)
+                     [scipy]=scipy [yaml]=pyyaml [tqdm]=tqdm [pymoo]=pymoo [moocore]=moocore [cffi]=cffi
+                     [pycparser]=pycparser [platformdirs]=platformdirs [autograd]=autograd [cma]=cma
+                     [alive_progress]=alive-progress [about_time]=about-time [grapheme]=graphemeu
+                     [deprecated]=Deprecated)
 missing=()
 for mod in "${!WHEEL_OF[@]}"; do
     "$PY" -c "import $mod" 2>/dev/null || missing+=("${WHEEL_OF[$mod]}")
