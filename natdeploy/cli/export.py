@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "natdeploy export runs/cpu-small-s0 --format onnx --parity-images 4 --no-latency",
         "natdeploy export runs/cpu-small-s0 --max-latency 2ms --format tflite --int8 --calibration-images 8 "
         "--out bundles/fast",
-        "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx",
+        "natdeploy export runs/cpu-small-s0 --arch w1.0-r32-3333-3333-3333-3333-3333 --format onnx "
+        "--out bundles/smallest",
         "natdeploy export runs/pixel4-ofa-s0 --budget pixel4=30ms --int8 --int8-io",
         "natdeploy export w1.0-r224-3354-7376-3333-5476-7473 --supernet ofa_mbv3_d234_e346_k357_w1.0 "
         "--data ./flowers --device cpu --out bundles/flowers"))
