@@ -9,7 +9,7 @@ from wheels that ``gpu_check.sh`` carries. Run it from the source tree:
     bash benchmarks/gpu_check.sh [--out gpu_check.json] [--budget-s 540]   # there
     PYTHONPATH=$PWD python benchmarks/gpu_check.py --dry-run     # tiny, on whatever device is there (CPU here)
 
-Sections, in this order (each skipped when the time budget is spent; cheap and unmeasured-before first):
+Sections, in this order (each skipped when the time budget is spent; what was never measured comes first):
 1. the device, and checks: a checkpoint written on the GPU loads on the CPU and back; bf16 support;
 2. a ``cuda`` latency table for the ``small`` preset (``profile_device`` on ``devices/cuda.yaml``), written to
    ``$OUT/cuda.json`` with its predictor; XGBoost comes from the wheels ``benchmarks/gpu_check.sh`` carries;
@@ -185,9 +185,9 @@ def step_breakdown(cfg: dict, space: SearchSpace) -> dict:
     events = prof.key_averages()
     # by device time on a GPU; on a CPU (the dry run) device time is 0 and CPU time orders the list
     rows = sorted(events, key=lambda e: (e.self_device_time_total, e.self_cpu_time_total), reverse=True)[:12]
-    out[f"top_kernels_{rt.precision}"] = [{"name": e.key[:90], "calls": e.count,
-                                "device_ms": round(e.self_device_time_total / 1e3, 2),
-                                "cpu_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in rows]
+    out[f"top_kernels_{rt.precision}"] = [
+        {"name": e.key[:90], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
+         "cpu_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in rows]
     out[f"cpu_ms_total_{rt.precision}"] = round(sum(e.self_cpu_time_total for e in events) / 1e3, 1)
     out[f"device_ms_total_{rt.precision}"] = round(sum(e.self_device_time_total for e in events) / 1e3, 1)
     return out
