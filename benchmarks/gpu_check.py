@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from natdeploy.data import ImageData  # noqa: E402
-from natdeploy.distributed import Runtime, grad_scaler, init_runtime  # noqa: E402
+from natdeploy.distributed import Runtime, grad_scaler, init_runtime, precision_context  # noqa: E402
 from natdeploy.space import SearchSpace  # noqa: E402
 from natdeploy.supernet import OFAMobileNetV3Supernet, load_supernet, save_supernet  # noqa: E402
 from natdeploy.train import evaluate_archs, make_optimizer, sandwich_backward, train_epochs  # noqa: E402
@@ -142,8 +142,6 @@ def step_rate(precision: str, cfg: dict, space: SearchSpace) -> dict:
 
 def _fwd_bwd_ms(fn, x: torch.Tensor, rt: Runtime, repeats: int) -> float:
     """Median ms of ``fn(x).sum().backward()`` under ``rt``'s precision, after one untimed call."""
-    from natdeploy.distributed import precision_context
-
     times = []
     for i in range(repeats + 1):
         sync(rt)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import RidgeCV
 
 from natdeploy.layout import layer_cost
 from natdeploy.latency.predictor import LatencyPredictor, _fit_residual, apply_factor, log_factor_of
@@ -83,8 +84,6 @@ def cross_validate(table: LatencyTable, repeats: int) -> dict[str, tuple[float, 
         preds, truths = [], []
         for train, held in folds(len(archs), repeats):
             if name.startswith("additive"):
-                from sklearn.linear_model import RidgeCV
-
                 model = RidgeCV(alphas=np.logspace(-6, 2, 17)).fit(additive_x[train], measured[train] - kept[train])
                 total, feats, k = kept + np.maximum(model.predict(additive_x), 0.1 * body), bg, kept
             else:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("device", "step_breakdown", "train_fp32", "train_bf16", "data_pipeline", "cuda_table", "paper_iteration", "end_to_end")
+SECTIONS = ("device", "step_breakdown", "train_fp32", "train_bf16", "data_pipeline", "cuda_table", "paper_iteration",
+            "end_to_end")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
