@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +29,11 @@ from test_adb_profile import TEST_PHONE_YAML, adb_home, n_ops, when  # noqa: E40
 
 from natdeploy.cli import main  # noqa: E402
 from natdeploy.latency import LatencyTable  # noqa: E402
+from natdeploy.latency.farm import (MAX_REFERENCE_REPEATS, REFERENCE_REPEATS, TOLERANCE_FLOOR,  # noqa: E402
+                                    WIDE_TOLERANCE, _check_speed, _Phone, phone_speeds, reference_ops,
+                                    speed_tolerance)
+from natdeploy.latency.measure import Measurement  # noqa: E402
 from natdeploy.latency.ops import profile_ops  # noqa: E402
-from natdeploy.latency.farm import TOLERANCE_FLOOR, phone_speeds, speed_tolerance  # noqa: E402
 from natdeploy.space import SearchSpace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,3 +186,66 @@ def test_speeds_and_tolerance() -> None:
     assert phone_speeds(noisy)["b"] == pytest.approx(1.3, rel=0.01)  # the fastest run: one slow repeat does not move it
     assert speed_tolerance(noisy) > 0.25  # noise alone must not refuse a phone
     assert json.dumps(speeds)  # plain floats, stored in the table's provenance
+
+
+class BurstyPhone:
+    """A phone's measuring side for the speed check: each call times the reference ops at ``speed`` x their cost,
+    1.5x slower in the calls listed in ``slow_calls`` (noise that comes in bursts, as on a phone switching cores or
+    on this host's shared cores). Call 0 is the warm-up round."""
+
+    def __init__(self, speed: float, slow_calls: set[int]) -> None:
+        self.speed, self.slow_calls, self.calls, self.closed = speed, slow_calls, 0, False
+
+    def measure_ops(self, ops: list) -> list:
+        factor = self.speed * (1.5 if self.calls in self.slow_calls else 1.0)
+        self.calls += 1
+        out = []
+        for i, op in enumerate(ops):
+            ms = (1.0 + i) * factor * (1 + 0.002 * ((self.calls + i) % 3))
+            out.append((op, Measurement(median_ms=ms, mean_ms=ms, std_ms=0.0, count=200, warmup=2, min_ms=ms)))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def check_speed(tmp_path: Path, slow_calls: set[int], tolerance: float | None = None
+                ) -> tuple[float, dict[str, str], dict[str, BurstyPhone], LatencyTable]:
+    backends = {"a": BurstyPhone(1.0, slow_calls), "b": BurstyPhone(1.3, slow_calls),
+                "c": BurstyPhone(1.0, slow_calls)}
+    phones = [_Phone(s, backend, {}) for s, backend in backends.items()]  # type: ignore[arg-type]
+    table = LatencyTable(device="testphone", n_classes=10, statistic="min",
+                         provenance={"farm": {"phones": {s: {} for s in backends}}})
+    refs = reference_ops(profile_ops(SearchSpace.preset("small"), 10, [64]))
+    refused: dict[str, str] = {}
+    tol = _check_speed(phones, refs, table, tmp_path / "t.json", threading.Lock(), tolerance, refused)
+    return tol, refused, backends, table
+
+
+def test_bursty_reference_rounds_get_more_rounds_until_the_slow_phone_shows(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Rounds 2 and 4 (of 5, after the warm-up) slow on every phone: one half of the rounds has no fast round, the
+    # tolerance from 5 rounds would be far wider than 30%, and the 30% slow phone would join the farm.
+    bursts = {2, 4}
+    five_rounds = [1.5 if call in bursts else 1.0 for call in range(1, 1 + REFERENCE_REPEATS)]
+    assert speed_tolerance({s: {k: five_rounds for k in "xyz"} for s in "ac"}) > 0.3
+    with caplog.at_level("INFO", logger="natdeploy.latency.farm"):
+        tol, refused, backends, table = check_speed(tmp_path, bursts)
+    assert "measuring 5 more rounds" in caplog.text and "too unevenly" not in caplog.text
+    assert all(b.calls == 1 + 2 * REFERENCE_REPEATS for b in backends.values())  # warm-up, 5, then 5 more
+    assert tol == TOLERANCE_FLOOR and set(refused) == {"b"} and "runs at 1.30x" in refused["b"]
+    stored = table.provenance["farm"]["phones"]
+    assert all(len(v) == 2 * REFERENCE_REPEATS for v in stored["a"]["reference_ms"].values())
+    assert LatencyTable.load(tmp_path / "t.json").provenance["farm"]["phones"]["b"]["speed"] == pytest.approx(1.3,
+                                                                                                             rel=0.01)
+
+    # Bursts that never stop: rounds end at MAX_REFERENCE_REPEATS, with the warning.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="natdeploy.latency.farm"):
+        tol, refused, backends, _ = check_speed(tmp_path / "x", set(range(2, 40, 2)))
+    assert all(b.calls == 1 + MAX_REFERENCE_REPEATS for b in backends.values())
+    assert tol > WIDE_TOLERANCE and "too unevenly" in caplog.text and not refused
+
+    # A tolerance the user gives is used as it is: no more rounds.
+    tol, refused, backends, _ = check_speed(tmp_path / "y", bursts, tolerance=0.2)
+    assert tol == 0.2 and all(b.calls == 1 + REFERENCE_REPEATS for b in backends.values()) and set(refused) == {"b"}
