@@ -14,8 +14,8 @@ Sections, in this order (each skipped when the time budget is spent; what was ne
 2. a ``cuda`` latency table for the ``small`` preset (``profile_device`` on ``devices/cuda.yaml``), written to
    ``$OUT/cuda.json`` with its predictor; XGBoost comes from the wheels ``benchmarks/gpu_check.sh`` carries;
 3. where a training step's time goes: one fwd+bwd of the largest subnet through the dynamic supernet against
-   its extracted static copy, channels_last against NCHW, fp32 against bf16, and the top CUDA kernels of the
-   dynamic bf16 step (torch.profiler). The first H200 run (2026-12-04) trained at 112 images/s fp32 and 56 bf16,
+   its extracted static copy, channels_last against NCHW, fp32 against bf16, cuDNN autotuning at fixed shapes,
+   and the top CUDA kernels of the dynamic step at each precision (torch.profiler). The first H200 run (2026-12-04) trained at 112 images/s fp32 and 56 bf16,
    far below what the chip does for a network this size: this section says where the time goes;
 4. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
 5. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
@@ -157,7 +157,11 @@ def _fwd_bwd_ms(fn, x: torch.Tensor, rt: Runtime, repeats: int) -> float:
 
 def step_breakdown(cfg: dict, space: SearchSpace) -> dict:
     """One fwd+bwd of the largest subnet: dynamic supernet against its static copy, channels_last against NCHW,
-    fp32 against bf16; then the top kernels of the dynamic call at the last of those precisions (bf16 on the GPU)."""
+    fp32 against bf16, and the dynamic call with cuDNN autotuning on (its shapes fixed here, so what autotuning
+    buys once every shape is tuned); then the top kernels of the dynamic call at each of those precisions, so
+    that a kernel that bf16 slows stands out."""
+    from torch.profiler import ProfilerActivity, profile
+
     out: dict = {}
     torch.manual_seed(0)
     largest = space.largest()
@@ -170,24 +174,25 @@ def step_breakdown(cfg: dict, space: SearchSpace) -> dict:
             x = x.contiguous(memory_format=fmt)
             out[f"dynamic_{precision}_{fmt_name}_ms"] = _fwd_bwd_ms(lambda t: net(t, largest), x, rt, cfg["steps"])
             out[f"static_{precision}_{fmt_name}_ms"] = _fwd_bwd_ms(static, x, rt, cfg["steps"])
-    from torch.profiler import ProfilerActivity, profile
-
-    rt = init_runtime("auto", cfg["breakdown_precisions"][-1])
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device.type == "cuda" else [])
-    net = OFAMobileNetV3Supernet(n_classes=cfg["classes"]).to(rt.device, memory_format=torch.channels_last)
-    x = torch.randn(cfg["batch"], 3, cfg["resolution"], cfg["resolution"], device=rt.device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    _fwd_bwd_ms(lambda t: net(t, largest), x, rt, 1)
-    with profile(activities=activities) as prof:
-        _fwd_bwd_ms(lambda t: net(t, largest), x, rt, 1)
-    events = prof.key_averages()
-    # by device time on a GPU; on a CPU (the dry run) device time is 0 and CPU time orders the list
-    rows = sorted(events, key=lambda e: (e.self_device_time_total, e.self_cpu_time_total), reverse=True)[:12]
-    out[f"top_kernels_{rt.precision}"] = [
-        {"name": e.key[:90], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
-         "cpu_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in rows]
-    out[f"cpu_ms_total_{rt.precision}"] = round(sum(e.self_cpu_time_total for e in events) / 1e3, 1)
-    out[f"device_ms_total_{rt.precision}"] = round(sum(e.self_device_time_total for e in events) / 1e3, 1)
+            if fmt is torch.channels_last:
+                dynamic, x_cl = net, x
+        torch.backends.cudnn.benchmark = True
+        try:  # the untimed first call tunes every shape
+            out[f"dynamic_{precision}_channels_last_autotuned_ms"] = _fwd_bwd_ms(lambda t: dynamic(t, largest), x_cl,
+                                                                                rt, cfg["steps"])
+        finally:
+            torch.backends.cudnn.benchmark = False
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            _fwd_bwd_ms(lambda t: dynamic(t, largest), x_cl, rt, 1)
+        events = prof.key_averages()
+        # by device time on a GPU; on a CPU (the dry run) device time is 0 and CPU time orders the list
+        rows = sorted(events, key=lambda e: (e.self_device_time_total, e.self_cpu_time_total), reverse=True)[:12]
+        out[f"top_kernels_{precision}"] = [
+            {"name": e.key[:90], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
+             "cpu_ms": round(e.self_cpu_time_total / 1e3, 2)} for e in rows]
+        out[f"cpu_ms_total_{precision}"] = round(sum(e.self_cpu_time_total for e in events) / 1e3, 1)
+        out[f"device_ms_total_{precision}"] = round(sum(e.self_device_time_total for e in events) / 1e3, 1)
     return out
 
 
