@@ -12,6 +12,11 @@ whole subnets (the spec's rounds, span and runs), in two ways:
 Then, from part 1, how often two independent combinations of half the batches each agree within +-5%: the median
 of the halves (what ``e2e_repeats`` keeps) and the mean of their logs.
 
+First of all, part 0: one session of the anchor timed in ``--burst-windows`` back-to-back windows of 50 runs, each
+window's fastest run kept. On a host whose speed comes in bursts (one AMD EPYC host flipped between two levels
+1.5x apart for tenths of a second at a time) many windows sit far above the fastest ones, and nothing timed in
+them compares with what was timed in a fast one.
+
     python benchmarks/latency_noise.py --device cpu-litert [--n 12] [--batches 6] [--sessions 3]
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import time
 
 import numpy as np
@@ -56,6 +62,21 @@ def halves_agreement(log_ratio: np.ndarray) -> dict[str, tuple[float, float]]:
     return out
 
 
+def burst_windows(run, windows: int, runs: int = 50) -> np.ndarray:
+    """The fastest of ``runs`` back-to-back calls of ``run`` (ms), in each of ``windows`` windows in a row."""
+    for _ in range(runs):  # warm-up
+        run()
+    out = []
+    for _ in range(windows):
+        fastest = math.inf
+        for _ in range(runs):
+            t = time.perf_counter()
+            run()
+            fastest = min(fastest, time.perf_counter() - t)
+        out.append(1e3 * fastest)
+    return np.array(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu-litert")
@@ -64,6 +85,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--sessions", type=int, default=3, help="sessions per subnet in part 2")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--burst-windows", type=int, default=60, help="windows of part 0")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     if args.batches < 2 or args.n < 2:
@@ -75,6 +97,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     archs = SearchSpace.preset(args.space).sample(rng, args.n)
     t0 = time.perf_counter()
+    windows = burst_windows(backend.anchor_runners()[0], args.burst_windows)
+    fast = float(np.percentile(windows, 10))
+    print(f"part 0: {args.burst_windows} windows ({time.perf_counter() - t0:.0f} s)", flush=True)
     built = [backend.built_arch(a, 10) for a in archs]
     fresh = np.zeros((args.batches, args.n))
     for b in range(args.batches):
@@ -100,9 +125,10 @@ def main() -> None:
     agree = halves_agreement(fresh)
     half = args.batches // 2
     pct = lambda x: f"{100 * float(np.std(x)):.2f}%"  # noqa: E731
+    spread, slow_share = np.percentile(windows, 90) / fast, 100 * float((windows > 1.2 * fast).mean())
     body = f"""
 Machine: {machine_line(spec.threads)}.
-Command: `python benchmarks/latency_noise.py --device {args.device} --n {args.n} --batches {args.batches} --sessions {args.sessions} --space {args.space}`
+Command: `python benchmarks/latency_noise.py --device {args.device} --n {args.n} --batches {args.batches} --sessions {args.sessions} --space {args.space} --burst-windows {args.burst_windows}`
 {args.n} random subnets of the `{args.space}` space, {spec.e2e_runs} runs each per batch in {spec.rounds} round-robin rounds
 over >= {spec.min_span_s} s with the anchor; statistic: the per-round anchor ratio (median over rounds), in log
 space (an SD of 1% is a 1% spread). Took {time.perf_counter() - t0:.0f} s.
@@ -114,6 +140,9 @@ space (an SD of 1% is a 1% spread). Took {time.perf_counter() - t0:.0f} s.
 | part 2 ({args.sessions} sessions per subnet, kept): between sessions of one model | {pct(between_sessions)} |
 | part 2: batch effect | {pct(kept_batch)} |
 | part 2: one session in one batch, beyond its batch's effect | {pct(within_session)} |
+
+Part 0 (bursts), the fastest run in each of {args.burst_windows} back-to-back windows of 50 anchor runs: p90 / p10
+over the windows {spread:.2f}x, and {slow_share:.0f}% of the windows more than 1.2x the p10 window.
 
 Two independent combinations of {half} fresh batches each agree within +-5% for
 {agree['median'][0]:.1f}% of subnet-splits with the median (SD of the difference {100 * agree['median'][1]:.2f}%) and
