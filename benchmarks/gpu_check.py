@@ -15,8 +15,9 @@ Sections, in this order (each skipped when the time budget is spent; what was ne
    ``$OUT/cuda.json`` with its predictor; XGBoost comes from the wheels ``benchmarks/gpu_check.sh`` carries;
 3. where a training step's time goes: one fwd+bwd of the largest subnet through the dynamic supernet against
    its extracted static copy, channels_last against NCHW, fp32 against bf16, cuDNN autotuning at fixed shapes,
-   and the top CUDA kernels of the dynamic step at each precision (torch.profiler). The first H200 run (2026-12-04) trained at 112 images/s fp32 and 56 bf16,
-   far below what the chip does for a network this size: this section says where the time goes;
+   and the top CUDA kernels of the dynamic step at each precision (torch.profiler). The first H200 run
+   (2026-12-04) trained at 112 images/s fp32 and 56 bf16, far below what the chip does for a network this size:
+   this section says where the time goes;
 4. sandwich-step images/s at 224 px (largest + 2 sampled + smallest subnets), fp32 against bf16 (target: >= 1.5x);
 5. the in-memory data pipeline's images/s (``ImageData.batches``, with augmentation, at 224 px), against the
    training step's consumption;

@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--burst-windows", type=int, default=60, help="windows of part 0")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    if args.batches < 2 or args.n < 2:
-        raise SystemExit("need --batches >= 2 and --n >= 2")
+    if args.batches < 2 or args.n < 2 or args.burst_windows < 1:
+        raise SystemExit("need --batches >= 2, --n >= 2 and --burst-windows >= 1")
     spec = load_device(args.device)
     backend = get_backend(spec)
     if not (backend.interleaves and spec.anchor):
