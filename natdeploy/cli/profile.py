@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "serial (default: the spec's, else the only USB device); repeat it for a farm of phones of one "
                    "model that share the work (natdeploy.latency.farm)")
     p.add_argument("--farm-tolerance", type=float, help="farm: refuse a phone whose speed on the reference ops "
-                   "differs from the farm's by more than this fraction (default: 0.10, wider where they are noisy)")
+                   "differs from the farm's by more than this fraction (default: 0.10, wider where they are noisy, "
+                   "after up to 15 reference rounds instead of 5)")
     p.add_argument("--benchmark-binary", help="phones: path to TFLite's benchmark_model built for the phone "
                                               "(default: the spec's benchmark_binary)")
     p.add_argument("--keep-remote", action="store_true", help="phones: leave the pushed binary and models on the "
