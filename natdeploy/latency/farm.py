@@ -290,11 +290,12 @@ def _check_speed(phones: list[_Phone], refs: list[OpSig], table: LatencyTable, o
             if p.serial not in failed:
                 stored[p.serial]["reference_ms"] = timings[p.serial]
         table.save(out)
-    tol = tolerance if tolerance is not None else speed_tolerance(repeats())
+    measured = repeats()
+    tol = tolerance if tolerance is not None else speed_tolerance(measured)
     if tolerance is None and tol > WIDE_TOLERANCE:
         log.warning("the reference ops repeat too unevenly to tell phones apart finer than %.0f%%: a slower phone "
                     "could join the farm; profile on quieter phones", 100 * tol)
-    speeds = phone_speeds(repeats())
+    speeds = phone_speeds(measured)
     for s, speed in speeds.items():
         stored[s]["speed"] = round(speed, 4)
     table.provenance["farm"]["tolerance"] = round(tol, 4)
